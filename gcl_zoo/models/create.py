@@ -1,0 +1,26 @@
+"""``create_gcl_model``: the one-call way to put a GCL head on any timm backbone."""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import timm
+
+from .gcl import GCLModel, label_names_for
+
+__all__ = ["create_gcl_model"]
+
+
+def create_gcl_model(backbone: str, num_classes: int, pretrained_backbone: bool = False,
+                     label_names: Optional[Sequence[str]] = None, **kwargs: Any) -> GCLModel:
+    """Wrap the timm model ``backbone`` (built with ``num_classes=0``) with a cosine classifier.
+
+    Built through timm's registry (architecture ``gcl_timm``), so the result saves and loads like any timm
+    model: ``config.json`` records ``backbone`` and the head settings as model arguments. Extra keyword
+    arguments (``head``, ``logit_scale``, ``drop_rate``, ...) go to ``GCLModel`` and on to the backbone.
+    """
+    if not timm.is_model(backbone.split(".")[0]):
+        raise ValueError(f"unknown timm backbone {backbone!r}; see timm.list_models() for the names timm knows")
+    names = label_names_for(num_classes, label_names)
+    overlay = {"num_classes": num_classes, **({"label_names": names} if names else {})}
+    return timm.create_model("gcl_timm", backbone=backbone, num_classes=num_classes,
+                             pretrained_backbone=pretrained_backbone, pretrained_cfg_overlay=overlay, **kwargs)

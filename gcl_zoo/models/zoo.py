@@ -1,0 +1,123 @@
+"""The GCL model zoo, registered with timm on ``import gcl_zoo``.
+
+One table (``default_cfgs``) holds every entry and its preprocessing; each ``@register_model`` function is one
+line naming the backbone. An entry claims weights only when they exist: the embedded CIFAR-10-LT checkpoint
+ships inside the package (``gcl_zoo/weights/``), and the rest are trained with ``gcl-zoo train``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
+
+from ..data.labels import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD, imagenet_label_names
+from .gcl import GCLModel
+
+__all__ = ["WEIGHTS_DIR", "embedded_weights", "RECIPE_FOR_ENTRY"]
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+PAPER_ID = "arXiv:2305.11733"
+PAPER_NAME = "Long-tailed Visual Recognition via Gaussian Clouded Logit Adjustment (CVPR 2022)"
+GENERIC = "gcl_timm"
+
+# which training recipe reproduces each entry (used in error messages and model cards)
+RECIPE_FOR_ENTRY = {
+    "gcl_resnet32_cifar10_lt": "cifar10_lt", "gcl_resnet32_cifar100_lt": "cifar100_lt",
+    "gcl_resnet50_imagenet_lt": "imagenet_lt", "gcl_resnet50_inat18": "inat18", "gcl_resnet152_places_lt": "places_lt",
+}
+
+
+def embedded_weights(name: str) -> Optional[str]:
+    """Path of the weights shipped in the package for ``name`` ('arch.tag'), or None when none ship."""
+    path = WEIGHTS_DIR / f"{name}.safetensors"
+    return str(path) if path.is_file() else None
+
+
+def _create_gcl(variant: str, pretrained: bool = False, **kwargs: Any) -> GCLModel:
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
+                                 pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
+    if pretrained and not (cfg.has_weights or cfg.state_dict is not None or cfg.source == "local-dir"):
+        name = variant + (f".{cfg.tag}" if cfg.tag else "")
+        recipe = RECIPE_FOR_ENTRY.get(variant, "<recipe>")
+        raise RuntimeError(
+            f"no weights are published for {name!r} yet. Train them with "
+            f"`gcl-zoo train --recipe {recipe} --out runs/{variant}` and load the run with "
+            f"timm.create_model('local-dir:runs/{variant}', pretrained=True), or load a Hub copy with "
+            f"timm.create_model('hf-hub:ORG/NAME', pretrained=True); pretrained=False gives random weights.")
+    model = build_model_with_cfg(GCLModel, variant, pretrained, **kwargs)
+    if variant == GENERIC and not isinstance(kwargs.get("pretrained_cfg"), dict):
+        # a fresh generic wrapper preprocesses like its backbone; a loaded one keeps its saved config
+        model.pretrained_cfg = {**model.pretrained_cfg, **model.backbone_data_cfg()}
+        model.default_cfg = model.pretrained_cfg
+    return model
+
+
+def _cfg(**kwargs: Any) -> Dict[str, Any]:
+    return {
+        "classifier": "head", "license": "apache-2.0", "paper_ids": PAPER_ID, "paper_name": PAPER_NAME,
+        "origin_url": "https://github.com/Keke921/GCLLoss", **kwargs,
+    }
+
+
+def _cifar_cfg(num_classes: int, tag: str, **kwargs: Any) -> Dict[str, Any]:
+    mean, std = CIFAR_MEAN_STD
+    base = "gcl_resnet32_cifar10_lt" if num_classes == 10 else "gcl_resnet32_cifar100_lt"
+    return _cfg(
+        num_classes=num_classes, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0, interpolation="bilinear",
+        mean=mean, std=std, first_conv="backbone.conv1",
+        label_names=CIFAR10_CLASSES if num_classes == 10 else CIFAR100_CLASSES,
+        file=embedded_weights(f"{base}.{tag}"), **kwargs)
+
+
+def _imagenet_size_cfg(num_classes: int, **kwargs: Any) -> Dict[str, Any]:
+    return _cfg(num_classes=num_classes, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
+                interpolation="bilinear", first_conv="backbone.conv1", **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    # any timm backbone: preprocessing comes from the backbone, classes from the caller
+    GENERIC: _cfg(num_classes=1000, description="GCL cosine classifier on any timm backbone"),
+    "gcl_resnet32_cifar10_lt.ir100*": _cifar_cfg(10, "ir100"),
+    "gcl_resnet32_cifar10_lt.ir50": _cifar_cfg(10, "ir50"),
+    "gcl_resnet32_cifar10_lt.ir200": _cifar_cfg(10, "ir200"),
+    "gcl_resnet32_cifar100_lt.ir100*": _cifar_cfg(100, "ir100"),
+    "gcl_resnet32_cifar100_lt.ir50": _cifar_cfg(100, "ir50"),
+    "gcl_resnet32_cifar100_lt.ir200": _cifar_cfg(100, "ir200"),
+    "gcl_resnet50_imagenet_lt": _imagenet_size_cfg(1000, label_names=imagenet_label_names()),
+    # iNaturalist 2018: 8,142 species; Places-LT: 365 scene classes (names are not bundled offline)
+    "gcl_resnet50_inat18": _imagenet_size_cfg(8142),
+    "gcl_resnet152_places_lt": _imagenet_size_cfg(365),
+})
+
+
+@register_model
+def gcl_timm(pretrained: bool = False, **kwargs: Any) -> GCLModel:
+    return _create_gcl(GENERIC, pretrained, **kwargs)
+
+
+@register_model
+def gcl_resnet32_cifar10_lt(pretrained: bool = False, **kwargs: Any) -> GCLModel:
+    return _create_gcl("gcl_resnet32_cifar10_lt", pretrained, **{"backbone": "cifar_resnet32", "logit_scale": 20.0, **kwargs})
+
+
+@register_model
+def gcl_resnet32_cifar100_lt(pretrained: bool = False, **kwargs: Any) -> GCLModel:
+    return _create_gcl("gcl_resnet32_cifar100_lt", pretrained, **{"backbone": "cifar_resnet32", "logit_scale": 20.0, **kwargs})
+
+
+@register_model
+def gcl_resnet50_imagenet_lt(pretrained: bool = False, **kwargs: Any) -> GCLModel:
+    return _create_gcl("gcl_resnet50_imagenet_lt", pretrained, **{"backbone": "resnet50", **kwargs})
+
+
+@register_model
+def gcl_resnet50_inat18(pretrained: bool = False, **kwargs: Any) -> GCLModel:
+    return _create_gcl("gcl_resnet50_inat18", pretrained, **{"backbone": "resnet50", **kwargs})
+
+
+@register_model
+def gcl_resnet152_places_lt(pretrained: bool = False, **kwargs: Any) -> GCLModel:
+    return _create_gcl("gcl_resnet152_places_lt", pretrained, **{"backbone": "resnet152", "logit_scale": 15.0, **kwargs})
+
