@@ -1,0 +1,154 @@
+"""Long-tailed CIFAR-10/100 (Cao et al. 2019), giving exactly the subsets the literature trains on.
+
+Per class c (in label order) the recipe shuffles that class's image positions with one NumPy RandomState seeded
+once (seed 0 in the papers) and keeps the first ``n_c``, where ``n_c = int(n_max * (1/ratio)^(c / (C-1)))``
+("exp") or n_max for the first half of the classes and ``int(n_max / ratio)`` for the rest ("step").
+Images are read from a torchvision CIFAR root (``cifar-10-batches-py`` / ``cifar-100-python``) or from an
+ImageFolder laid out as ``train/<class>/<NNNNN>.<ext>`` and ``test/...`` (a folder or a zip), where NNNNN is the
+image's position within its class in the original order. All images are decoded once into memory (32x32 uint8).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .labels import CIFAR100_CLASSES, CIFAR10_CLASSES
+from .sources import IMAGE_EXTENSIONS, ImageSource, decode_rgb_tensor, open_source
+
+__all__ = ["long_tail_counts", "long_tail_positions", "CIFARLongTail", "PROFILES"]
+
+PROFILES = ("exp", "step")
+_TORCHVISION_DIRS = {10: "cifar-10-batches-py", 100: "cifar-100-python"}
+
+
+def long_tail_counts(n_max: int, num_classes: int, imb_ratio: float, profile: str = "exp") -> List[int]:
+    """Images kept per class for an imbalance ratio ``n_max / n_min`` (ratio 1 keeps everything)."""
+    if imb_ratio < 1:
+        raise ValueError(f"imbalance ratio must be >= 1 (n_max / n_min), got {imb_ratio}")
+    if num_classes < 2:
+        raise ValueError("a long-tailed data set needs at least 2 classes")
+    if profile == "exp":
+        return [int(n_max * (1.0 / imb_ratio) ** (c / (num_classes - 1.0))) for c in range(num_classes)]
+    if profile == "step":
+        half = num_classes // 2
+        return [n_max] * half + [int(n_max / imb_ratio)] * (num_classes - half)
+    raise ValueError(f"unknown imbalance profile {profile!r}; choose one of {', '.join(PROFILES)}")
+
+
+def long_tail_positions(class_sizes: Sequence[int], counts: Sequence[int], seed: int = 0) -> List[np.ndarray]:
+    """Per class, the positions (within the class, original order) that the seeded recipe keeps."""
+    rng = np.random.RandomState(seed)
+    kept = []
+    for size, n in zip(class_sizes, counts):
+        if n > size:
+            raise ValueError(f"asked for {n} images from a class that has only {size}")
+        order = np.arange(size)
+        rng.shuffle(order)
+        kept.append(order[:n])
+    return kept
+
+
+def _class_names(num_classes: int) -> Tuple[str, ...]:
+    if num_classes == 10:
+        return CIFAR10_CLASSES
+    if num_classes == 100:
+        return CIFAR100_CLASSES
+    raise ValueError(f"CIFAR has 10 or 100 classes, not {num_classes}")
+
+
+def _read_torchvision(root: Path, num_classes: int, train: bool) -> Tuple[np.ndarray, np.ndarray]:
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    cls = CIFAR10 if num_classes == 10 else CIFAR100
+    ds = cls(str(root), train=train, download=False)
+    return np.asarray(ds.data), np.asarray(ds.targets, dtype=np.int64)
+
+
+class CIFARLongTail(Dataset):
+    """CIFAR-10/100 with a long-tailed training split (the test split stays balanced).
+
+    ``max_per_class`` caps the largest class (train) or every class (test), for quick runs.
+    Exposes ``data`` (N, 32, 32, 3) uint8, ``targets``, ``classes``, ``cls_num_list`` and, for each image,
+    ``positions`` (its index within its class in the original order: the identity of the image).
+    """
+
+    def __init__(self, root: Union[str, Path], num_classes: int = 10, train: bool = True, imb_ratio: float = 100,
+                 profile: str = "exp", seed: int = 0, transform: Optional[Callable] = None,
+                 max_per_class: Optional[int] = None):
+        self.classes = _class_names(num_classes)
+        self.transform = transform
+        self.train = train
+        root = Path(root)
+        members = self._members(root, num_classes, train)
+        sizes = [len(m) for m in members]
+        if min(sizes) == 0:
+            raise ValueError(f"class {self.classes[sizes.index(0)]!r} has no images under {root}; check the data root")
+        n_max = min(max(sizes), max_per_class or max(sizes))
+        if train:
+            counts = long_tail_counts(n_max, num_classes, imb_ratio, profile)
+            keep = long_tail_positions(sizes, counts, seed)
+        else:
+            keep = [np.arange(min(size, n_max)) for size in sizes]
+        self.data = np.concatenate([self._pick(members[c], k) for c, k in enumerate(keep)])
+        self.targets = np.concatenate([np.full(len(k), c, dtype=np.int64) for c, k in enumerate(keep)]).tolist()
+        self.positions = np.concatenate(keep).astype(np.int64)
+        self.cls_num_list = [len(k) for k in keep]
+
+    def _members(self, root: Path, num_classes: int, train: bool) -> list:
+        """Per class, in original order: an array of its images (torchvision) or its file names (ImageFolder)."""
+        if (root / _TORCHVISION_DIRS[num_classes]).is_dir():
+            data, targets = _read_torchvision(root, num_classes, train)
+            return [data[targets == c] for c in range(num_classes)]
+        self.source = open_source(root)
+        split = "train" if train else "test"
+        files = [n for n in self.source.names() if n.startswith(split + "/") and n.lower().endswith(IMAGE_EXTENSIONS)]
+        if not files:
+            raise FileNotFoundError(
+                f"{root} holds neither a torchvision CIFAR folder ({_TORCHVISION_DIRS[num_classes]}) nor "
+                f"'{split}/<class>/<NNNNN>.<ext>' images; point the data root at one of them")
+        by_class = {name: [] for name in self.classes}
+        for name in files:
+            parts = name.split("/")
+            if len(parts) != 3 or parts[1] not in by_class:
+                raise ValueError(f"unexpected file {self.source.describe(name)}: expected {split}/<class>/<NNNNN>.<ext> "
+                                 f"with a class among {', '.join(self.classes[:5])}, ...")
+            by_class[parts[1]].append(name)
+        return [sorted(by_class[c], key=_position_key) for c in self.classes]
+
+    def _pick(self, members, keep: np.ndarray) -> np.ndarray:
+        if isinstance(members, np.ndarray):
+            return members[keep]
+        return self._decode(self.source, [members[i] for i in keep])
+
+    @staticmethod
+    def _decode(source: ImageSource, names: List[str]) -> np.ndarray:
+        if not names:
+            return np.zeros((0, 32, 32, 3), dtype=np.uint8)
+        images = [decode_rgb_tensor(source.read_bytes(n), source.describe(n)) for n in names]
+        shapes = {tuple(img.shape) for img in images}
+        if len(shapes) != 1:
+            raise ValueError(f"CIFAR images must all be 32x32 RGB; found shapes {sorted(shapes)} under {source.root}")
+        return torch.stack(images).permute(0, 2, 3, 1).numpy()
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        image = Image.fromarray(self.data[index])
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[index]
+
+    def as_tensors(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """All images as one uint8 NCHW tensor and the labels, for device-resident training."""
+        return torch.from_numpy(self.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(self.targets)
+
+
+def _position_key(name: str) -> Tuple[int, str]:
+    stem = Path(name).stem
+    return (int(stem), name) if stem.isdigit() else (1 << 62, name)
