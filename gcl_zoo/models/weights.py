@@ -88,9 +88,10 @@ def explain_load_errors(name: str, cfg: PretrainedCfg) -> Iterator[None]:
     try:
         yield
     except SafetensorError as exc:
-        raise RuntimeError(
-            f"{_weights_location(cfg)} is not a readable safetensors file ({exc}). The file is corrupt or truncated:"
-            f" re-export it with `gcl-zoo export`, or delete it from the cache and download it again.") from exc
+        fix = ("delete it from the Hub cache (`hf cache delete`) and load again" if cfg.source == "hf-hub" or
+               (cfg.hf_hub_id and not cfg.file) else "write the folder again with `gcl-zoo export`")
+        raise RuntimeError(f"{_weights_location(cfg)} is not a readable safetensors file ({exc}). The file is corrupt"
+                           f" or truncated: {fix}.") from exc
     except RepositoryNotFoundError as exc:
         raise RuntimeError(f"Hub repo {cfg.hf_hub_id} does not exist or is not visible with your token"
                            f" (HF_TOKEN or `hf auth login`).{_origin(name, cfg)}") from exc
@@ -107,7 +108,7 @@ def explain_load_errors(name: str, cfg: PretrainedCfg) -> Iterator[None]:
             raise RuntimeError(f"{cfg.file} has no weights file: expected {SAFE_WEIGHTS_NAME} beside config.json."
                                f" Write the folder with `gcl-zoo export` (or gcl_zoo.hub.save_model_folder).") from exc
         if "Error(s) in loading state_dict" in message:
-            details = message.split(":", 1)[1].strip() if ":" in message else message
+            details = (message.split(":", 1)[1] if ":" in message else message).strip().rstrip(".")
             raise RuntimeError(
                 f"{_weights_location(cfg)} does not fit the architecture its config describes ({name},"
                 f" num_classes={cfg.num_classes}): {details}. Check `num_classes`, `label_names` and `model_args` in"
