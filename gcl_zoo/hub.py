@@ -189,12 +189,12 @@ def _zoo_name(config: Dict[str, Any], recipe: Optional[Dict[str, Any]], run: Opt
 
 def _write_card(folder: Path, model: nn.Module, name: str, evaluation: Optional[Dict[str, Any]],
                 recipe: Optional[Dict[str, Any]], run: Optional[Dict[str, Any]], missing: List[str],
-                repo_id: Optional[str]) -> str:
+                load_name: Optional[str]) -> str:
     from .model_card import CardInputs, card_notes, render_card
 
     inputs = CardInputs(name=name, config=_read_json(folder / CONFIG_NAME),
                         num_params=sum(p.numel() for p in model.parameters()), evaluation=evaluation, recipe=recipe,
-                        run=run, repo_id=repo_id, notes=card_notes(missing))
+                        run=run, load_name=load_name, notes=card_notes(missing))
     text = render_card(inputs)
     (folder / CARD_NAME).write_text(text, encoding="utf-8")
     return text
@@ -227,51 +227,54 @@ def export_run(run_dir: PathLike, out_dir: PathLike, zoo_name: Optional[str] = N
         else:
             (out_dir / target).unlink(missing_ok=True)  # never leave a stale file from an earlier export
     name = zoo_name or _zoo_name(config, recipe, run) or out_dir.name
-    _write_card(out_dir, model, name, evaluation, recipe, run, missing, repo_id)
+    _write_card(out_dir, model, name, evaluation, recipe, run, missing, f"hf-hub:{repo_id}" if repo_id else None)
     validate_folder(out_dir)
     return out_dir
 
 
-def export_embedded(name: str, out_dir: PathLike, repo_id: Optional[str] = None) -> Path:
-    """Export a checkpoint shipped in the package (``gcl_zoo/weights/<name>.safetensors`` + ``<name>.json``).
+def export_embedded(name: str, out_dir: PathLike, repo_id: Optional[str] = None,
+                    weights_dir: Optional[PathLike] = None) -> Path:
+    """Export a checkpoint shipped in the package (``<weights_dir>/<name>.safetensors`` + ``<name>.json``).
 
-    The JSON beside the weights is read like a run's ``eval.json``; its optional ``command`` and ``recipe``
-    (a mapping) fill the card's training section.
+    ``weights_dir`` defaults to ``gcl_zoo/weights``. The JSON beside the weights is read like a run's
+    ``eval.json``; its optional ``command`` and ``recipe`` (a mapping) fill the card's training section.
     """
     import timm
 
-    from .models.zoo import WEIGHTS_DIR, embedded_weights
+    from .models.zoo import WEIGHTS_DIR
 
-    if embedded_weights(name) is None:
-        raise InvalidModelFolder(f"{WEIGHTS_DIR / (name + '.safetensors')}: no weights ship for {name!r}")
-    model = timm.create_model(name, pretrained=True)
-    info = _read_optional(WEIGHTS_DIR / f"{name}.json")
+    weights_dir = Path(weights_dir or WEIGHTS_DIR)
+    weights = weights_dir / f"{name}.safetensors"
+    if not weights.is_file():
+        raise InvalidModelFolder(f"{weights}: missing; no weights ship for {name!r}")
+    model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
+    info = _read_optional(weights_dir / f"{name}.json")
     out_dir = Path(out_dir)
     save_model_folder(model, out_dir)
-    recipe = (info or {}).get("recipe") if isinstance((info or {}).get("recipe"), dict) else None
+    recipe = info.get("recipe") if info and isinstance(info.get("recipe"), dict) else None
     run = {"command": info["command"]} if info and info.get("command") else None
-    missing = ["eval.json"] if info is None else []
     if info is not None:
         (out_dir / EVAL_NAME).write_text(json.dumps(info, indent=2), encoding="utf-8")
-    _write_card(out_dir, model, name, info, recipe, run, missing, repo_id)
+    _write_card(out_dir, model, name, info, recipe, run, [] if info else ["eval.json"],
+                f"hf-hub:{repo_id}" if repo_id else name)  # a shipped checkpoint loads by its zoo name
     validate_folder(out_dir)
     return out_dir
 
 
-def write_shipped_cards(cards_dir: PathLike = "model_cards", repo_org: Optional[str] = None) -> List[Path]:
-    """(Re)generate ``<cards_dir>/<name>.md`` for every checkpoint shipped in ``gcl_zoo/weights/``.
+def write_shipped_cards(cards_dir: PathLike = "model_cards", weights_dir: Optional[PathLike] = None) -> List[Path]:
+    """(Re)generate ``<cards_dir>/<name>.md`` for every checkpoint shipped in ``weights_dir`` (``gcl_zoo/weights``).
 
-    These generated cards are committed beside the template, so a reviewer sees what each shipped model claims.
+    These generated cards are committed under ``model_cards/``, so a reviewer sees what each shipped model claims.
     """
     from .models.zoo import WEIGHTS_DIR
 
-    cards_dir = Path(cards_dir)
+    weights_dir, cards_dir = Path(weights_dir or WEIGHTS_DIR), Path(cards_dir)
     cards_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for weights in sorted(WEIGHTS_DIR.glob("*.safetensors")):
+    for weights in sorted(weights_dir.glob("*.safetensors")):
         name = weights.name[: -len(".safetensors")]
         with tempfile.TemporaryDirectory() as tmp:
-            folder = export_embedded(name, Path(tmp) / name, repo_id=f"{repo_org}/{name}" if repo_org else None)
+            folder = export_embedded(name, Path(tmp) / name, weights_dir=weights_dir)
             target = cards_dir / f"{name}.md"
             shutil.copyfile(folder / CARD_NAME, target)
         written.append(target)

@@ -53,7 +53,7 @@ class CardInputs:
     evaluation: Optional[Dict[str, Any]] = None  # eval.json
     recipe: Optional[Dict[str, Any]] = None  # recipe.yaml
     run: Optional[Dict[str, Any]] = None  # run.json
-    repo_id: Optional[str] = None  # where the card will live, for the usage snippet
+    load_name: Optional[str] = None  # what the usage snippet passes to timm.create_model
     notes: List[str] = field(default_factory=list)  # what is missing, said in the card
 
 
@@ -98,7 +98,7 @@ def card_data(inputs: CardInputs) -> ModelCardData:
 
 
 def _usage(inputs: CardInputs) -> str:
-    source = f"hf-hub:{inputs.repo_id}" if inputs.repo_id else f"local-dir:{inputs.name}"
+    source = inputs.load_name or f"local-dir:{inputs.name}"
     return "\n".join([
         "import timm, torch, gcl_zoo  # importing gcl_zoo registers the architecture",
         "from PIL import Image",

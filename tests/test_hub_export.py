@@ -101,6 +101,27 @@ def test_cli_export(make_run, tmp_path, capsys):
     assert "no such run folder" in capsys.readouterr().err
 
 
+def test_shipped_checkpoint_export_and_card(exported, tmp_path):
+    run, _ = exported
+    zoo = "gcl_resnet32_cifar10_lt.ir100"
+    weights_dir = tmp_path / "weights"  # laid out like gcl_zoo/weights/
+    weights_dir.mkdir()
+    shutil.copyfile(run / "model.safetensors", weights_dir / f"{zoo}.safetensors")
+    (weights_dir / f"{zoo}.json").write_text(json.dumps({**RUN_EVAL, "command": RUN_INFO["command"],
+                                                         "recipe": RUN_RECIPE}))
+    written = hub.write_shipped_cards(tmp_path / "cards", weights_dir=weights_dir)
+    assert written == [tmp_path / "cards" / f"{zoo}.md"]
+    card = ModelCard.load(written[0])
+    assert card.data.model_name == zoo and card.data.eval_results[0].metric_value == 81.25
+    assert f'timm.create_model("{zoo}", pretrained=True)' in card.text and RUN_INFO["command"] in card.text
+    out = hub.export_embedded(zoo, tmp_path / "out", weights_dir=weights_dir)
+    with torch.no_grad():
+        assert torch.equal(timm.create_model(f"local-dir:{out}", pretrained=True).eval()(X),
+                           timm.create_model(f"local-dir:{run}", pretrained=True).eval()(X))
+    with pytest.raises(InvalidModelFolder, match=r"gcl_resnet32_cifar10_lt\.ir50\.safetensors: missing"):
+        hub.export_embedded("gcl_resnet32_cifar10_lt.ir50", tmp_path / "none", weights_dir=weights_dir)
+
+
 def test_committed_cards_of_shipped_checkpoints_are_current(tmp_path):
     written = hub.write_shipped_cards(tmp_path)
     for card in written:
