@@ -103,6 +103,9 @@ def _check_config(config: Dict[str, Any], path: Path) -> Tuple[str, int]:
     if cfg_classes is not None and cfg_classes != num_classes:
         raise InvalidModelFolder(f"{path}: field 'num_classes' is {num_classes} but 'pretrained_cfg.num_classes' is"
                                  f" {cfg_classes}; they must agree")
+    backbone = (config.get("model_args") or {}).get("backbone")
+    if isinstance(backbone, str) and not timm.is_model(backbone):
+        raise InvalidModelFolder(f"{path}: field 'model_args.backbone' names {backbone!r}, which timm does not know")
     labels = config.get("label_names")
     if labels is not None and len(labels) != num_classes:
         raise InvalidModelFolder(f"{path}: field 'label_names' has {len(labels)} names for num_classes={num_classes}")
@@ -139,11 +142,13 @@ def validate_folder(folder: PathLike) -> nn.Module:
         raise InvalidModelFolder(f"{weights}: missing; a model folder needs {WEIGHTS_NAME} beside {CONFIG_NAME}"
                                  f" (gcl-zoo writes and reads safetensors only)")
     config = _read_json(config_path)
-    _check_config(config, config_path)
+    arch, _ = _check_config(config, config_path)
     _check_classifier(config, _tensor_shapes(weights), folder)
     try:
         return timm.create_model(f"local-dir:{folder}", pretrained=True)
-    except (RuntimeError, TypeError, ValueError, KeyError) as exc:  # a config that does not build, or misfit weights
+    except TypeError as exc:  # an argument the architecture does not take
+        raise InvalidModelFolder(f"{config_path}: field 'model_args' does not fit {arch!r}: {exc}") from exc
+    except (RuntimeError, ValueError, KeyError) as exc:  # weights that do not fit, or a config that does not build
         raise InvalidModelFolder(f"{folder}: timm cannot load it: {exc}") from exc
 
 

@@ -191,6 +191,21 @@ def test_shape_mismatch_inside_the_backbone(exported, tmp_path):
         validate_folder(folder)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("backbone", "resnet_does_not_exist", r"field 'model_args\.backbone' names 'resnet_does_not_exist'"),
+    ("bogus_arg", 1, r"field 'model_args' does not fit 'gcl_resnet32_cifar10_lt'.*bogus_arg"),
+])
+def test_config_that_does_not_build(exported, tmp_path, field, value, message):
+    folder = _copy(exported[1], tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_args"][field] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidModelFolder, match=r"config\.json: " + message):
+        validate_folder(folder)
+    with pytest.raises(InvalidModelFolder, match=message):
+        push_folder(folder, "org/name", token="hf_test", endpoint="http://127.0.0.1:9")
+
+
 def test_label_count_mismatch(exported, tmp_path):
     folder = _copy(exported[1], tmp_path)
     config = json.loads((folder / "config.json").read_text())
