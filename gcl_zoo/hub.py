@@ -24,7 +24,7 @@ __all__ = [
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
-RECIPE_NAME = "train_hparams.yaml"  # the run's recipe.yaml, under the name Hub repos of timm models use
+RECIPE_NAME = "train_hparams.yaml"  # the run's recipe.yaml: the resolved training settings
 EVAL_NAME = "eval.json"
 CARD_NAME = "README.md"
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".pkl", ".pickle", ".ckpt", ".tar")
@@ -182,6 +182,8 @@ def _zoo_name(config: Dict[str, Any], recipe: Optional[Dict[str, Any]], run: Opt
     """The zoo name (``arch.tag``) a run reproduces: run.json's ``zoo_name``, else the architecture plus ``irN``."""
     import timm
 
+    from .models.zoo import GENERIC
+
     if run and run.get("zoo_name"):
         return str(run["zoo_name"])
     arch = config.get("architecture", "")
@@ -189,20 +191,18 @@ def _zoo_name(config: Dict[str, Any], recipe: Optional[Dict[str, Any]], run: Opt
     ratio = (recipe or {}).get("imb_ratio")
     if ratio and f"{arch}.ir{float(ratio):g}" in tagged:
         return f"{arch}.ir{float(ratio):g}"
-    return arch if arch in tagged else None
+    return arch if arch in tagged and arch != GENERIC else None  # a generic wrapper is no zoo entry
 
 
 def _write_card(folder: Path, model: nn.Module, name: str, evaluation: Optional[Dict[str, Any]],
                 recipe: Optional[Dict[str, Any]], run: Optional[Dict[str, Any]], missing: List[str],
-                load_name: Optional[str]) -> str:
+                load_name: Optional[str]) -> None:
     from .model_card import CardInputs, card_notes, render_card
 
     inputs = CardInputs(name=name, config=_read_json(folder / CONFIG_NAME),
                         num_params=sum(p.numel() for p in model.parameters()), evaluation=evaluation, recipe=recipe,
                         run=run, load_name=load_name, notes=card_notes(missing))
-    text = render_card(inputs)
-    (folder / CARD_NAME).write_text(text, encoding="utf-8")
-    return text
+    (folder / CARD_NAME).write_text(render_card(inputs), encoding="utf-8")
 
 
 def export_run(run_dir: PathLike, out_dir: PathLike, zoo_name: Optional[str] = None,

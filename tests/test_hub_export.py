@@ -92,6 +92,24 @@ def test_export_without_optional_files_says_what_is_missing(make_run, tmp_path):
     assert "\n# bare\n" in card.text  # no recipe, so no zoo name: the card is titled after the folder
 
 
+def test_generic_wrapper_exports_with_its_backbone_preprocessing(tmp_path):
+    model = gcl_zoo.create_gcl_model("resnet18", num_classes=3, label_names=["cat", "dog", "eel"]).eval()
+    hub.save_model_folder(model, tmp_path / "run")
+    out = export_run(tmp_path / "run", tmp_path / "pets")
+    config = json.loads((out / "config.json").read_text())
+    backbone_cfg = timm.create_model("resnet18").pretrained_cfg
+    assert config["architecture"] == "gcl_timm" and config["model_args"]["backbone"] == "resnet18"
+    assert config["label_names"] == ["cat", "dog", "eel"]
+    for key in ("input_size", "mean", "std", "crop_pct", "interpolation"):
+        assert config["pretrained_cfg"][key] == pytest.approx(list(backbone_cfg[key]) if isinstance(
+            backbone_cfg[key], tuple) else backbone_cfg[key]), key
+    loaded = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert "\n# pets\n" in (out / "README.md").read_text()
+
+
 def test_cli_export(make_run, tmp_path, capsys):
     run = make_run(optional=("recipe.yaml",))
     assert hub_cli([str(run), str(tmp_path / "out")], command="export") == 0
