@@ -161,13 +161,16 @@ def test_pickle_only_repo_is_refused_not_unpickled(pulled, pickled_repo):
 def test_offline_loading_from_the_cache(hub, hf_home, pushed, pulled, tmp_path):
     folder, _ = pushed
     requests_before = len(hub.requests)
-    results = _pull(hub, hf_home, tmp_path, [f"hf-hub:{REPO_ID}", ZOO_NAME], HF_HUB_OFFLINE="1",
-                    GCL_ZOO_HUB_ORG="org")
+    results = _pull(hub, hf_home, tmp_path, [f"hf-hub:{REPO_ID}", ZOO_NAME, "gcl_resnet32_cifar10_lt.ir200"],
+                    HF_HUB_OFFLINE="1", GCL_ZOO_HUB_ORG="org")
     assert len(hub.requests) == requests_before  # nothing went over the network
     reference = _reference(folder)
-    for entry in results["models"]:
+    *cached, uncached = results["models"]
+    for entry in cached:
         assert "error" not in entry, entry
         _assert_same(tmp_path / entry["file"], reference)
+    assert uncached["error"].startswith("RuntimeError: model.safetensors of Hub repo org/gcl_resnet32_cifar10_lt.ir200"
+                                        " is not in the Hub cache")
 
 
 def test_push_to_a_branch_and_as_a_pull_request(hub, pushed, tmp_path):

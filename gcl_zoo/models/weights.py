@@ -82,7 +82,8 @@ def _origin(name: str, cfg: PretrainedCfg) -> str:
 @contextmanager
 def explain_load_errors(name: str, cfg: PretrainedCfg) -> Iterator[None]:
     """Turn the loader's low-level errors into one message naming the file, the cause and the fix."""
-    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
     from safetensors import SafetensorError
 
     try:
@@ -97,6 +98,11 @@ def explain_load_errors(name: str, cfg: PretrainedCfg) -> Iterator[None]:
                            f" (HF_TOKEN or `hf auth login`).{_origin(name, cfg)}") from exc
     except RevisionNotFoundError as exc:
         raise RuntimeError(f"Hub repo {cfg.hf_hub_id} has no such revision.{_origin(name, cfg)}") from exc
+    except LocalEntryNotFoundError as exc:  # offline (HF_HUB_OFFLINE=1 or no network) and not in the cache
+        raise RuntimeError(
+            f"{cfg.hf_hub_filename or SAFE_WEIGHTS_NAME} of Hub repo {cfg.hf_hub_id} is not in the Hub cache and the"
+            f" Hub cannot be reached ({exc.__class__.__name__}); load it once online to cache it.{_origin(name, cfg)}"
+        ) from exc
     except EntryNotFoundError as exc:
         raise RuntimeError(
             f"Hub repo {cfg.hf_hub_id} has no {cfg.hf_hub_filename or SAFE_WEIGHTS_NAME}: gcl-zoo loads weights from"
