@@ -89,8 +89,10 @@ def explain_load_errors(name: str, cfg: PretrainedCfg) -> Iterator[None]:
     try:
         yield
     except SafetensorError as exc:
-        fix = ("delete it from the Hub cache (`hf cache delete`) and load again" if cfg.source == "hf-hub" or
-               (cfg.hf_hub_id and not cfg.file) else "write the folder again with `gcl-zoo export`")
+        repo_id = str(cfg.hf_hub_id).partition("@")[0]
+        fix = (f"remove it from the Hub cache (`hf cache rm model/{repo_id}`, or delete the file) and load again"
+               if cfg.source == "hf-hub" or (cfg.hf_hub_id and not cfg.file)
+               else "write the folder again with `gcl-zoo export`")
         raise RuntimeError(f"{_weights_location(cfg)} is not a readable safetensors file ({exc}). The file is corrupt"
                            f" or truncated: {fix}.") from exc
     except RepositoryNotFoundError as exc:
