@@ -60,10 +60,14 @@ def _pull(hub: HubServer, hf_home: Path, out: Path, names: list, **env: str) -> 
 
 def _reference(folder: Path) -> dict:
     """What the pushed folder computes, loaded locally with one thread like the pulling processes."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
-    with torch.no_grad():
-        return {**model.state_dict(), "__output__": model(fixed_input())}
+    try:
+        model = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+        with torch.no_grad():
+            return {**model.state_dict(), "__output__": model(fixed_input())}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _assert_same(pulled: Path, reference: dict) -> None:
