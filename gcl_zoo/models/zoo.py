@@ -2,7 +2,9 @@
 
 One table (``default_cfgs``) holds every entry and its preprocessing; each ``@register_model`` function is one
 line naming the backbone. An entry claims weights only when they exist: the embedded CIFAR-10-LT checkpoint
-ships inside the package (``gcl_zoo/weights/``), and the rest are trained with ``gcl-zoo train``.
+ships inside the package (``gcl_zoo/weights/``), and the rest are trained with ``gcl-zoo train``. Setting
+``GCL_ZOO_HUB_ORG=<org>`` before the import points every entry at the Hub repo ``<org>/<name.tag>``
+(see ``gcl_zoo.models.weights``).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from timm.models._builder import resolve_pretrained_cfg
 
 from ..data.labels import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD, imagenet_label_names
 from .gcl import GCLModel
+from .weights import explain_load_errors, safe_hub_overlay, with_hub_repos
 
 __all__ = ["WEIGHTS_DIR", "embedded_weights", "RECIPE_FOR_ENTRY"]
 
@@ -38,15 +41,18 @@ def embedded_weights(name: str) -> Optional[str]:
 def _create_gcl(variant: str, pretrained: bool = False, **kwargs: Any) -> GCLModel:
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
                                  pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
+    name = variant + (f".{cfg.tag}" if cfg.tag else "")
     if pretrained and not (cfg.has_weights or cfg.state_dict is not None or cfg.source == "local-dir"):
-        name = variant + (f".{cfg.tag}" if cfg.tag else "")
         recipe = RECIPE_FOR_ENTRY.get(variant, "<recipe>")
         raise RuntimeError(
             f"no weights are published for {name!r} yet. Train them with "
             f"`gcl-zoo train --recipe {recipe} --out runs/{variant}` and load the run with "
             f"timm.create_model('local-dir:runs/{variant}', pretrained=True), or load a Hub copy with "
             f"timm.create_model('hf-hub:ORG/NAME', pretrained=True); pretrained=False gives random weights.")
-    model = build_model_with_cfg(GCLModel, variant, pretrained, **kwargs)
+    if pretrained:
+        kwargs["pretrained_cfg_overlay"] = safe_hub_overlay(cfg, kwargs.get("pretrained_cfg_overlay"))
+    with explain_load_errors(name, cfg):
+        model = build_model_with_cfg(GCLModel, variant, pretrained, **kwargs)
     if variant == GENERIC and not isinstance(kwargs.get("pretrained_cfg"), dict):
         # a fresh generic wrapper preprocesses like its backbone; a loaded one keeps its saved config
         model.pretrained_cfg = {**model.pretrained_cfg, **model.backbone_data_cfg()}
@@ -76,7 +82,7 @@ def _imagenet_size_cfg(num_classes: int, **kwargs: Any) -> Dict[str, Any]:
                 interpolation="bilinear", first_conv="backbone.conv1", **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
+default_cfgs = generate_default_cfgs(with_hub_repos({
     # any timm backbone: preprocessing comes from the backbone, classes from the caller
     GENERIC: _cfg(num_classes=1000, description="GCL cosine classifier on any timm backbone"),
     "gcl_resnet32_cifar10_lt.ir100*": _cifar_cfg(10, "ir100"),
@@ -89,7 +95,7 @@ default_cfgs = generate_default_cfgs({
     # iNaturalist 2018: 8,142 species; Places-LT: 365 scene classes (names are not bundled offline)
     "gcl_resnet50_inat18": _imagenet_size_cfg(8142),
     "gcl_resnet152_places_lt": _imagenet_size_cfg(365),
-})
+}, skip=GENERIC))
 
 
 @register_model

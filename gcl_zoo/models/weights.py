@@ -1,0 +1,124 @@
+"""Where a zoo model's weights come from (the package, a Hub repo, a local folder) and clear errors when they
+cannot be read.
+
+timm does the loading; this module only decides two things it cannot know: which Hub repo a zoo name points at
+(``GCL_ZOO_HUB_ORG``), and that weights from the Hub are read from ``model.safetensors`` only, so nothing
+downloaded is ever unpickled.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional
+
+from timm.models import PretrainedCfg
+
+__all__ = ["HUB_ORG_ENV", "SAFE_WEIGHTS_NAME", "hub_org", "with_hub_repos", "safe_hub_overlay", "explain_load_errors"]
+
+HUB_ORG_ENV = "GCL_ZOO_HUB_ORG"
+SAFE_WEIGHTS_NAME = "model.safetensors"
+
+
+def hub_org() -> Optional[str]:
+    """The Hub user or organisation named by ``GCL_ZOO_HUB_ORG`` (None when unset)."""
+    org = os.environ.get(HUB_ORG_ENV, "").strip().strip("/")
+    return org or None
+
+
+def with_hub_repos(cfgs: Dict[str, Dict[str, Any]], skip: str) -> Dict[str, Dict[str, Any]]:
+    """Point every zoo entry except ``skip`` at the Hub repo ``<org>/<name.tag>`` when ``GCL_ZOO_HUB_ORG`` is set.
+
+    Read once, when ``gcl_zoo`` is imported: set the variable first. Then ``pretrained=True`` downloads the
+    entry from that repo (weights shipped in the package still win) and ``timm.list_pretrained`` lists it.
+    ``gcl-zoo push`` of a folder exported as ``<name.tag>`` to ``--repo-id <org>/<name.tag>`` fills such a repo.
+    """
+    org = hub_org()
+    if org is None:
+        return cfgs
+    out = {}
+    for key, cfg in cfgs.items():
+        name = key.rstrip("*")
+        out[key] = cfg if name == skip else {**cfg, "hf_hub_id": f"{org}/{name}", "hf_hub_filename": SAFE_WEIGHTS_NAME}
+    return out
+
+
+def safe_hub_overlay(cfg: PretrainedCfg, overlay: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    """``overlay`` plus ``hf_hub_filename='model.safetensors'`` when the weights will come from the Hub.
+
+    timm falls back to ``pytorch_model.bin`` (a pickle) when a repo has no safetensors file; pinning the file name
+    makes such a repo fail with a clear error instead.
+    """
+    from_hub = cfg.source == "hf-hub" or (cfg.source != "local-dir" and cfg.hf_hub_id and not cfg.file
+                                          and cfg.state_dict is None)
+    if not from_hub or str(cfg.hf_hub_filename or "").endswith(".safetensors"):
+        return overlay
+    return {**(overlay or {}), "hf_hub_filename": SAFE_WEIGHTS_NAME}
+
+
+def _weights_location(cfg: PretrainedCfg) -> str:
+    """Human-readable name of the weights file a pretrained cfg loads."""
+    if cfg.source == "local-dir":
+        return str(Path(cfg.file) / SAFE_WEIGHTS_NAME)
+    if cfg.file and cfg.source != "hf-hub":
+        return str(cfg.file)
+    filename = cfg.hf_hub_filename or SAFE_WEIGHTS_NAME
+    repo_id, _, revision = str(cfg.hf_hub_id).partition("@")
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(repo_id, filename, revision=revision or None)
+    where = f" (cached at {cached})" if isinstance(cached, str) else ""
+    return f"{filename} of Hub repo {cfg.hf_hub_id}{where}"
+
+
+def _origin(name: str, cfg: PretrainedCfg) -> str:
+    """Why ``name`` loads from where it does (zoo names pointed at the Hub by GCL_ZOO_HUB_ORG say so)."""
+    if cfg.source in ("hf-hub", "local-dir") or not cfg.hf_hub_id or cfg.file:
+        return ""
+    return (f" The zoo name {name!r} points at Hub repo {cfg.hf_hub_id} because {HUB_ORG_ENV}={hub_org()!r};"
+            f" push the model there with `gcl-zoo push` or unset {HUB_ORG_ENV}.")
+
+
+@contextmanager
+def explain_load_errors(name: str, cfg: PretrainedCfg) -> Iterator[None]:
+    """Turn the loader's low-level errors into one message naming the file, the cause and the fix."""
+    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except SafetensorError as exc:
+        repo_id = str(cfg.hf_hub_id).partition("@")[0]
+        fix = (f"remove it from the Hub cache (`hf cache rm model/{repo_id}`, or delete the file) and load again"
+               if cfg.source == "hf-hub" or (cfg.hf_hub_id and not cfg.file)
+               else "write the folder again with `gcl-zoo export`")
+        raise RuntimeError(f"{_weights_location(cfg)} is not a readable safetensors file ({exc}). The file is corrupt"
+                           f" or truncated: {fix}.") from exc
+    except RepositoryNotFoundError as exc:
+        raise RuntimeError(f"Hub repo {cfg.hf_hub_id} does not exist or is not visible with your token"
+                           f" (HF_TOKEN or `hf auth login`).{_origin(name, cfg)}") from exc
+    except RevisionNotFoundError as exc:
+        raise RuntimeError(f"Hub repo {cfg.hf_hub_id} has no such revision.{_origin(name, cfg)}") from exc
+    except LocalEntryNotFoundError as exc:  # offline (HF_HUB_OFFLINE=1 or no network) and not in the cache
+        raise RuntimeError(
+            f"{cfg.hf_hub_filename or SAFE_WEIGHTS_NAME} of Hub repo {cfg.hf_hub_id} is not in the Hub cache and the"
+            f" Hub cannot be reached ({exc.__class__.__name__}); load it once online to cache it.{_origin(name, cfg)}"
+        ) from exc
+    except EntryNotFoundError as exc:
+        raise RuntimeError(
+            f"Hub repo {cfg.hf_hub_id} has no {cfg.hf_hub_filename or SAFE_WEIGHTS_NAME}: gcl-zoo loads weights from"
+            f" safetensors only (never pickle files). Export the model with `gcl-zoo export` and push that folder."
+            f"{_origin(name, cfg)}") from exc
+    except RuntimeError as exc:
+        message = str(exc)
+        if message.startswith("No suitable checkpoints found"):
+            raise RuntimeError(f"{cfg.file} has no weights file: expected {SAFE_WEIGHTS_NAME} beside config.json."
+                               f" Write the folder with `gcl-zoo export` (or gcl_zoo.hub.save_model_folder).") from exc
+        if "Error(s) in loading state_dict" in message:
+            details = (message.split(":", 1)[1] if ":" in message else message).strip().rstrip(".")
+            raise RuntimeError(
+                f"{_weights_location(cfg)} does not fit the architecture its config describes ({name},"
+                f" num_classes={cfg.num_classes}): {details}. Check `num_classes`, `label_names` and `model_args` in"
+                f" config.json against the weights; re-export the folder from the training run.") from exc
+        raise
