@@ -3,8 +3,9 @@
 Two pipelines share one interface: ``prepare`` runs per request in the decode thread pool, ``collate`` runs per
 batch in the inference thread and returns the model's input batch.
 
-* ``PilPipeline`` (CPU): the evaluation transform itself (timm's ``create_transform`` on the PIL image), so a
-  server answer equals ``model(transform(image))`` offline.
+* ``PilPipeline`` (CPU): timm's evaluation transform split the way timm's own prefetcher splits it: the PIL
+  stages (resize, centre crop) per image, producing uint8 tensors, then scaling and normalisation once per batch.
+  The arithmetic is the same element by element, so a server answer equals ``model(transform(image))`` offline.
 * ``DevicePipeline`` (GPU): JPEGs stay encoded until the batch is formed and are then decoded on the GPU; every
   image is resized, cropped and normalised there (``resize_crop_normalize``), the same steps as the evaluation
   transform on uint8 tensors.
@@ -23,7 +24,7 @@ from torchvision.transforms import InterpolationMode
 
 from .decoding import ImagePayload, RequestError, decode_jpegs_on_device, decode_pil, pil_to_uint8
 
-__all__ = ["data_config", "eval_transform", "resize_crop_normalize", "PilPipeline", "DevicePipeline",
+__all__ = ["data_config", "eval_transform", "uint8_transform", "normalize_batch", "resize_crop_normalize", "PilPipeline", "DevicePipeline",
            "create_pipeline", "Pipeline"]
 
 JPEG_FORMATS = ("JPEG", "MPO")
@@ -39,6 +40,18 @@ def data_config(model: nn.Module) -> Dict[str, Any]:
 def eval_transform(config: Dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
     """timm's evaluation transform for ``config``: the reference every server answer is checked against."""
     return create_transform(**config, is_training=False)
+
+
+def uint8_transform(config: Dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
+    """The evaluation transform's per-image stages, ending in a uint8 CHW tensor (timm's prefetcher mode)."""
+    return create_transform(**config, is_training=False, use_prefetcher=True)
+
+
+def normalize_batch(batch: torch.Tensor, config: Dict[str, Any]) -> torch.Tensor:
+    """uint8 NCHW -> float, scaled to [0, 1] and normalised: the evaluation transform's last two stages."""
+    mean = torch.tensor(config["mean"], device=batch.device).view(1, -1, 1, 1)
+    std = torch.tensor(config["std"], device=batch.device).view(1, -1, 1, 1)
+    return batch.float().div(255).sub(mean).div(std)
 
 
 def _scale_size(config: Dict[str, Any]) -> Tuple[int, int]:
@@ -70,17 +83,15 @@ def resize_crop_normalize(images: Sequence[torch.Tensor], config: Dict[str, Any]
     crop = list(config["input_size"][1:])
     batch = torch.stack([
         TF.center_crop(TF.resize(img, size, interpolation=interpolation, antialias=True), crop) for img in images])
-    mean = torch.tensor(config["mean"], device=batch.device).view(1, -1, 1, 1)
-    std = torch.tensor(config["std"], device=batch.device).view(1, -1, 1, 1)
-    return (batch.float() / 255.0 - mean) / std
+    return normalize_batch(batch, config)
 
 
 class PilPipeline:
-    """CPU pre-processing: decode and transform each image in the thread pool, stack per batch."""
+    """CPU pre-processing: decode, resize and crop each image in the thread pool; normalise per batch."""
 
     def __init__(self, config: Dict[str, Any]):
         self.config = config
-        self.transform = eval_transform(config)
+        self.transform = uint8_transform(config)
 
     def prepare(self, payload: ImagePayload, fmt: str) -> torch.Tensor:
         return self.transform(decode_pil(payload))
@@ -88,7 +99,7 @@ class PilPipeline:
     def collate(self, items: Sequence[torch.Tensor],
                 device: torch.device) -> Tuple[torch.Tensor, Dict[int, RequestError]]:
         """The input batch, and the items that could not be decoded (none here: ``prepare`` decoded them)."""
-        return torch.stack(list(items)).to(device), {}
+        return normalize_batch(torch.stack(list(items)).to(device), self.config), {}
 
 
 class DevicePipeline:

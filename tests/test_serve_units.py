@@ -124,7 +124,7 @@ def test_runner_probabilities_use_the_logit_scale(model):
 def test_engine_batches_concurrent_requests_and_bounds_its_queue(model):
     runner = ModelRunner("m", model, torch.device("cpu"), optimize="eager", max_batch_size=16)
     batches = []
-    items = [torch.randn(3, 32, 32) for _ in range(12)]
+    items = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(12)]  # prepared images
 
     async def scenario():
         with ThreadPoolExecutor(1) as pool:
@@ -140,7 +140,7 @@ def test_engine_batches_concurrent_requests_and_bounds_its_queue(model):
     results, full = asyncio.run(scenario())
     assert batches == [12]  # all twelve waited for one another within max_wait
     for item, (probs,) in zip(items, results):
-        assert torch.allclose(probs, runner.probabilities(item[None])[0], atol=1e-5)
+        assert torch.allclose(probs, runner.predict([item])[0], atol=1e-5)
     assert full.status == 503 and full.headers["Retry-After"] and "overloaded" in full.message
 
 
@@ -154,7 +154,7 @@ def test_engine_times_out_with_504_and_skips_expired_work(model):
                                     on_batch=lambda size, seconds: batches.append(size))
             engine.start()
             with pytest.raises(RequestError) as late:
-                await engine.submit([torch.randn(3, 32, 32)], timeout_s=0.05)
+                await engine.submit([torch.zeros(3, 32, 32, dtype=torch.uint8)], timeout_s=0.05)
             await asyncio.sleep(0.6)  # the batch closes after the request gave up: nothing is computed for it
             await engine.stop()
             return late.value
