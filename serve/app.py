@@ -29,7 +29,7 @@ from .batching import BatchingEngine
 from .decoding import (FORM_FIELDS, ImagePayload, PredictRequest, RequestError, check_top_k, inspect_image,
                        parse_predict_request)
 from .metrics import CONTENT_TYPE, ServerMetrics
-from .runner import ModelRunner, create_runner, resolve_device
+from .runner import ModelRunner, create_runner, resolve_device, start_parallel_runtime
 from .settings import ServeSettings
 
 __all__ = ["create_app", "ServerState"]
@@ -246,6 +246,7 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        start_parallel_runtime()  # on the main thread, before the inference thread runs anything
         state.decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
         state.inference_pool = ThreadPoolExecutor(1, thread_name_prefix="inference")  # one batch at a time
         loading = asyncio.get_running_loop().create_task(load_models(state, on_load_failure))
