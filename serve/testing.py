@@ -49,17 +49,18 @@ class ServerProcess:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE_ROOT), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + self.ready_timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                message = f"the server exited with code {self.proc.returncode}:\n{self.log()[-4000:]}"
-                self.stop()
-                raise RuntimeError(message)
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        with httpx.Client(timeout=2) as http:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    message = f"the server exited with code {self.proc.returncode}:\n{self.log()[-4000:]}"
+                    self.stop()
+                    raise RuntimeError(message)
+                try:
+                    if http.get(f"{self.url}/ready").status_code == 200:
+                        return self
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
         message = f"the server was not ready within {self.ready_timeout_s:g} s:\n{self.log()[-4000:]}"
         self.stop()
         raise TimeoutError(message)

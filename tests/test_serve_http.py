@@ -55,6 +55,13 @@ def server(model10_id, model100_id):
 
 
 @pytest.fixture(scope="module")
+def http():
+    """One client for the module (a fresh ``httpx.post`` builds a TLS context per call)."""
+    with httpx.Client(timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
 def images(cifar10_zip) -> List[tuple]:
     return cifar_test_images(cifar10_zip, per_class=4)
 
@@ -65,10 +72,10 @@ def offline(model10_id):
     model = timm.create_model(model10_id, pretrained=True).eval()
     transform = create_transform(**resolve_model_data_config(model))
 
-    def probabilities(data: bytes) -> torch.Tensor:
+    def probabilities(blobs: List[bytes]) -> torch.Tensor:
         with torch.no_grad():
-            x = transform(Image.open(io.BytesIO(data)).convert("RGB")).unsqueeze(0)
-            return torch.softmax(model.logit_scale * model(x), dim=1)[0]
+            x = torch.stack([transform(Image.open(io.BytesIO(data)).convert("RGB")) for data in blobs])
+            return torch.softmax(model.logit_scale * model(x), dim=1)
 
     return model.pretrained_cfg["label_names"], probabilities
 
@@ -111,17 +118,17 @@ def batch_histogram(text: str) -> Dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------------ basic routes
-def test_health_ready_models_docs(server, model10_id, model100_id):
-    assert httpx.get(f"{server.url}/health").json() == {"status": "alive", "models": []}
-    assert httpx.get(f"{server.url}/ready").json() == {"status": "ready", "models": [model10_id, model100_id]}
-    listing = httpx.get(f"{server.url}/models").json()
+def test_health_ready_models_docs(http, server, model10_id, model100_id):
+    assert http.get(f"{server.url}/health").json() == {"status": "alive", "models": []}
+    assert http.get(f"{server.url}/ready").json() == {"status": "ready", "models": [model10_id, model100_id]}
+    listing = http.get(f"{server.url}/models").json()
     assert listing["default"] == model10_id
     first = listing["models"][0]
     assert first["num_classes"] == 10 and first["labels"][0] == "airplane" and first["logit_scale"] == 20.0
     assert first["preprocessing"]["input_size"] == [3, 32, 32] and first["optimization"] == "trace"
     assert listing["models"][1]["num_classes"] == 100
-    assert httpx.get(f"{server.url}/docs").status_code == 200
-    spec = httpx.get(f"{server.url}/openapi.json").json()
+    assert http.get(f"{server.url}/docs").status_code == 200
+    spec = http.get(f"{server.url}/openapi.json").json()
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
     assert set(body) == {"multipart/form-data", "application/json"}
     assert "PredictRequest" in spec["components"]["schemas"] and "PredictResponse" in spec["components"]["schemas"]
@@ -129,48 +136,48 @@ def test_health_ready_models_docs(server, model10_id, model100_id):
 
 # ------------------------------------------------------------------------------------ predictions equal offline
 @pytest.mark.parametrize("fmt", ["WEBP", "PNG", "JPEG"])
-def test_prediction_equals_offline_model(server, images, offline, fmt):
+def test_prediction_equals_offline_model(http, server, images, offline, fmt):
     labels, probabilities = offline
     blobs = [data if fmt == "WEBP" else reencode(data, fmt, quality=90) for _, data, _ in images[:6]]
-    multipart = httpx.post(f"{server.url}/predict", files=files(*blobs), data={"top_k": "10"}).json()
-    as_json = httpx.post(f"{server.url}/predict", json={"inputs": [b64(b) for b in blobs],
+    multipart = http.post(f"{server.url}/predict", files=files(*blobs), data={"top_k": "10"}).json()
+    as_json = http.post(f"{server.url}/predict", json={"inputs": [b64(b) for b in blobs],
                                                          "parameters": {"top_k": 10}}).json()
     assert multipart["model"] == as_json["model"] and len(multipart["predictions"]) == 6
-    for blob, answer, answer_json in zip(blobs, multipart["predictions"], as_json["predictions"]):
-        assert_matches_offline(answer, probabilities(blob), labels)
+    for probs, answer, answer_json in zip(probabilities(blobs), multipart["predictions"], as_json["predictions"]):
+        assert_matches_offline(answer, probs, labels)
         assert_same(answer_json, answer)
         assert sum(p["score"] for p in answer) == pytest.approx(1.0, abs=1e-4)  # all 10 classes: a distribution
 
 
-def test_resized_input_equals_offline_model(server, images, offline):
+def test_resized_input_equals_offline_model(http, server, images, offline):
     """A larger, non-square photo goes through the same resize + centre crop as evaluation."""
     labels, probabilities = offline
     blob = reencode(images[0][1], "JPEG", size=(77, 50), quality=95)
-    answer = httpx.post(f"{server.url}/predict", files=files(blob, kind="image/jpeg")).json()["predictions"][0]
+    answer = http.post(f"{server.url}/predict", files=files(blob, kind="image/jpeg")).json()["predictions"][0]
     assert len(answer) == 5
-    assert_matches_offline(answer, probabilities(blob), labels)
+    assert_matches_offline(answer, probabilities([blob])[0], labels)
 
 
-def test_single_base64_input_data_uri_and_model_choice(server, images, model100_id):
+def test_single_base64_input_data_uri_and_model_choice(http, server, images, model100_id):
     data = images[0][1]
-    single = httpx.post(f"{server.url}/predict", json={"inputs": b64(data), "parameters": {"top_k": 3}}).json()
+    single = http.post(f"{server.url}/predict", json={"inputs": b64(data), "parameters": {"top_k": 3}}).json()
     assert len(single["predictions"]) == 1 and len(single["predictions"][0]) == 3
     scores = [p["score"] for p in single["predictions"][0]]
     assert scores == sorted(scores, reverse=True)
-    uri = httpx.post(f"{server.url}/predict", json={"inputs": "data:image/webp;base64," + b64(data),
+    uri = http.post(f"{server.url}/predict", json={"inputs": "data:image/webp;base64," + b64(data),
                                                     "parameters": {"top_k": 3}}).json()
     assert_same(uri["predictions"][0], single["predictions"][0])
-    other = httpx.post(f"{server.url}/predict", files=files(data), data={"model": model100_id}).json()
+    other = http.post(f"{server.url}/predict", files=files(data), data={"model": model100_id}).json()
     assert other["model"] == model100_id
     assert all(p["label"] in gcl_zoo.data.CIFAR100_CLASSES for p in other["predictions"][0])
 
 
 # -------------------------------------------------------------------------------------------------- concurrency
-def test_concurrent_clients_get_single_request_answers_in_batches(server, images):
+def test_concurrent_clients_get_single_request_answers_in_batches(http, server, images):
     """32 clients x 10 requests: every request answered, equal to its single-request answer, batched."""
     blobs = [data for _, data, _ in images[:32]]
-    alone = [httpx.post(f"{server.url}/predict", files=files(b)).json()["predictions"][0] for b in blobs]
-    before = batch_histogram(httpx.get(f"{server.url}/metrics").text)
+    alone = [http.post(f"{server.url}/predict", files=files(b)).json()["predictions"][0] for b in blobs]
+    before = batch_histogram(http.get(f"{server.url}/metrics").text)
 
     async def client(i: int, http: httpx.AsyncClient) -> List[list]:
         answers = []
@@ -189,14 +196,14 @@ def test_concurrent_clients_get_single_request_answers_in_batches(server, images
     for i, answers in enumerate(results):
         for answer in answers:
             assert_same(answer, alone[i])
-    after = batch_histogram(httpx.get(f"{server.url}/metrics").text)
+    after = batch_histogram(http.get(f"{server.url}/metrics").text)
     batched = (after["+Inf"] - after["1"]) - (before["+Inf"] - before["1"])
     assert batched > 0, f"no batch of more than one image was formed: {after}"
 
 
-def test_metrics_exposition(server, images, model10_id):
-    httpx.post(f"{server.url}/predict", files=files(images[0][1]))
-    text = httpx.get(f"{server.url}/metrics").text
+def test_metrics_exposition(http, server, images, model10_id):
+    http.post(f"{server.url}/predict", files=files(images[0][1]))
+    text = http.get(f"{server.url}/metrics").text
     assert metric_value(text, "gcl_serve_requests_total", endpoint="/predict", status="200") >= 1
     assert metric_value(text, "gcl_serve_request_duration_seconds_count", endpoint="/predict") >= 1
     assert metric_value(text, "gcl_serve_queue_depth", model=model10_id) == 0
@@ -240,22 +247,22 @@ def bad_requests(images, model10_id) -> list:
     ]
 
 
-def test_bad_inputs_answer_json_errors_and_the_server_keeps_serving(server, images, model10_id):
+def test_bad_inputs_answer_json_errors_and_the_server_keeps_serving(http, server, images, model10_id):
     failures = []
     for description, kwargs, status, phrase in bad_requests(images, model10_id):
-        response = httpx.post(f"{server.url}/predict", timeout=60, **kwargs)
+        response = http.post(f"{server.url}/predict", timeout=60, **kwargs)
         body = response.json()
         if response.status_code != status or phrase not in body.get("error", ""):
             failures.append(f"{description}: {response.status_code} {body}")
     assert not failures, "\n".join(failures)
-    assert httpx.get(f"{server.url}/ready").status_code == 200
-    assert httpx.post(f"{server.url}/predict", files=files(images[0][1])).status_code == 200
-    text = httpx.get(f"{server.url}/metrics").text
+    assert http.get(f"{server.url}/ready").status_code == 200
+    assert http.post(f"{server.url}/predict", files=files(images[0][1])).status_code == 200
+    text = http.get(f"{server.url}/metrics").text
     assert metric_value(text, "gcl_serve_requests_total", endpoint="/predict", status="413") >= 6
 
 
-def test_unknown_path_is_a_json_404(server):
-    response = httpx.get(f"{server.url}/nothing-here")
+def test_unknown_path_is_a_json_404(http, server):
+    response = http.get(f"{server.url}/nothing-here")
     assert response.status_code == 404 and "error" in response.json()
 
 
@@ -269,19 +276,19 @@ def small_server(model10_id):
         yield proc
 
 
-def test_api_key(small_server, images):
+def test_api_key(http, small_server, images):
     url, body = f"{small_server.url}/predict", files(images[0][1])
-    missing = httpx.post(url, files=body)
+    missing = http.post(url, files=body)
     assert missing.status_code == 401 and "API key" in missing.json()["error"]
     assert missing.headers["www-authenticate"] == "Bearer"
-    wrong = httpx.post(url, files=body, headers={"Authorization": "Bearer nope"})
+    wrong = http.post(url, files=body, headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and "wrong" in wrong.json()["error"]
-    assert httpx.post(url, files=body, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
-    assert httpx.post(url, files=body, headers={"X-API-Key": API_KEY}).status_code == 200
-    assert httpx.get(f"{small_server.url}/ready").status_code == 200  # probes stay open
+    assert http.post(url, files=body, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+    assert http.post(url, files=body, headers={"X-API-Key": API_KEY}).status_code == 200
+    assert http.get(f"{small_server.url}/ready").status_code == 200  # probes stay open
 
 
-def test_overload_answers_503_never_hangs_and_recovers(small_server, images):
+def test_overload_answers_503_never_hangs_and_recovers(http, small_server, images):
     """64 simultaneous 8-image requests against a queue of 8 images: each is answered 200 or 503."""
     body = [("files", (f"{i}.webp", data, "image/webp")) for i, (_, data, _) in enumerate(images[:8])]
     headers = {"X-API-Key": API_KEY}
@@ -300,19 +307,19 @@ def test_overload_answers_503_never_hangs_and_recovers(small_server, images):
             assert int(response.headers["retry-after"]) >= 1 and "overloaded" in response.json()["error"]
         else:
             assert len(response.json()["predictions"]) == 8
-    after = httpx.post(f"{small_server.url}/predict", files=body, headers=headers)
+    after = http.post(f"{small_server.url}/predict", files=body, headers=headers)
     assert after.status_code == 200 and len(after.json()["predictions"]) == 8
-    text = httpx.get(f"{small_server.url}/metrics").text
+    text = http.get(f"{small_server.url}/metrics").text
     assert metric_value(text, "gcl_serve_requests_total", endpoint="/predict", status="503") == statuses.count(503)
 
 
-def test_request_that_waits_too_long_answers_504(model10_id, images):
+def test_request_that_waits_too_long_answers_504(http, model10_id, images):
     """A batch that waits 3 s to fill up outlasts a 0.5 s request timeout; the server stays ready."""
     args = ["--model", model10_id, "--optimize", "eager", "--max-wait-ms", "3000", "--request-timeout-s", "0.5"]
     with ServerProcess(args) as proc:
-        response = httpx.post(f"{proc.url}/predict", files=files(images[0][1]), timeout=30)
+        response = http.post(f"{proc.url}/predict", files=files(images[0][1]), timeout=30)
         assert response.status_code == 504 and "0.5 s" in response.json()["error"]
-        assert httpx.get(f"{proc.url}/ready").status_code == 200
+        assert http.get(f"{proc.url}/ready").status_code == 200
 
 
 def test_model_that_cannot_load_stops_the_server_with_a_message(tmp_path):
