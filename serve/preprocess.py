@@ -24,8 +24,8 @@ from torchvision.transforms import InterpolationMode
 
 from .decoding import ImagePayload, RequestError, decode_jpegs_on_device, decode_pil, pil_to_uint8
 
-__all__ = ["data_config", "eval_transform", "uint8_transform", "normalize_batch", "resize_crop_normalize", "PilPipeline", "DevicePipeline",
-           "create_pipeline", "Pipeline"]
+__all__ = ["data_config", "eval_transform", "uint8_transform", "normalize_batch", "resize_crop_normalize",
+           "check_tensor_support", "PilPipeline", "DevicePipeline", "create_pipeline", "Pipeline"]
 
 JPEG_FORMATS = ("JPEG", "MPO")
 _INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,

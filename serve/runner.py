@@ -28,7 +28,8 @@ from PIL import Image
 from .decoding import ImagePayload, RequestError
 from .preprocess import DevicePipeline, Pipeline, create_pipeline, data_config
 
-__all__ = ["ModelRunner", "create_runner", "start_parallel_runtime", "resolve_device", "load_model", "batch_buckets", "logit_scale_of", "label_names_of"]
+__all__ = ["ModelRunner", "create_runner", "start_parallel_runtime", "resolve_device", "load_model", "batch_buckets",
+           "logit_scale_of", "label_names_of"]
 
 log = logging.getLogger("serve.runner")
 
