@@ -175,3 +175,10 @@ def test_metrics_text_format():
     assert 'gcl_serve_batch_size_count{model="we\\"ird"} 1' in text
     assert 'gcl_serve_queue_depth{model="we\\"ird"} 3' in text
     assert "# TYPE gcl_serve_request_duration_seconds histogram" in text
+
+
+def test_cli_rejects_invalid_settings_before_loading_anything(capsys):
+    from serve.cli import main
+
+    assert main(["--max-batch-size", "0"]) == 2
+    assert "max_batch_size" in capsys.readouterr().err
