@@ -46,9 +46,9 @@ def resolve_device(name: str) -> torch.device:
 def start_parallel_runtime() -> None:
     """Run one parallel CPU op on the calling thread, which must be the process's main thread.
 
-    PyTorch's OpenMP runtime is set up by the first parallel region. When that region runs on a worker thread
-    (the server's inference thread) rather than the main thread, every later forward pass on worker threads ran
-    about 10x slower on a 2-core machine (1.2 s instead of 0.1 s for a ResNet-32 batch of 64).
+    PyTorch's OpenMP runtime is set up by the first parallel region. When that region ran on a worker thread
+    (the server's inference thread) rather than the main thread, every later forward pass on worker threads was
+    2.5x to 12x slower on a shared 2-core machine (0.25 s to 1.2 s instead of 0.1 s for a ResNet-32 batch of 64).
     """
     torch.ones(1 << 20).mul_(2).sum()
 
