@@ -28,7 +28,7 @@ def stated_top1() -> float:
 
 @pytest.fixture(scope="module")
 def default_server(stated_top1):
-    with ServerProcess([]) as proc:  # no --model: the embedded default
+    with ServerProcess([], env={"GCL_ZOO_API_KEY": ""}) as proc:  # no --model: the embedded default
         yield proc
 
 

@@ -25,6 +25,7 @@ from serve.testing import ServerProcess
 from serve_images import cifar_test_images, png_header_only, reencode
 
 API_KEY = "test-key-123"
+NO_KEY = {"GCL_ZOO_API_KEY": ""}  # the servers without a key must not pick one up from the environment
 
 
 # ------------------------------------------------------------------------------------------------------ fixtures
@@ -50,7 +51,7 @@ def model100_id(model_dirs) -> str:
 def server(model10_id, model100_id):
     """The production configuration (default optimisation: TorchScript on CPU), two models, a wait long enough
     for concurrent requests to meet in batches."""
-    with ServerProcess(["--model", model10_id, model100_id, "--max-wait-ms", "20"]) as proc:
+    with ServerProcess(["--model", model10_id, model100_id, "--max-wait-ms", "20"], env=NO_KEY) as proc:
         yield proc
 
 
@@ -316,7 +317,7 @@ def test_overload_answers_503_never_hangs_and_recovers(http, small_server, image
 def test_request_that_waits_too_long_answers_504(http, model10_id, images):
     """A batch that waits 3 s to fill up outlasts a 0.5 s request timeout; the server stays ready."""
     args = ["--model", model10_id, "--optimize", "eager", "--max-wait-ms", "3000", "--request-timeout-s", "0.5"]
-    with ServerProcess(args) as proc:
+    with ServerProcess(args, env=NO_KEY) as proc:
         response = http.post(f"{proc.url}/predict", files=files(images[0][1]), timeout=30)
         assert response.status_code == 504 and "0.5 s" in response.json()["error"]
         assert http.get(f"{proc.url}/ready").status_code == 200
