@@ -1,0 +1,248 @@
+"""Load benchmark of the inference server, beside the raw in-process model throughput of the same run.
+
+    python bench/serve_load.py                       # embedded default model (random weights if not shipped)
+    python bench/serve_load.py --model local-dir:runs/x --concurrency 1 8 32 --images-per-request 1 16 64
+
+1. Raw throughput: the model's forward pass in this process on a batch of real pre-processed images, eager and
+   TorchScript-traced (``--raw-compile`` adds ``torch.compile``), images/s.
+2. A real server process (``gcl-zoo serve``) and an async httpx load generator: for every images-per-request x
+   concurrency cell, images/s, p50/p99 request latency and the mean batch size the server formed.
+3. The raw figures are measured again after the server stops (a shared machine's load changes). The ratio of
+   the best server figure to the best raw figure is the server's overhead (HTTP, decoding, pre-processing,
+   batching); the load generator shares the machine, so the ratio is a lower bound. Cells asking for more images
+   than the server queues (``--max-queue``, 1024 by default; 32 clients x 64 images) show its 503s.
+
+Results: a table on stdout, ``bench/results/serve_load.json`` and ``bench/results/serve_load.log``.
+Speed does not depend on the weights, so a randomly initialised model is used when no trained one is given.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Sequence
+
+import httpx
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import timm  # noqa: E402
+
+import gcl_zoo  # noqa: E402,F401
+from gcl_zoo.hub import save_model_folder  # noqa: E402
+from gcl_zoo.models.zoo import embedded_weights  # noqa: E402
+from serve.decoding import ImagePayload  # noqa: E402
+from serve.preprocess import PilPipeline, data_config  # noqa: E402
+from serve.runner import ModelRunner  # noqa: E402
+from serve.testing import ServerProcess  # noqa: E402
+
+DEFAULT_MODEL = "gcl_resnet32_cifar10_lt"
+
+
+def machine() -> Dict[str, Any]:
+    cpu = platform.processor() or "unknown"
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "torch": torch.__version__, "timm": timm.__version__, "platform": platform.platform(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
+
+
+def load_images(data_root: Path, count: int) -> List[bytes]:
+    """``count`` CIFAR-10 test images (WebP bytes), classes interleaved."""
+    archive = data_root / "cifar10" / "cifar10.zip"
+    if not archive.is_file():
+        raise SystemExit(f"no CIFAR-10 zip at {archive}; set GCL_ZOO_DATA or --data to the folder holding cifar10/")
+    with zipfile.ZipFile(archive) as zf:
+        names = sorted(n for n in zf.namelist() if n.startswith("test/") and n.endswith(".webp"))
+        step = max(1, len(names) // count)
+        return [zf.read(n) for n in names[::step][:count]]
+
+
+def resolve_model(spec: str, workdir: Path) -> (str, str):
+    """The model id to serve and a note on its weights (a zoo name without shipped weights is saved randomly
+    initialised to a folder, which loads exactly like trained weights)."""
+    if spec != DEFAULT_MODEL or embedded_weights(f"{DEFAULT_MODEL}.ir100"):
+        return spec, "as given"
+    torch.manual_seed(0)
+    folder = save_model_folder(timm.create_model(spec), workdir / spec)
+    return f"local-dir:{folder}", "random init (embedded weights not shipped yet; speed does not depend on them)"
+
+
+def throughput(forward: Callable[[torch.Tensor], Any], batch: torch.Tensor, seconds: float, repeats: int = 3) -> float:
+    """Best of ``repeats`` timings of ``seconds`` each (a shared machine's load comes and goes)."""
+    best = 0.0
+    with torch.inference_mode():
+        for _ in range(3):
+            forward(batch)
+        for _ in range(repeats):
+            done, start = 0, time.perf_counter()
+            while time.perf_counter() - start < seconds:
+                forward(batch)
+                done += batch.shape[0]
+            best = max(best, done / (time.perf_counter() - start))
+    return best
+
+
+def raw_throughput(model_id: str, images: Sequence[bytes], batch_size: int, seconds: float,
+                   with_compile: bool) -> Dict[str, float]:
+    """Forward-pass images/s in this process for a batch of real, pre-processed images, per optimisation and
+    intra-op thread count (1 and all cores: on a machine shared with other jobs one thread can be the faster)."""
+    model = timm.create_model(model_id, pretrained=True).eval()
+    pipeline = PilPipeline(data_config(model))
+    items = [pipeline.prepare(ImagePayload(str(i), images[i % len(images)]), "WEBP") for i in range(batch_size)]
+    batch, _ = pipeline.collate(items, torch.device("cpu"))
+    default_threads = torch.get_num_threads()
+    results = {}
+    for mode in ["eager", "trace"] + (["compile"] * with_compile):
+        runner = ModelRunner(model_id, model, torch.device("cpu"), optimize=mode, max_batch_size=batch_size)
+        for threads in sorted({1, default_threads}):
+            torch.set_num_threads(threads)
+            key = f"{mode}/{threads}t"
+            results[key] = throughput(runner.forward, batch, seconds)
+            print(f"raw {key:10s} batch {batch_size}: {results[key]:8.0f} images/s", flush=True)
+    torch.set_num_threads(default_threads)
+    return results
+
+
+def multipart_body(images: Sequence[bytes]) -> (bytes, str):
+    """One pre-encoded multipart body, so the load generator spends its CPU on sending, not encoding."""
+    boundary = uuid.uuid4().hex
+    parts = [f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"{i}.webp\"\r\n"
+             f"Content-Type: image/webp\r\n\r\n".encode() + data + b"\r\n" for i, data in enumerate(images)]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def batch_stats(url: str) -> (float, float):
+    text = httpx.get(f"{url}/metrics").text
+    values = {}
+    for line in text.splitlines():
+        for key in ("gcl_serve_batch_size_sum", "gcl_serve_batch_size_count"):
+            if line.startswith(key + "{"):
+                values[key] = values.get(key, 0.0) + float(line.rsplit(" ", 1)[1])
+    return values.get("gcl_serve_batch_size_sum", 0.0), values.get("gcl_serve_batch_size_count", 0.0)
+
+
+async def load_cell(url: str, body: bytes, content_type: str, images_per_request: int, concurrency: int,
+                    warmup_s: float, seconds: float) -> Dict[str, Any]:
+    """``concurrency`` clients sending the same request back to back; measured after ``warmup_s``."""
+    latencies: List[float] = []
+    statuses: Dict[int, int] = {}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as http:
+        async def client(until: float, record: bool) -> None:
+            while time.perf_counter() < until:
+                start = time.perf_counter()
+                response = await http.post(f"{url}/predict", content=body, headers={"content-type": content_type})
+                if record:
+                    latencies.append(time.perf_counter() - start)
+                    statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
+
+        await asyncio.gather(*(client(time.perf_counter() + warmup_s, False) for _ in range(concurrency)))
+        before = batch_stats(url)
+        start = time.perf_counter()
+        await asyncio.gather(*(client(start + seconds, True) for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+        after = batch_stats(url)
+    latencies.sort()
+    ok = statuses.get(200, 0)
+    batches = after[1] - before[1]
+    return {
+        "images_per_request": images_per_request, "concurrency": concurrency, "requests": len(latencies),
+        "rejected_503": statuses.get(503, 0), "errors": len(latencies) - ok - statuses.get(503, 0),
+        "images_per_s": ok * images_per_request / elapsed,
+        "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+        "mean_batch": (after[0] - before[0]) / batches if batches else 0.0,
+    }
+
+
+def main(argv: List[str] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="model to serve (zoo name, hf-hub:, local-dir:)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--images-per-request", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each cell")
+    parser.add_argument("--raw-batch", type=int, default=64, help="batch size of the raw forward-pass figures")
+    parser.add_argument("--raw-compile", action="store_true", help="also measure torch.compile (about 30 s more)")
+    parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[],
+                        help="extra gcl-zoo serve flags (last on the line), e.g. --server-args --optimize eager")
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("GCL_ZOO_DATA", REPO.parent / "shared" / "data")))
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args(argv)
+
+    lines: List[str] = []
+
+    def say(text: str = "") -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    info = machine()
+    say(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads), "
+        f"timm {info['timm']}, GPU: {info['gpu'] or 'none'}, load average {info['load_average_at_start']}")
+    images = load_images(args.data, max(args.images_per_request + [args.raw_batch]))
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
+        model_id, weights = resolve_model(args.model, Path(tmp))
+        say(f"model: {args.model} ({weights})")
+        raw_runs = {"before": raw_throughput(model_id, images, args.raw_batch, 1.5, args.raw_compile)}
+        cells = []
+        server_args = ["--model", model_id, "--log-level", "warning", *args.server_args]
+        with ServerProcess(server_args) as server:
+            optimization = httpx.get(f"{server.url}/models").json()["models"][0]["optimization"]
+            say(f"server: gcl-zoo serve {' '.join(args.server_args) or '(defaults)'}; optimisation: {optimization}")
+            say(f"{'img/req':>7} {'conc':>5} {'requests':>8} {'503s':>5} {'errors':>6} {'images/s':>9} {'p50 ms':>8} "
+                f"{'p99 ms':>8} {'batch':>6} {'vs raw before':>13}")
+            for per_request in args.images_per_request:
+                body, content_type = multipart_body(images[:per_request])
+                for concurrency in args.concurrency:
+                    cell = asyncio.run(load_cell(server.url, body, content_type, per_request, concurrency,
+                                                 args.warmup, args.seconds))
+                    cell["ratio_to_raw_before"] = cell["images_per_s"] / max(raw_runs["before"].values())
+                    cells.append(cell)
+                    say(f"{per_request:>7} {concurrency:>5} {cell['requests']:>8} {cell['rejected_503']:>5} "
+                        f"{cell['errors']:>6} "
+                        f"{cell['images_per_s']:>9.0f} {cell['p50_ms']:>8.1f} {cell['p99_ms']:>8.1f} "
+                        f"{cell['mean_batch']:>6.1f} {cell['ratio_to_raw_before']:>13.0%}")
+        # measured again once the server is gone: the machine may be shared, and the best figure counts
+        raw_runs["after"] = raw_throughput(model_id, images, args.raw_batch, 1.5, args.raw_compile)
+    best_when, best_mode = max(((w, m) for w, r in raw_runs.items() for m in r), key=lambda k: raw_runs[k[0]][k[1]])
+    best_raw = raw_runs[best_when][best_mode]
+    for when, runs in raw_runs.items():
+        say(f"raw in-process forward ({when} the server), batch {args.raw_batch}: "
+            + ", ".join(f"{m} {v:.0f}/s" for m, v in runs.items()))
+    best = max(cells, key=lambda c: c["images_per_s"])
+    best["ratio_to_best_raw"] = best["images_per_s"] / best_raw
+    say(f"best server: {best['images_per_s']:.0f} images/s ({best['images_per_request']} images/request, "
+        f"concurrency {best['concurrency']}) = {best['ratio_to_best_raw']:.0%} of the best raw figure "
+        f"({best_mode} {best_when} the server, {best_raw:.0f} images/s); server optimisation: {optimization}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {"machine": info, "model": args.model, "weights": weights, "server_args": args.server_args,
+              "server_optimization": optimization, "raw_batch": args.raw_batch, "raw_images_per_s": raw_runs,
+              "best_raw": {"mode": best_mode, "when": best_when, "images_per_s": best_raw}, "cells": cells,
+              "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+              "best_server": best, "seconds_per_cell": args.seconds,
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    (args.out / "serve_load.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "serve_load.log").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out / 'serve_load.json'} and serve_load.log")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,336 @@
+"""The FastAPI application: ``create_app(settings)``.
+
+The lifespan starts loading and warming the models in the background, so ``/health`` answers at once and
+``/ready`` turns from 503 to 200 when every model can serve. Every error a client can cause is a
+``RequestError`` and answers ``{"error": "<what is wrong and how to fix it>"}`` with its status code.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence
+
+import torch
+from fastapi import FastAPI, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import __version__
+from .batching import BatchingEngine
+from .decoding import (FORM_FIELDS, ImagePayload, PredictRequest, RequestError, check_top_k, inspect_image,
+                       parse_predict_request)
+from .metrics import CONTENT_TYPE, ServerMetrics
+from .runner import ModelRunner, create_runner, resolve_device, start_parallel_runtime
+from .settings import ServeSettings
+
+__all__ = ["create_app", "ServerState"]
+
+log = logging.getLogger("serve.app")
+
+
+# ----------------------------------------------------------------------------------------------- response models
+class LabelScore(BaseModel):
+    label: str
+    score: float = Field(..., description="softmax probability of the label (scaled cosine logits)")
+
+
+class PredictResponse(BaseModel):
+    model: str = Field(..., description="id of the model that answered")
+    predictions: List[List[LabelScore]] = Field(
+        ..., description="per input image, in request order: the top_k labels sorted by score")
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(..., description="what is wrong with the request and how to fix it")
+
+
+class StatusResponse(BaseModel):
+    status: str
+    models: List[str] = []
+
+
+class ModelDescription(BaseModel):
+    id: str
+    num_classes: int
+    labels: List[str]
+    logit_scale: float
+    device: str
+    optimization: str
+    autocast: Optional[str]
+    preprocessing: Dict[str, Any]
+
+
+class ModelsResponse(BaseModel):
+    default: Optional[str]
+    models: List[ModelDescription]
+
+
+ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in {
+    401: "missing or wrong API key", 404: "unknown model", 413: "payload, image count or pixel count too large",
+    415: "unsupported content or image type", 422: "not an image, corrupt image, bad base64/JSON or top_k",
+    503: "models still loading, or queue full (see Retry-After)", 504: "not answered within the request timeout",
+}.items()}
+
+
+# --------------------------------------------------------------------------------------------------- server state
+@dataclass
+class ServerState:
+    """What the routes share: settings, loaded runners with their batching engines, pools and metrics."""
+
+    settings: ServeSettings
+    api_key: Optional[str]
+    metrics: ServerMetrics
+    runners: Dict[str, ModelRunner] = field(default_factory=dict)
+    engines: Dict[str, BatchingEngine] = field(default_factory=dict)
+    ready: bool = False
+    load_error: Optional[str] = None
+    decode_pool: Optional[ThreadPoolExecutor] = None
+    inference_pool: Optional[ThreadPoolExecutor] = None
+
+    def check_ready(self) -> None:
+        if self.load_error:
+            raise RequestError(503, f"the server failed to load its models: {self.load_error}")
+        if not self.ready:
+            raise RequestError(503, "the models are still loading and warming up; retry shortly "
+                                    "(GET /ready answers 200 once they serve)", headers={"Retry-After": "5"})
+
+    def pick(self, model_id: Optional[str]) -> ModelRunner:
+        """The runner for ``model_id`` (the first loaded model when None); 404 names the loaded ones."""
+        if model_id is None:
+            return next(iter(self.runners.values()))
+        if model_id not in self.runners:
+            raise RequestError(404, f"unknown model {model_id!r}; this server has {', '.join(self.runners)} "
+                                    "(see GET /models)")
+        return self.runners[model_id]
+
+
+async def load_models(state: ServerState, on_failure: Optional[Callable[[str], None]] = None) -> None:
+    """Load, optimise and warm every model in the inference thread, then start a batching engine for each."""
+    settings = state.settings
+    loop = asyncio.get_running_loop()
+    try:
+        device = resolve_device(settings.device)
+        for model_id in settings.models:
+            runner = await loop.run_in_executor(state.inference_pool, create_runner, model_id, device,
+                                                settings.optimize, settings.max_batch_size)
+            engine = BatchingEngine(
+                model_id, runner.predict, state.inference_pool, max_batch_size=settings.max_batch_size,
+                max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue,
+                on_batch=lambda size, seconds, m=model_id: state.metrics.observe_batch(m, size, seconds))
+            engine.start()
+            state.runners[model_id], state.engines[model_id] = runner, engine
+        state.ready = True
+        log.info("ready: %s", ", ".join(state.runners))
+    except Exception as exc:  # reported by /ready and /predict, and handed to on_failure (the CLI exits)
+        state.load_error = f"{type(exc).__name__}: {exc}"
+        log.error("could not load the models: %s", state.load_error)
+        if on_failure is not None:
+            on_failure(state.load_error)
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def prepare_images(runner: ModelRunner, payloads: Sequence[ImagePayload], max_pixels: int) -> List[Any]:
+    """Check each image's header, then decode/pre-process it for ``runner`` (runs in the decode pool)."""
+    return [runner.prepare(payload, inspect_image(payload, max_pixels)) for payload in payloads]
+
+
+def top_labels(probs: torch.Tensor, labels: Sequence[str], top_k: int) -> List[LabelScore]:
+    scores, indices = torch.topk(probs, top_k)
+    return [LabelScore(label=labels[i], score=s) for s, i in zip(scores.tolist(), indices.tolist())]
+
+
+def error_response(status: int, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over ``max_bytes`` with 413: at once from Content-Length, or while a chunked body streams."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> RequestError:
+        return RequestError(413, f"the request body is larger than {self.max_bytes / 2**20:g} MB; send fewer or "
+                                 "smaller images per request (or raise --max-body-mb)")
+
+    async def __call__(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            error = self._too_large()
+            return await error_response(error.status, error.message, {"Connection": "close"})(scope, receive, send)
+        received = 0
+
+        async def limited_receive() -> Dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                raise self._too_large()
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+
+class MetricsMiddleware:
+    """Count every response by route and status, and time it (unknown paths share the label 'unmatched')."""
+
+    def __init__(self, app: Any, metrics: ServerMetrics, routes: Sequence[Any]):
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+
+    async def __call__(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")  # set by API routes; others (/docs, early 413s) are matched by path
+            endpoint = getattr(route, "path", None) or next(
+                (r.path for r in self.routes if getattr(r, "path", None) == scope["path"]), "unmatched")
+            self.metrics.observe_request(endpoint, status, time.perf_counter() - start)
+
+
+def _install_openapi(app: FastAPI) -> None:
+    """OpenAPI with both /predict bodies (multipart files, or the JSON schema of ``PredictRequest``)."""
+
+    def openapi() -> Dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            request_schema = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(request_schema.pop("$defs", {}))
+            components["PredictRequest"] = request_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+PREDICT_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                  "description": "one or more image files (JPEG, PNG, WebP, ...)"},
+        **{name: {"type": "integer" if name == "top_k" else "string"} for name in FORM_FIELDS}}}},
+    "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
+}}}
+
+
+# ---------------------------------------------------------------------------------------------------------- app
+def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str], None]] = None) -> FastAPI:
+    """The server for ``settings``; ``on_load_failure(message)`` is called if the models cannot be loaded."""
+    state = ServerState(settings=settings, api_key=settings.api_key,
+                        metrics=ServerMetrics(settings.max_batch_size, lambda: {m: e.depth for m, e in
+                                                                               state.engines.items()}))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        start_parallel_runtime()  # on the main thread, before the inference thread runs anything
+        state.decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+        state.inference_pool = ThreadPoolExecutor(1, thread_name_prefix="inference")  # one batch at a time
+        loading = asyncio.get_running_loop().create_task(load_models(state, on_load_failure))
+        try:
+            yield
+        finally:
+            loading.cancel()
+            await asyncio.gather(loading, *(engine.stop() for engine in state.engines.values()),
+                                 return_exceptions=True)
+            state.decode_pool.shutdown(wait=False, cancel_futures=True)
+            state.inference_pool.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPI(title="gcl-zoo inference server", version=__version__, lifespan=lifespan,
+                  description="Long-tailed image classification with GCL zoo models: dynamic batching, "
+                              "Hugging Face image-classification request schema, Prometheus metrics.")
+    app.state.server = state
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics, routes=app.routes)
+    _install_openapi(app)
+
+    @app.exception_handler(RequestError)
+    async def on_request_error(request: Request, exc: RequestError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s", request.url.path)
+        return error_response(500, f"internal error ({type(exc).__name__}); the server logs have the details")
+
+    bearer = HTTPBearer(auto_error=False, description="the API key as a bearer token")
+    header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key")
+
+    def require_api_key(credentials: Optional[HTTPAuthorizationCredentials] = Security(bearer),
+                        key: Optional[str] = Security(header_key)) -> None:
+        """When an API key is configured, /predict needs it as a bearer token or an X-API-Key header."""
+        if state.api_key is None:
+            return
+        given = key or (credentials.credentials if credentials else None)
+        if not given:
+            raise RequestError(401, "this server needs an API key; send 'Authorization: Bearer <key>' or "
+                                    "'X-API-Key: <key>'", headers={"WWW-Authenticate": "Bearer"})
+        if not secrets.compare_digest(given.encode(), state.api_key.encode()):
+            raise RequestError(401, "wrong API key; check the key the server was started with",
+                               headers={"WWW-Authenticate": "Bearer"})
+
+    @app.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=PREDICT_BODY,
+              summary="classify one or many images")
+    async def predict(request: Request, _auth: None = Security(require_api_key)) -> PredictResponse:
+        """Images as multipart files, or JSON ``{"inputs": <base64> | [<base64>, ...], "parameters":
+        {"top_k": 5}, "model": "..."}``; answers the top_k labels per image, sorted by score."""
+        state.check_ready()
+        payloads, top_k, model_id = await parse_predict_request(request, settings.max_images)
+        runner = state.pick(model_id)
+        top_k = check_top_k(top_k, runner.num_classes, settings.default_top_k)
+        loop = asyncio.get_running_loop()
+        items = await loop.run_in_executor(state.decode_pool, prepare_images, runner, payloads, settings.max_pixels)
+        rows = await state.engines[runner.model_id].submit(items, settings.request_timeout_s)
+        return PredictResponse(model=runner.model_id, predictions=[top_labels(r, runner.labels, top_k) for r in rows])
+
+    @app.get("/health", response_model=StatusResponse, summary="liveness: the process answers")
+    async def health() -> StatusResponse:
+        return StatusResponse(status="alive")
+
+    @app.get("/ready", response_model=StatusResponse, responses={503: ERRORS[503]},
+             summary="readiness: every model loaded and warmed up")
+    async def ready() -> StatusResponse:
+        state.check_ready()
+        return StatusResponse(status="ready", models=list(state.runners))
+
+    @app.get("/models", response_model=ModelsResponse, summary="loaded models: classes and pre-processing")
+    async def models() -> ModelsResponse:
+        descriptions = [ModelDescription(**runner.describe()) for runner in state.runners.values()]
+        return ModelsResponse(default=next(iter(state.runners), None), models=descriptions)
+
+    @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(state.metrics.render(), media_type=CONTENT_TYPE)
+
+    return app

@@ -1,0 +1,244 @@
+"""Request parsing and image decoding: everything a client can get wrong is caught here, with the HTTP status
+and a message that names the input and the fix.
+
+The checks run cheapest first: the body's shape (JSON schema, multipart parts, base64), then each image's
+header (format, pixel count: a decompression bomb is refused before a single pixel is decoded), and only then
+the full decode.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import json
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = ["RequestError", "ImagePayload", "PredictRequest", "PredictParameters", "SUPPORTED_FORMATS",
+           "payloads_from_json", "payloads_from_form", "check_counts", "check_top_k", "inspect_image",
+           "decode_pil", "decode_jpegs_on_device", "pil_to_uint8", "parse_predict_request"]
+
+# what Pillow calls the formats the server accepts (MPO: the multi-picture JPEG that phone cameras write)
+SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
+ACCEPTED_PART_TYPES = ("image/", "application/octet-stream")
+FORM_FIELDS = ("model", "top_k")
+_DATA_URI = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
+
+
+class RequestError(Exception):
+    """A problem with the client's request: answered with ``status`` and a JSON body ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str, headers: Optional[Dict[str, str]] = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.headers = headers
+
+
+@dataclass(frozen=True)
+class ImagePayload:
+    """One image's encoded bytes and the name error messages use for it (a file name or ``inputs[i]``)."""
+
+    name: str
+    data: bytes
+
+
+class PredictParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    top_k: Optional[int] = Field(None, description="how many labels to return per image (1 to the class count)")
+
+
+class PredictRequest(BaseModel):
+    """The Hugging Face image-classification request: base64 image(s) plus parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+    inputs: Union[str, List[str]] = Field(..., description="one base64-encoded image, or a list of them")
+    parameters: Optional[PredictParameters] = None
+    model: Optional[str] = Field(None, description="which loaded model answers; the first one when omitted")
+
+
+def _describe_validation(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def decode_base64(text: str, name: str) -> bytes:
+    """Strict base64 (an optional ``data:image/...;base64,`` prefix is allowed); bad input answers 422."""
+    text = _DATA_URI.sub("", text.strip(), count=1)
+    try:
+        data = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RequestError(422, f"{name} is not valid base64 ({exc}); send the image file's bytes base64-encoded") from exc
+    if not data:
+        raise RequestError(422, f"{name} is empty; send the image file's bytes base64-encoded")
+    return data
+
+
+def payloads_from_json(body: bytes) -> Tuple[List[ImagePayload], Optional[int], Optional[str]]:
+    """Parse a JSON body into image payloads, ``top_k`` and the model id (None where not given)."""
+    try:
+        raw: Any = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(422, f"request body is not valid JSON ({exc}); send "
+                                '{"inputs": "<base64 image>", "parameters": {"top_k": 5}}') from exc
+    try:
+        request = PredictRequest.model_validate(raw)
+    except ValidationError as exc:
+        raise RequestError(422, f"invalid request: {_describe_validation(exc)}; expected "
+                                '{"inputs": "<base64>" | ["<base64>", ...], "parameters": {"top_k": 5}, "model": "..."}'
+                           ) from exc
+    texts = [request.inputs] if isinstance(request.inputs, str) else request.inputs
+    names = ["inputs"] if isinstance(request.inputs, str) else [f"inputs[{i}]" for i in range(len(texts))]
+    payloads = [ImagePayload(name, decode_base64(text, name)) for name, text in zip(names, texts)]
+    top_k = request.parameters.top_k if request.parameters else None
+    return payloads, top_k, request.model
+
+
+async def payloads_from_form(form: Any) -> Tuple[List[ImagePayload], Optional[int], Optional[str]]:
+    """Parse multipart form data: every file part is an image; text fields ``model`` and ``top_k``."""
+    payloads: List[ImagePayload] = []
+    fields: Dict[str, str] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, str):
+            if key not in FORM_FIELDS:
+                raise RequestError(422, f"unknown form field {key!r}; send images as file parts plus optional "
+                                        f"fields {', '.join(FORM_FIELDS)}")
+            fields[key] = value
+            continue
+        name = f"file {value.filename or key!r}"
+        content_type = (value.content_type or "").lower()
+        if content_type and not content_type.startswith(ACCEPTED_PART_TYPES):
+            raise RequestError(415, f"{name} was sent as {content_type!r}; send images as image/* "
+                                    f"({', '.join(SUPPORTED_FORMATS)}) or application/octet-stream")
+        payloads.append(ImagePayload(name, await value.read()))
+    top_k = None
+    if "top_k" in fields:
+        try:
+            top_k = int(fields["top_k"])
+        except ValueError:
+            raise RequestError(422, f"top_k must be an integer, got {fields['top_k']!r}") from None
+    return payloads, top_k, fields.get("model")
+
+
+def check_counts(payloads: Sequence[ImagePayload], max_images: int) -> None:
+    """A request carries between one and ``max_images`` non-empty images."""
+    if not payloads:
+        raise RequestError(422, "the request holds no image; send one or more image files (multipart) "
+                                'or {"inputs": "<base64>"} (JSON)')
+    if len(payloads) > max_images:
+        raise RequestError(413, f"{len(payloads)} images in one request; the limit is {max_images} "
+                                "(split the images over several requests)")
+    for payload in payloads:
+        if not payload.data:
+            raise RequestError(422, f"{payload.name} is empty; send the image file's bytes")
+
+
+def check_top_k(top_k: Optional[int], num_classes: int, default: int) -> int:
+    """``top_k`` within 1..num_classes (the default is clipped to the class count)."""
+    if top_k is None:
+        return min(default, num_classes)
+    if not 1 <= top_k <= num_classes:
+        raise RequestError(422, f"top_k={top_k} is out of range; use 1 to {num_classes} (the model's class count)")
+    return top_k
+
+
+def inspect_image(payload: ImagePayload, max_pixels: int) -> str:
+    """Read only the header: the image's format, refusing non-images (422), unsupported formats (415) and
+    more than ``max_pixels`` pixels (413) before anything is decoded."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # max_pixels is checked below
+            with Image.open(io.BytesIO(payload.data)) as img:
+                fmt, (width, height) = img.format or "unknown", img.size
+    except Image.DecompressionBombError as exc:  # Pillow's own hard limit, far above any sane max_pixels
+        raise RequestError(413, f"{payload.name} has too many pixels ({exc}); the limit is {max_pixels:,} pixels, "
+                                "send a smaller image") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise RequestError(422, f"{payload.name} is not an image or is corrupt ({exc}); send a JPEG, PNG or "
+                                "WebP file") from exc
+    if fmt not in SUPPORTED_FORMATS:
+        raise RequestError(415, f"{payload.name} is a {fmt} image, which the server does not accept; send one of "
+                                f"{', '.join(SUPPORTED_FORMATS)}")
+    if width * height > max_pixels:
+        raise RequestError(413, f"{payload.name} is {width}x{height} = {width * height:,} pixels; the limit is "
+                                f"{max_pixels:,} pixels, send a smaller image")
+    return fmt
+
+
+def decode_pil(payload: ImagePayload) -> Image.Image:
+    """Decode to an RGB PIL image exactly as evaluation reads files (``Image.open(...).convert("RGB")``)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the pixel limit was checked before
+            with Image.open(io.BytesIO(payload.data)) as img:
+                return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise RequestError(422, f"{payload.name} is corrupt and cannot be decoded ({exc}); send the complete "
+                                "image file") from exc
+
+
+def pil_to_uint8(img: Image.Image) -> torch.Tensor:
+    """An RGB PIL image as a uint8 CHW tensor."""
+    return torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).view(img.height, img.width, 3).permute(2, 0, 1)
+
+
+def decode_jpegs_on_device(payloads: Sequence[ImagePayload],
+                           device: torch.device) -> List[Union[torch.Tensor, RequestError]]:
+    """Decode JPEGs on the GPU in one batched call (uint8 CHW RGB tensors on ``device``).
+
+    When the batched call fails (one corrupt or exotic file), each image is retried alone and the ones the GPU
+    decoder refuses are decoded on the CPU instead; a file no decoder reads comes back as its ``RequestError``
+    (422, naming it), so one bad file never fails the other requests in the batch.
+    """
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    encoded = [torch.frombuffer(bytearray(p.data), dtype=torch.uint8) for p in payloads]
+    try:
+        return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        pass
+    images: List[Union[torch.Tensor, RequestError]] = []
+    for payload, data in zip(payloads, encoded):
+        try:
+            images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            try:
+                images.append(pil_to_uint8(decode_pil(payload)).to(device, non_blocking=True))
+            except RequestError as exc:
+                images.append(exc)
+    return images
+
+
+async def parse_predict_request(request: Any, max_images: int) -> Tuple[List[ImagePayload], Optional[int], Optional[str]]:
+    """Image payloads, ``top_k`` and model id from a ``/predict`` request (multipart form or JSON body)."""
+    from starlette.exceptions import HTTPException
+
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        try:
+            form = await request.form(max_files=max_images, max_fields=len(FORM_FIELDS))
+        except HTTPException as exc:  # Starlette's multipart limits and parse errors
+            status = 413 if "Too many files" in str(exc.detail) else 422
+            hint = (f"send at most {max_images} images per request" if status == 413
+                    else "send well-formed multipart/form-data")
+            raise RequestError(status, f"cannot read the multipart body: {exc.detail}; {hint}") from exc
+        try:
+            payloads, top_k, model = await payloads_from_form(form)
+        finally:
+            await form.close()
+    elif content_type == "application/json" or content_type.endswith("+json"):
+        payloads, top_k, model = payloads_from_json(await request.body())
+    else:
+        raise RequestError(415, f"Content-Type {content_type or '(none)'!r} is not supported; send image files as "
+                                "multipart/form-data or base64 images as application/json")
+    check_counts(payloads, max_images)
+    return payloads, top_k, model

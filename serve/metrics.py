@@ -1,0 +1,151 @@
+"""Prometheus metrics in the text exposition format (version 0.0.4), without a client library.
+
+Counters, gauges and histograms with labels, enough for the server's few series. All updates happen on the
+event loop (HTTP middleware and the batching workers' callbacks), so no locking is needed.
+"""
+from __future__ import annotations
+
+import collections
+import time
+from typing import Callable, Deque, Dict, Iterable, List, Mapping, Sequence, Tuple
+
+__all__ = ["Counter", "Gauge", "Histogram", "ServerMetrics", "CONTENT_TYPE"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+LabelValues = Tuple[str, ...]
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
+    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values)] + ([extra] if extra else [])
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def _number(value: float) -> str:
+    return "+Inf" if value == float("inf") else repr(float(value)) if value != int(value) else str(int(value))
+
+
+class _Metric:
+    kind = ""
+
+    def __init__(self, name: str, help_: str, labelnames: Sequence[str] = ()):
+        self.name, self.help, self.labelnames = name, help_, tuple(labelnames)
+
+    def _key(self, labels: Mapping[str, str]) -> LabelValues:
+        return tuple(str(labels[n]) for n in self.labelnames)
+
+    def header(self) -> List[str]:
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+
+    def lines(self) -> List[str]:
+        raise NotImplementedError
+
+
+class Counter(_Metric):
+    kind = "counter"
+
+    def __init__(self, name: str, help_: str, labelnames: Sequence[str] = ()):
+        super().__init__(name, help_, labelnames)
+        self.values: Dict[LabelValues, float] = collections.defaultdict(float)
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        self.values[self._key(labels)] += amount
+
+    def lines(self) -> List[str]:
+        return self.header() + [f"{self.name}{_labels(self.labelnames, k)} {_number(v)}"
+                                for k, v in sorted(self.values.items())]
+
+
+class Gauge(_Metric):
+    """A gauge whose values are read from ``read()`` at scrape time (label values -> value)."""
+
+    kind = "gauge"
+
+    def __init__(self, name: str, help_: str, labelnames: Sequence[str], read: Callable[[], Mapping[LabelValues, float]]):
+        super().__init__(name, help_, labelnames)
+        self.read = read
+
+    def lines(self) -> List[str]:
+        return self.header() + [f"{self.name}{_labels(self.labelnames, k)} {_number(v)}"
+                                for k, v in sorted(self.read().items())]
+
+
+class Histogram(_Metric):
+    kind = "histogram"
+
+    def __init__(self, name: str, help_: str, labelnames: Sequence[str], buckets: Iterable[float]):
+        super().__init__(name, help_, labelnames)
+        self.bounds = tuple(sorted(buckets)) + (float("inf"),)
+        self.counts: Dict[LabelValues, List[int]] = {}
+        self.sums: Dict[LabelValues, float] = collections.defaultdict(float)
+
+    def observe(self, value: float, **labels: str) -> None:
+        key = self._key(labels)
+        counts = self.counts.setdefault(key, [0] * len(self.bounds))
+        for i, bound in enumerate(self.bounds):
+            if value <= bound:
+                counts[i] += 1
+        self.sums[key] += value
+
+    def lines(self) -> List[str]:
+        out = self.header()
+        for key, counts in sorted(self.counts.items()):
+            for bound, count in zip(self.bounds, counts):
+                le = 'le="%s"' % _number(bound)
+                out.append(f"{self.name}_bucket{_labels(self.labelnames, key, le)} {count}")
+            out.append(f"{self.name}_sum{_labels(self.labelnames, key)} {_number(self.sums[key])}")
+            out.append(f"{self.name}_count{_labels(self.labelnames, key)} {counts[-1]}")
+        return out
+
+
+class ServerMetrics:
+    """The server's series: requests by status, latency, batch sizes, queue depth and images/s per model."""
+
+    def __init__(self, max_batch_size: int, queue_depths: Callable[[], Mapping[str, int]], window_s: float = 10.0):
+        self.window_s = window_s
+        self.started = time.monotonic()
+        self._recent: Dict[str, Deque[Tuple[float, int]]] = collections.defaultdict(collections.deque)
+        batch_bounds = sorted({1 << i for i in range(max_batch_size.bit_length())} | {max_batch_size})
+        self.requests = Counter("gcl_serve_requests_total", "HTTP requests answered, by endpoint and status code",
+                                ("endpoint", "status"))
+        self.latency = Histogram("gcl_serve_request_duration_seconds", "time from request to response",
+                                 ("endpoint",), LATENCY_BUCKETS)
+        self.batch_size = Histogram("gcl_serve_batch_size", "images per forward pass", ("model",), batch_bounds)
+        self.batch_seconds = Histogram("gcl_serve_batch_duration_seconds",
+                                       "pre-processing collation plus forward pass per batch", ("model",), LATENCY_BUCKETS)
+        self.images = Counter("gcl_serve_images_total", "images classified", ("model",))
+        self.queue_depth = Gauge("gcl_serve_queue_depth", "images waiting for a batch", ("model",),
+                                 lambda: {(m,): float(d) for m, d in queue_depths().items()})
+        self.images_per_second = Gauge(
+            "gcl_serve_images_per_second", f"images classified per second over the last {window_s:g} s",
+            ("model",), self._rates)
+        self._all = (self.requests, self.latency, self.batch_size, self.batch_seconds, self.images,
+                     self.queue_depth, self.images_per_second)
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        self.requests.inc(endpoint=endpoint, status=str(status))
+        self.latency.observe(seconds, endpoint=endpoint)
+
+    def observe_batch(self, model: str, size: int, seconds: float) -> None:
+        self.batch_size.observe(size, model=model)
+        self.batch_seconds.observe(seconds, model=model)
+        self.images.inc(size, model=model)
+        self._recent[model].append((time.monotonic(), size))
+
+    def _rates(self) -> Dict[LabelValues, float]:
+        now = time.monotonic()
+        span = min(self.window_s, max(now - self.started, 1e-3))
+        rates = {}
+        for model, recent in self._recent.items():
+            while recent and recent[0][0] < now - self.window_s:
+                recent.popleft()
+            rates[(model,)] = sum(n for _, n in recent) / span
+        return rates
+
+    def render(self) -> str:
+        return "\n".join(line for metric in self._all for line in metric.lines()) + "\n"

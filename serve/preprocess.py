@@ -1,0 +1,138 @@
+"""Pre-processing from the model's ``pretrained_cfg``, identical to evaluation.
+
+Two pipelines share one interface: ``prepare`` runs per request in the decode thread pool, ``collate`` runs per
+batch in the inference thread and returns the model's input batch.
+
+* ``PilPipeline`` (CPU): timm's evaluation transform split the way timm's own prefetcher splits it: the PIL
+  stages (resize, centre crop) per image, producing uint8 tensors, then scaling and normalisation once per batch.
+  The arithmetic is the same element by element, so a server answer equals ``model(transform(image))`` offline.
+* ``DevicePipeline`` (GPU): JPEGs stay encoded until the batch is formed and are then decoded on the GPU; every
+  image is resized, cropped and normalised there (``resize_crop_normalize``), the same steps as the evaluation
+  transform on uint8 tensors.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torchvision.transforms.functional as TF
+from PIL import Image
+from timm.data import create_transform, resolve_model_data_config
+from torchvision.transforms import InterpolationMode
+
+from .decoding import ImagePayload, RequestError, decode_jpegs_on_device, decode_pil, pil_to_uint8
+
+__all__ = ["data_config", "eval_transform", "uint8_transform", "normalize_batch", "resize_crop_normalize",
+           "check_tensor_support", "PilPipeline", "DevicePipeline", "create_pipeline", "Pipeline"]
+
+JPEG_FORMATS = ("JPEG", "MPO")
+_INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
+                  "nearest": InterpolationMode.NEAREST}
+
+
+def data_config(model: nn.Module) -> Dict[str, Any]:
+    """The evaluation data config (input size, crop, interpolation, mean/std) timm resolves for ``model``."""
+    return resolve_model_data_config(model)
+
+
+def eval_transform(config: Dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
+    """timm's evaluation transform for ``config``: the reference every server answer is checked against."""
+    return create_transform(**config, is_training=False)
+
+
+def uint8_transform(config: Dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
+    """The evaluation transform's per-image stages, ending in a uint8 CHW tensor (timm's prefetcher mode)."""
+    return create_transform(**config, is_training=False, use_prefetcher=True)
+
+
+def normalize_batch(batch: torch.Tensor, config: Dict[str, Any]) -> torch.Tensor:
+    """uint8 NCHW -> float, scaled to [0, 1] and normalised: the evaluation transform's last two stages."""
+    mean = torch.tensor(config["mean"], device=batch.device).view(1, -1, 1, 1)
+    std = torch.tensor(config["std"], device=batch.device).view(1, -1, 1, 1)
+    return batch.float().div(255).sub(mean).div(std)
+
+
+def _scale_size(config: Dict[str, Any]) -> Tuple[int, int]:
+    crop_pct = config.get("crop_pct") or 0.875  # timm's DEFAULT_CROP_PCT
+    return tuple(math.floor(x / crop_pct) for x in config["input_size"][1:])
+
+
+def check_tensor_support(config: Dict[str, Any]) -> None:
+    """The tensor path mirrors timm's 'center' (square target) and 'squash' crops; others use the PIL path."""
+    mode = config.get("crop_mode") or "center"
+    if config.get("interpolation", "bilinear") not in _INTERPOLATION:
+        raise ValueError(f"interpolation {config['interpolation']!r} has no tensor equivalent")
+    if mode == "center" and len(set(_scale_size(config))) != 1:
+        raise ValueError("'center' crops to a non-square input size have no tensor equivalent")
+    if mode not in ("center", "squash"):
+        raise ValueError(f"crop_mode {mode!r} has no tensor equivalent")
+
+
+def resize_crop_normalize(images: Sequence[torch.Tensor], config: Dict[str, Any]) -> torch.Tensor:
+    """uint8 CHW images (any sizes, on any device) -> one normalised float NCHW batch on the same device.
+
+    The same steps as timm's evaluation transform: resize (shorter edge to ``input_size / crop_pct``, or both
+    edges for 'squash', antialiased like PIL), centre crop to ``input_size``, scale to [0, 1], normalise.
+    """
+    check_tensor_support(config)
+    scale = _scale_size(config)
+    size = [scale[0]] if (config.get("crop_mode") or "center") == "center" else list(scale)
+    interpolation = _INTERPOLATION[config.get("interpolation", "bilinear")]
+    crop = list(config["input_size"][1:])
+    batch = torch.stack([
+        TF.center_crop(TF.resize(img, size, interpolation=interpolation, antialias=True), crop) for img in images])
+    return normalize_batch(batch, config)
+
+
+class PilPipeline:
+    """CPU pre-processing: decode, resize and crop each image in the thread pool; normalise per batch."""
+
+    def __init__(self, config: Dict[str, Any]):
+        self.config = config
+        self.transform = uint8_transform(config)
+
+    def prepare(self, payload: ImagePayload, fmt: str) -> torch.Tensor:
+        return self.transform(decode_pil(payload))
+
+    def collate(self, items: Sequence[torch.Tensor],
+                device: torch.device) -> Tuple[torch.Tensor, Dict[int, RequestError]]:
+        """The input batch, and the items that could not be decoded (none here: ``prepare`` decoded them)."""
+        return normalize_batch(torch.stack(list(items)).to(device), self.config), {}
+
+
+class DevicePipeline:
+    """GPU pre-processing: JPEGs are decoded on ``device`` per batch (others on the CPU in the thread pool),
+    then resized, cropped and normalised on ``device``."""
+
+    def __init__(self, config: Dict[str, Any]):
+        check_tensor_support(config)
+        self.config = config
+
+    def prepare(self, payload: ImagePayload, fmt: str) -> Union[ImagePayload, torch.Tensor]:
+        return payload if fmt in JPEG_FORMATS else pil_to_uint8(decode_pil(payload))
+
+    def collate(self, items: Sequence[Union[ImagePayload, torch.Tensor]],
+                device: torch.device) -> Tuple[Optional[torch.Tensor], Dict[int, RequestError]]:
+        """The input batch of the decodable items (in order; None if there are none) and the failed ones."""
+        jpeg_at = [i for i, item in enumerate(items) if isinstance(item, ImagePayload)]
+        images: List[Any] = list(items)
+        for i, decoded in zip(jpeg_at, decode_jpegs_on_device([items[i] for i in jpeg_at], device)):
+            images[i] = decoded
+        failed = {i: img for i, img in enumerate(images) if isinstance(img, RequestError)}
+        good = [img.to(device, non_blocking=True) for img in images if not isinstance(img, RequestError)]
+        return (resize_crop_normalize(good, self.config) if good else None), failed
+
+
+Pipeline = Union[PilPipeline, DevicePipeline]
+
+
+def create_pipeline(config: Dict[str, Any], device: torch.device) -> Pipeline:
+    """The device pipeline on CUDA when the model's crop has a tensor equivalent, else the PIL pipeline."""
+    if device.type == "cuda":
+        try:
+            return DevicePipeline(config)
+        except ValueError:
+            pass
+    return PilPipeline(config)

@@ -1,0 +1,79 @@
+"""Server settings: one pydantic model, filled from command-line flags over ``GCL_ZOO_SERVE_*`` variables.
+
+Every knob the server has lives here, so the app, the batching engine and the tests read the same validated
+values, and a bad value fails at start-up with a message naming the setting.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, List, Literal, Mapping, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["ServeSettings", "ENV_PREFIX", "DEFAULT_MODEL"]
+
+ENV_PREFIX = "GCL_ZOO_SERVE_"
+DEFAULT_MODEL = "gcl_resnet32_cifar10_lt"
+
+
+class ServeSettings(BaseModel):
+    """Validated server configuration (see ``gcl-zoo serve --help`` for what each field does)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    models: List[str] = Field(default_factory=lambda: [DEFAULT_MODEL], min_length=1,
+                              description="timm model names, hf-hub:ORG/NAME or local-dir:PATH; the first is the default")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    max_batch_size: int = Field(64, ge=1, le=4096, description="most images in one forward pass")
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="longest a batch waits to fill up")
+    max_queue: int = Field(1024, ge=1, description="most images waiting per model; more answer 503")
+    request_timeout_s: float = Field(30.0, gt=0, description="a request not answered within this answers 504")
+    max_body_mb: float = Field(10.0, gt=0, description="largest request body")
+    max_images: int = Field(64, ge=1, description="most images in one request")
+    max_pixels: int = Field(40_000_000, ge=1, description="most pixels in one image (decompression-bomb guard)")
+    default_top_k: int = Field(5, ge=1)
+    api_key_env: Optional[str] = Field("GCL_ZOO_API_KEY", description="environment variable holding the API key")
+    optimize: Literal["auto", "eager", "trace", "compile"] = Field(
+        "auto", description="auto: TorchScript trace on CPU, eager (bf16 autocast) on CUDA")
+    decode_workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1)
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+
+    @field_validator("models")
+    @classmethod
+    def _distinct_models(cls, models: List[str]) -> List[str]:
+        if len(set(models)) != len(models):
+            raise ValueError(f"each model may be given once, got {models}")
+        return models
+
+    @model_validator(mode="after")
+    def _queue_holds_a_request(self) -> "ServeSettings":
+        if self.max_queue < self.max_images:
+            raise ValueError(f"max_queue ({self.max_queue}) must be at least max_images ({self.max_images}), "
+                             "or a full-size request could never be queued")
+        return self
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def api_key(self) -> Optional[str]:
+        """The key clients must send, read from ``api_key_env`` at call time; None when unset (no auth)."""
+        return (os.environ.get(self.api_key_env) or None) if self.api_key_env else None
+
+    @classmethod
+    def from_sources(cls, flags: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None) -> "ServeSettings":
+        """Settings from ``GCL_ZOO_SERVE_<FIELD>`` variables, overridden by the ``flags`` that are not None.
+
+        List fields read comma-separated values from the environment (``GCL_ZOO_SERVE_MODELS=a,b``).
+        """
+        environ = os.environ if environ is None else environ
+        values: dict = {}
+        for name, field in cls.model_fields.items():
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is not None:
+                values[name] = [v.strip() for v in raw.split(",") if v.strip()] if name == "models" else raw
+        values.update({k: v for k, v in flags.items() if v is not None})
+        return cls(**values)

@@ -1,0 +1,329 @@
+"""The inference server end to end: real uvicorn processes on 127.0.0.1, real HTTP, real CIFAR-10 images.
+
+The models are randomly initialised zoo architectures saved as model folders (``local-dir:``), so these tests
+need no trained weights; test_serve_accuracy.py checks the embedded trained model.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import re
+from pathlib import Path
+from typing import Dict, List
+
+import httpx
+import pytest
+import timm
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_model_data_config
+
+import gcl_zoo
+from gcl_zoo.hub import save_model_folder
+from serve.testing import ServerProcess
+from serve_images import cifar_test_images, png_header_only, reencode
+
+API_KEY = "test-key-123"
+NO_KEY = {"GCL_ZOO_API_KEY": ""}  # the servers without a key must not pick one up from the environment
+
+
+# ------------------------------------------------------------------------------------------------------ fixtures
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory) -> Dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    return {name: save_model_folder(timm.create_model(name), root / name)
+            for name in ("gcl_resnet32_cifar10_lt", "gcl_resnet32_cifar100_lt")}
+
+
+@pytest.fixture(scope="module")
+def model10_id(model_dirs) -> str:
+    return f"local-dir:{model_dirs['gcl_resnet32_cifar10_lt']}"
+
+
+@pytest.fixture(scope="module")
+def model100_id(model_dirs) -> str:
+    return f"local-dir:{model_dirs['gcl_resnet32_cifar100_lt']}"
+
+
+@pytest.fixture(scope="module")
+def server(model10_id, model100_id):
+    """The production configuration (default optimisation: TorchScript on CPU), two models, a wait long enough
+    for concurrent requests to meet in batches."""
+    with ServerProcess(["--model", model10_id, model100_id, "--max-wait-ms", "20"], env=NO_KEY) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def http():
+    """One client for the module (a fresh ``httpx.post`` builds a TLS context per call)."""
+    with httpx.Client(timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def images(cifar10_zip) -> List[tuple]:
+    return cifar_test_images(cifar10_zip, per_class=4)
+
+
+@pytest.fixture(scope="module")
+def offline(model10_id):
+    """The offline reference: ``softmax(logit_scale * model(transform(image)))`` with timm's eval transform."""
+    model = timm.create_model(model10_id, pretrained=True).eval()
+    transform = create_transform(**resolve_model_data_config(model))
+
+    def probabilities(blobs: List[bytes]) -> torch.Tensor:
+        with torch.no_grad():
+            x = torch.stack([transform(Image.open(io.BytesIO(data)).convert("RGB")) for data in blobs])
+            return torch.softmax(model.logit_scale * model(x), dim=1)
+
+    return model.pretrained_cfg["label_names"], probabilities
+
+
+# ------------------------------------------------------------------------------------------------------ helpers
+def files(*blobs: bytes, kind: str = "image/webp") -> list:
+    return [("files", (f"img{i}.bin", blob, kind)) for i, blob in enumerate(blobs)]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def assert_same(answer: list, reference: list, tol: float = 1e-5) -> None:
+    """Same labels in the same order, scores equal up to float rounding of different batch compositions."""
+    assert [p["label"] for p in answer] == [p["label"] for p in reference]
+    for got, want in zip(answer, reference):
+        assert got["score"] == pytest.approx(want["score"], abs=tol)
+
+
+def assert_matches_offline(answer: list, probs: torch.Tensor, labels) -> None:
+    top = torch.topk(probs, len(answer))
+    assert [p["label"] for p in answer] == [labels[i] for i in top.indices.tolist()]
+    for got, want in zip(answer, top.values.tolist()):
+        assert got["score"] == pytest.approx(want, abs=1e-5)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """The value of one sample in Prometheus text (labels given must match; others may be present)."""
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name} {labels} in metrics")
+
+
+def batch_histogram(text: str) -> Dict[str, float]:
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r'gcl_serve_batch_size_bucket\{model="[^"]*cifar10_lt",'
+                                                                r'le="([^"]+)"\} (\S+)', text)}
+
+
+# ------------------------------------------------------------------------------------------------ basic routes
+def test_health_ready_models_docs(http, server, model10_id, model100_id):
+    assert http.get(f"{server.url}/health").json() == {"status": "alive", "models": []}
+    assert http.get(f"{server.url}/ready").json() == {"status": "ready", "models": [model10_id, model100_id]}
+    listing = http.get(f"{server.url}/models").json()
+    assert listing["default"] == model10_id
+    first = listing["models"][0]
+    assert first["num_classes"] == 10 and first["labels"][0] == "airplane" and first["logit_scale"] == 20.0
+    assert first["preprocessing"]["input_size"] == [3, 32, 32] and first["optimization"] == "trace"
+    assert listing["models"][1]["num_classes"] == 100
+    assert http.get(f"{server.url}/docs").status_code == 200
+    spec = http.get(f"{server.url}/openapi.json").json()
+    body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
+    assert set(body) == {"multipart/form-data", "application/json"}
+    assert "PredictRequest" in spec["components"]["schemas"] and "PredictResponse" in spec["components"]["schemas"]
+
+
+# ------------------------------------------------------------------------------------ predictions equal offline
+@pytest.mark.parametrize("fmt", ["WEBP", "PNG", "JPEG"])
+def test_prediction_equals_offline_model(http, server, images, offline, fmt):
+    labels, probabilities = offline
+    blobs = [data if fmt == "WEBP" else reencode(data, fmt, quality=90) for _, data, _ in images[:6]]
+    multipart = http.post(f"{server.url}/predict", files=files(*blobs), data={"top_k": "10"}).json()
+    as_json = http.post(f"{server.url}/predict", json={"inputs": [b64(b) for b in blobs],
+                                                         "parameters": {"top_k": 10}}).json()
+    assert multipart["model"] == as_json["model"] and len(multipart["predictions"]) == 6
+    for probs, answer, answer_json in zip(probabilities(blobs), multipart["predictions"], as_json["predictions"]):
+        assert_matches_offline(answer, probs, labels)
+        assert_same(answer_json, answer)
+        assert sum(p["score"] for p in answer) == pytest.approx(1.0, abs=1e-4)  # all 10 classes: a distribution
+
+
+def test_resized_input_equals_offline_model(http, server, images, offline):
+    """A larger, non-square photo goes through the same resize + centre crop as evaluation."""
+    labels, probabilities = offline
+    blob = reencode(images[0][1], "JPEG", size=(77, 50), quality=95)
+    answer = http.post(f"{server.url}/predict", files=files(blob, kind="image/jpeg")).json()["predictions"][0]
+    assert len(answer) == 5
+    assert_matches_offline(answer, probabilities([blob])[0], labels)
+
+
+def test_single_base64_input_data_uri_and_model_choice(http, server, images, model100_id):
+    data = images[0][1]
+    single = http.post(f"{server.url}/predict", json={"inputs": b64(data), "parameters": {"top_k": 3}}).json()
+    assert len(single["predictions"]) == 1 and len(single["predictions"][0]) == 3
+    scores = [p["score"] for p in single["predictions"][0]]
+    assert scores == sorted(scores, reverse=True)
+    uri = http.post(f"{server.url}/predict", json={"inputs": "data:image/webp;base64," + b64(data),
+                                                    "parameters": {"top_k": 3}}).json()
+    assert_same(uri["predictions"][0], single["predictions"][0])
+    other = http.post(f"{server.url}/predict", files=files(data), data={"model": model100_id}).json()
+    assert other["model"] == model100_id
+    assert all(p["label"] in gcl_zoo.data.CIFAR100_CLASSES for p in other["predictions"][0])
+
+
+# -------------------------------------------------------------------------------------------------- concurrency
+def test_concurrent_clients_get_single_request_answers_in_batches(http, server, images):
+    """32 clients x 10 requests: every request answered, equal to its single-request answer, batched."""
+    blobs = [data for _, data, _ in images[:32]]
+    alone = [http.post(f"{server.url}/predict", files=files(b)).json()["predictions"][0] for b in blobs]
+    before = batch_histogram(http.get(f"{server.url}/metrics").text)
+
+    async def client(i: int, http: httpx.AsyncClient) -> List[list]:
+        answers = []
+        for _ in range(10):
+            response = await http.post(f"{server.url}/predict", files=files(blobs[i]))
+            assert response.status_code == 200, response.text
+            answers.append(response.json()["predictions"][0])
+        return answers
+
+    async def run_all() -> List[List[list]]:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=32)) as http:
+            return await asyncio.gather(*(client(i, http) for i in range(32)))
+
+    results = asyncio.run(run_all())
+    assert sum(len(r) for r in results) == 320
+    for i, answers in enumerate(results):
+        for answer in answers:
+            assert_same(answer, alone[i])
+    after = batch_histogram(http.get(f"{server.url}/metrics").text)
+    batched = (after["+Inf"] - after["1"]) - (before["+Inf"] - before["1"])
+    assert batched > 0, f"no batch of more than one image was formed: {after}"
+
+
+def test_metrics_exposition(http, server, images, model10_id):
+    http.post(f"{server.url}/predict", files=files(images[0][1]))
+    text = http.get(f"{server.url}/metrics").text
+    assert metric_value(text, "gcl_serve_requests_total", endpoint="/predict", status="200") >= 1
+    assert metric_value(text, "gcl_serve_request_duration_seconds_count", endpoint="/predict") >= 1
+    assert metric_value(text, "gcl_serve_queue_depth", model=model10_id) == 0
+    assert metric_value(text, "gcl_serve_images_per_second", model=model10_id) > 0
+    assert metric_value(text, "gcl_serve_images_total", model=model10_id) >= 1
+    assert "# TYPE gcl_serve_batch_size histogram" in text
+
+
+# ---------------------------------------------------------------------------------------------------- bad input
+def bad_requests(images, model10_id) -> list:
+    """(description, request kwargs, expected status, a phrase the error must contain)."""
+    webp = images[0][1]
+    jpeg = reencode(webp, "JPEG", size=(256, 256), quality=90)
+    too_many = [("files", (f"i{i}.webp", webp, "image/webp")) for i in range(65)]
+    return [
+        ("not an image", dict(files=[("files", ("notes.png", b"hello, not pixels", "image/png"))]), 422, "notes.png"),
+        ("truncated jpeg", dict(files=[("files", ("cut.jpg", jpeg[: len(jpeg) // 2], "image/jpeg"))]), 422, "cut.jpg"),
+        ("text part", dict(files=[("files", ("a.txt", webp, "text/plain"))]), 415, "text/plain"),
+        ("ppm format", dict(files=[("files", ("a.ppm", reencode(webp, "PPM"), "image/x-portable-pixmap"))]), 415, "PPM"),
+        ("text body", dict(content=b"hello", headers={"content-type": "text/plain"}), 415, "text/plain"),
+        ("no content type", dict(content=b"hello"), 415, "Content-Type"),
+        ("body over 10 MB", dict(files=files(b"\0" * (11 * 2 ** 20))), 413, "10 MB"),
+        ("chunked body over 10 MB", dict(content=iter([b"\0" * 2 ** 20] * 11),
+                                         headers={"content-type": "application/json"}), 413, "10 MB"),
+        ("65 files", dict(files=too_many), 413, "64"),
+        ("65 base64 images", dict(json={"inputs": [b64(webp)] * 65}), 413, "65 images"),
+        ("pixel bomb", dict(files=[("files", ("bomb.png", png_header_only(8000, 8000), "image/png"))]), 413, "bomb.png"),
+        ("huge pixel bomb", dict(files=[("files", ("big.png", png_header_only(30000, 30000), "image/png"))]), 413,
+         "big.png"),
+        ("no images", dict(files=[("model", (None, model10_id))]), 422, "no image"),
+        ("bad base64", dict(json={"inputs": "not*base64!"}), 422, "base64"),
+        ("bad base64 in list", dict(json={"inputs": [b64(webp), "%%%"]}), 422, "inputs[1]"),
+        ("base64 of text", dict(json={"inputs": b64(b"plain text")}), 422, "not an image"),
+        ("bad json", dict(content=b'{"inputs": ', headers={"content-type": "application/json"}), 422, "JSON"),
+        ("json without inputs", dict(json={"images": [b64(webp)]}), 422, "inputs"),
+        ("top_k zero", dict(json={"inputs": b64(webp), "parameters": {"top_k": 0}}), 422, "top_k"),
+        ("top_k above classes", dict(json={"inputs": b64(webp), "parameters": {"top_k": 11}}), 422, "1 to 10"),
+        ("top_k not a number", dict(files=files(webp), data={"top_k": "many"}), 422, "top_k"),
+        ("unknown form field", dict(files=files(webp), data={"topk": "3"}), 422, "topk"),
+        ("unknown model", dict(json={"inputs": b64(webp), "model": "resnet9000"}), 404, "resnet9000"),
+    ]
+
+
+def test_bad_inputs_answer_json_errors_and_the_server_keeps_serving(http, server, images, model10_id):
+    failures = []
+    for description, kwargs, status, phrase in bad_requests(images, model10_id):
+        response = http.post(f"{server.url}/predict", timeout=60, **kwargs)
+        body = response.json()
+        if response.status_code != status or phrase not in body.get("error", ""):
+            failures.append(f"{description}: {response.status_code} {body}")
+    assert not failures, "\n".join(failures)
+    assert http.get(f"{server.url}/ready").status_code == 200
+    assert http.post(f"{server.url}/predict", files=files(images[0][1])).status_code == 200
+    text = http.get(f"{server.url}/metrics").text
+    assert metric_value(text, "gcl_serve_requests_total", endpoint="/predict", status="413") >= 6
+
+
+def test_unknown_path_is_a_json_404(http, server):
+    response = http.get(f"{server.url}/nothing-here")
+    assert response.status_code == 404 and "error" in response.json()
+
+
+# ----------------------------------------------------------------------------- API key, overload and timeouts
+@pytest.fixture(scope="module")
+def small_server(model10_id):
+    """Eager model, a queue of 8 images, an API key from the environment."""
+    args = ["--model", model10_id, "--optimize", "eager", "--max-queue", "8", "--max-images", "8",
+            "--max-batch-size", "8", "--api-key-env", "TEST_SERVE_KEY"]
+    with ServerProcess(args, env={"TEST_SERVE_KEY": API_KEY}) as proc:
+        yield proc
+
+
+def test_api_key(http, small_server, images):
+    url, body = f"{small_server.url}/predict", files(images[0][1])
+    missing = http.post(url, files=body)
+    assert missing.status_code == 401 and "API key" in missing.json()["error"]
+    assert missing.headers["www-authenticate"] == "Bearer"
+    wrong = http.post(url, files=body, headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401 and "wrong" in wrong.json()["error"]
+    assert http.post(url, files=body, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+    assert http.post(url, files=body, headers={"X-API-Key": API_KEY}).status_code == 200
+    assert http.get(f"{small_server.url}/ready").status_code == 200  # probes stay open
+
+
+def test_overload_answers_503_never_hangs_and_recovers(http, small_server, images):
+    """64 simultaneous 8-image requests against a queue of 8 images: each is answered 200 or 503."""
+    body = [("files", (f"{i}.webp", data, "image/webp")) for i, (_, data, _) in enumerate(images[:8])]
+    headers = {"X-API-Key": API_KEY}
+
+    async def burst() -> List[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as http:
+            return await asyncio.gather(*(http.post(f"{small_server.url}/predict", files=body, headers=headers)
+                                          for _ in range(64)))
+
+    responses = asyncio.run(burst())
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses.count(503) > 0 and statuses.count(200) > 0, statuses
+    for response in responses:
+        if response.status_code == 503:
+            assert int(response.headers["retry-after"]) >= 1 and "overloaded" in response.json()["error"]
+        else:
+            assert len(response.json()["predictions"]) == 8
+    after = http.post(f"{small_server.url}/predict", files=body, headers=headers)
+    assert after.status_code == 200 and len(after.json()["predictions"]) == 8
+    text = http.get(f"{small_server.url}/metrics").text
+    assert metric_value(text, "gcl_serve_requests_total", endpoint="/predict", status="503") == statuses.count(503)
+
+
+def test_request_that_waits_too_long_answers_504(http, model10_id, images):
+    """A batch that waits 3 s to fill up outlasts a 0.5 s request timeout; the server stays ready."""
+    args = ["--model", model10_id, "--optimize", "eager", "--max-wait-ms", "3000", "--request-timeout-s", "0.5"]
+    with ServerProcess(args, env=NO_KEY) as proc:
+        response = http.post(f"{proc.url}/predict", files=files(images[0][1]), timeout=30)
+        assert response.status_code == 504 and "0.5 s" in response.json()["error"]
+        assert http.get(f"{proc.url}/ready").status_code == 200
+
+
+def test_model_that_cannot_load_stops_the_server_with_a_message(tmp_path):
+    with pytest.raises(RuntimeError, match="exited with code 1") as failure:
+        ServerProcess(["--model", f"local-dir:{tmp_path / 'missing'}", "--optimize", "eager"]).start()
+    assert "could not load the models" in str(failure.value)
