@@ -1,0 +1,123 @@
+"""Training: recipes, schedules, both stages end to end on a tiny long-tailed CIFAR-10 subset, errors."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from train import cli
+from train.recipes import RecipeError, available_recipes, load_recipe
+from train.schedule import lr_at
+
+TINY = ["--max-per-class", "60", "--imb-ratio", "10", "--test-per-class", "20", "--workers", "0", "--no-progress",
+        "--batch-size", "64", "--stage2.batch-size", "64", "--model", "cifar_resnet20", "--eval-every", "100"]
+
+
+def tiny_run(tmp_path, data_root, *extra, name="run"):
+    out = tmp_path / name
+    argv = ["--recipe", "cifar10_lt", "--out", str(out), "--data-root", str(data_root), *TINY, *extra]
+    assert cli.main(argv) == 0
+    return out
+
+
+def metrics(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_every_recipe_loads_and_matches_the_authors_settings():
+    assert {"cifar10_lt", "cifar100_lt", "imagenet_lt", "inat18", "places_lt", "imagefolder"} <= set(available_recipes())
+    c10 = load_recipe("cifar10_lt")
+    assert (c10["opt"], c10["epochs"], c10["batch_size"], c10["lr"], c10["weight_decay"], c10["decay_epochs"]) == ("momentum", 200, 64, 0.1, 2e-4, [160, 180])
+    assert (c10["s"], c10["m"], c10["noise_mul"], c10["mixup_alpha"]) == (30.0, 0.0, 0.5, 1.0)
+    s2 = c10["stage2"]
+    assert (s2["epochs"], s2["s"], s2["m"], s2["gamma"], s2["sampler"], s2["method"]) == (30, 20.0, 0.1, 1.0, "cben", "crt")
+    places = load_recipe("places_lt")
+    assert (places["model"], places["pretrained_backbone"], places["batch_size"], places["lr"]) == ("resnet152", True, 512, 0.2)
+    assert places["stage2"]["s"] == 15.0 and places["noise_mul"] == 1.0
+
+
+def test_overrides_apply_and_bad_fields_are_named():
+    recipe = load_recipe("cifar10_lt", {"lr": "0.05", "stage2.sampler": "class_balanced", "decay_epochs": ["100"],
+                                        "mixup_alpha": "0"})
+    assert recipe["lr"] == 0.05 and recipe["stage2"]["sampler"] == "class_balanced" and recipe["decay_epochs"] == [100]
+    with pytest.raises(RecipeError, match="'learning_rate'"):
+        load_recipe("cifar10_lt", {"learning_rate": 1})
+    with pytest.raises(RecipeError, match="'lr' must be float"):
+        load_recipe("cifar10_lt", {"lr": "fast"})
+    with pytest.raises(RecipeError, match="stage2.sampler.*choose one of"):
+        load_recipe("cifar10_lt", {"stage2.sampler": "balanced"})
+    with pytest.raises(RecipeError, match="unknown recipe 'cifar11'"):
+        load_recipe("cifar11")
+
+
+def test_schedules_follow_the_recipe():
+    c10 = load_recipe("cifar10_lt")
+    assert [round(lr_at(c10, e), 6) for e in range(6)] == [0.02, 0.04, 0.06, 0.08, 0.1, 0.1]
+    assert lr_at(c10, 159) == pytest.approx(0.1) and lr_at(c10, 160) == pytest.approx(0.01)
+    assert lr_at(c10, 179) == pytest.approx(0.01) and lr_at(c10, 180) == pytest.approx(0.001)
+    s2 = c10["stage2"]
+    assert lr_at(s2, 0) == pytest.approx(0.002) and lr_at(s2, 15) == pytest.approx(0.001)
+
+
+def test_two_stages_end_to_end(tmp_path, cifar10_zip):
+    out = tiny_run(tmp_path, cifar10_zip, "--epochs", "6", "--warmup-epochs", "1", "--lr", "0.05",
+                   "--mixup-alpha", "0", "--stage2.epochs", "2")
+    rows = metrics(out)
+    stage1 = [r["loss"] for r in rows if r["stage"] == 1]
+    assert len(stage1) == 6 and stage1[-1] < stage1[0]
+    first = load_file(str(out / "stage1" / "model.safetensors"))
+    final = load_file(str(out / "model.safetensors"))
+    backbone = [k for k in first if k.startswith("backbone.")]
+    assert any("running_mean" in k for k in backbone)
+    for key in backbone:  # weights and BatchNorm statistics untouched by stage 2
+        assert torch.equal(first[key], final[key]), key
+    assert not torch.equal(first["head.weight"], final["head.weight"])
+    assert float(final["logit_scale"]) == 20.0 and float(first["logit_scale"]) == 30.0
+    report = json.loads((out / "eval.json").read_text())
+    assert report["num_samples"] == 200 and 0 <= report["top1"] <= 100 and len(report["confusion"]) == 10
+    for key in ("many", "medium", "few", "top5", "per_class"):
+        assert key in report
+    config = json.loads((out / "config.json").read_text())
+    assert config["label_names"][0] == "airplane" and config["pretrained_cfg"]["input_size"] == [3, 32, 32]
+    assert config["model_args"]["backbone"] == "cifar_resnet20"
+
+
+def test_stage2_refuses_a_missing_or_mismatched_stage1(tmp_path, cifar10_zip, capsys):
+    out = tmp_path / "only2"
+    code = cli.main(["--recipe", "cifar10_lt", "--out", str(out), "--data-root", str(cifar10_zip), *TINY, "--stage", "2"])
+    assert code == 2 and "stage 2 needs the stage-1 model" in capsys.readouterr().err
+    stage1 = tiny_run(tmp_path, cifar10_zip, "--epochs", "1", "--stage", "1", name="s1")
+    code = cli.main(["--recipe", "cifar10_lt", "--out", str(tmp_path / "mismatch"), "--data-root", str(cifar10_zip),
+                     *TINY, "--model", "cifar_resnet32", "--stage", "2", "--stage1-checkpoint", str(stage1 / "stage1")])
+    assert code == 2 and "is a 'cifar_resnet20'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["lws", "tau_norm"])
+def test_other_retraining_methods(tmp_path, cifar10_zip, method):
+    out = tiny_run(tmp_path, cifar10_zip, "--epochs", "1", "--stage2.epochs", "1", "--stage2.method", method,
+                   "--stage2.tau", "0.5")
+    first = load_file(str(out / "stage1" / "model.safetensors"))
+    final = load_file(str(out / "model.safetensors"))
+    assert torch.equal(first["head.weight"], final["head.weight"])
+    assert not torch.equal(final["head.class_scale"], torch.ones(10))
+
+
+def test_bad_input_is_a_clear_error(tmp_path, cifar10_zip, capsys):
+    base = ["--recipe", "cifar10_lt", "--data-root", str(cifar10_zip), *TINY]
+    assert cli.main([*base, "--out", str(tmp_path / "a"), "--imb-ratio", "0.5"]) == 2
+    assert "imb_ratio" in capsys.readouterr().err
+    assert cli.main(["--recipe", "cifar10_lt", "--out", str(tmp_path / "b"), "--data-root", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert cli.main([*base, "--out", str(blocker / "run")]) == 2
+    assert "cannot write to the output folder" in capsys.readouterr().err
+    assert cli.main(["--resume", str(tmp_path / "never")]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_with_the_step(tmp_path, cifar10_zip, capsys):
+    code = cli.main(["--recipe", "cifar10_lt", "--out", str(tmp_path / "nan"), "--data-root", str(cifar10_zip), *TINY,
+                     "--epochs", "1", "--lr", "1e30", "--loss", "ce", "--head", "linear", "--s", "1", "--stage", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "NaN/inf at stage 1, epoch 1, step" in err

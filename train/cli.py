@@ -1,0 +1,171 @@
+"""``gcl-zoo train``: run a recipe (both stages by default), resume a run, or run under torchrun (DDP)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import torch
+import yaml
+
+from .checkpoint import CHECKPOINT_NAME, check_writable, load_checkpoint
+from .distributed import broadcast_error, init_distributed
+from .engine import RunOptions, Trainer, TrainingError
+from .recipes import RecipeError, add_override_flags, available_recipes, dump_recipe, load_recipe, overrides_from_args
+
+RECIPE_FILE = "recipe.yaml"
+RUN_FILE = "run.json"
+# runtime options that a resumed run takes from run.json
+RUNTIME_KEYS = ("stage", "device", "seed", "deterministic", "fast", "compile", "amp", "channels_last",
+                "stage1_checkpoint", "tensorboard")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gcl-zoo train", description="Train GCL (stage 1) and re-train the classifier (stage 2) on long-tailed data.",
+        epilog=f"recipes: {', '.join(available_recipes())}")
+    parser.add_argument("--recipe", help="recipe name or .yaml path (required unless --resume)")
+    parser.add_argument("--out", type=Path, help="run folder (created; must be empty unless --resume)")
+    parser.add_argument("--resume", type=Path, metavar="RUN", help="continue the run in this folder after a crash")
+    parser.add_argument("--stage", choices=("1", "2", "both"), default="both",
+                        help="stage 2 alone needs RUN/stage1 or --stage1-checkpoint")
+    parser.add_argument("--stage1-checkpoint", type=Path, help="stage-1 model folder or model.safetensors for stage 2")
+    parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--deterministic", action="store_true", help="deterministic kernels (for exact resumption)")
+    parser.add_argument("--fast", choices=("auto", "on", "off"), default="auto",
+                        help="device-resident data and augmentation for CIFAR-size data (auto: on for CUDA)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: on for CUDA)")
+    parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
+                        help="channels_last memory format (auto: on for CUDA)")
+    parser.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_override_flags(parser)
+    return parser
+
+
+def resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def _switch(value: str, device: torch.device) -> bool:
+    return device.type == "cuda" if value == "auto" else value == "on"
+
+
+def set_determinism(enabled: bool) -> None:
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def estimate_checkpoint_bytes(recipe: Dict[str, Any]) -> int:
+    """A generous bound for checkpoint + model files: ResNet-152 is ~240 MB in float32, x3 with SGD state."""
+    small = recipe["dataset"] in ("cifar10_lt", "cifar100_lt") and recipe["model"].startswith("cifar_")
+    return (16 if small else 1024) * 2**20
+
+
+def prepare_run(args: argparse.Namespace) -> tuple:
+    """Resolve (recipe, runtime options, resume state) from the command line or a run folder."""
+    if args.resume:
+        run_dir = args.resume
+        recipe_file, run_file = run_dir / RECIPE_FILE, run_dir / RUN_FILE
+        if not recipe_file.is_file() or not run_file.is_file():
+            raise FileNotFoundError(f"{run_dir} is not a run folder ({RECIPE_FILE} and {RUN_FILE} are missing); "
+                                    "pass the --out folder of the run to resume")
+        recipe = yaml.safe_load(recipe_file.read_text())
+        runtime = json.loads(run_file.read_text())["options"]
+        state = load_checkpoint(run_dir / CHECKPOINT_NAME) if (run_dir / CHECKPOINT_NAME).is_file() else None
+        return recipe, runtime, run_dir, state
+    if not args.recipe:
+        raise RecipeError("pass --recipe NAME (or --resume RUN); recipes: " + ", ".join(available_recipes()))
+    if not args.out:
+        raise RecipeError("pass --out RUN_FOLDER for the run's outputs")
+    recipe = load_recipe(args.recipe, overrides_from_args(args))
+    if args.out.exists() and any(args.out.iterdir()) and args.stage != "2":
+        raise FileExistsError(f"run folder {args.out} is not empty; resume it with --resume {args.out} "
+                              "or choose a new --out")
+    runtime = {k: getattr(args, k) for k in RUNTIME_KEYS}
+    runtime["stage1_checkpoint"] = str(args.stage1_checkpoint) if args.stage1_checkpoint else None
+    return recipe, runtime, args.out, None
+
+
+def run(args: argparse.Namespace, argv: List[str]) -> Dict[str, Any]:
+    recipe, runtime, out, state = prepare_run(args)
+    device_kind = "cuda" if runtime["device"].startswith("cuda") or (
+        runtime["device"] == "auto" and torch.cuda.is_available()) else "cpu"
+    dist_info = init_distributed(device_kind)
+    device = resolve_device(runtime["device"], dist_info.local_rank)
+    set_determinism(runtime["deterministic"])
+    error = ""
+    if dist_info.is_main:
+        try:
+            check_writable(out, estimate_checkpoint_bytes(recipe))
+        except OSError as exc:
+            error = str(exc)
+    error = broadcast_error(error)
+    if error:
+        raise OSError(error)
+    stages = {"1": [1], "2": [2], "both": [1, 2]}[runtime["stage"]]
+    options = RunOptions(
+        out=out, stages=stages, device=device, seed=runtime["seed"], fast=_switch(runtime["fast"], device),
+        compile=runtime["compile"], amp=_switch(runtime["amp"], device),
+        channels_last=_switch(runtime["channels_last"], device),
+        stage1_checkpoint=Path(runtime["stage1_checkpoint"]) if runtime["stage1_checkpoint"] else None,
+        progress=not args.no_progress, tensorboard=runtime["tensorboard"])
+    trainer = Trainer(recipe, options, dist_info)
+    run_info = {"command": "gcl-zoo train " + " ".join(shlex.quote(a) for a in argv), "options": runtime,
+                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "world_size": dist_info.world, "fast_path": trainer.fast, "torch": torch.__version__}
+    if dist_info.is_main:
+        if state is None:
+            dump_recipe(recipe, out / RECIPE_FILE)
+            run_info["started"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            (out / RUN_FILE).write_text(json.dumps(run_info, indent=2))
+        else:
+            _rewrite_metrics(out, state["history"])
+    final = trainer.run(resume=state)
+    if dist_info.is_main:
+        final.update({"dataset": recipe["dataset"], "split": "test", "final_epoch": True,
+                      "stages": stages, "checkpoint": "model.safetensors"})
+        (out / "eval.json").write_text(json.dumps(final, indent=2))
+        info = json.loads((out / RUN_FILE).read_text())
+        info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        (out / RUN_FILE).write_text(json.dumps(info, indent=2))
+        summary = {k: final.get(k) for k in ("top1", "top5", "many", "medium", "few")}
+        print("final (last epoch) test accuracy: " + ", ".join(
+            f"{k} {v:.2f}" for k, v in summary.items() if v is not None))
+    return final
+
+
+def _rewrite_metrics(out: Path, history: List[Dict[str, Any]]) -> None:
+    """After a crash, metrics.jsonl holds exactly the epochs the checkpoint holds."""
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+
+
+def main(argv: Optional[List[str]] = None, command: str = "train") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        run(args, argv)
+    except (RecipeError, FileNotFoundError, FileExistsError, PermissionError, OSError, TrainingError, ValueError) as exc:
+        print(f"gcl-zoo train: error: {exc}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,345 @@
+"""The two-stage training loop: stage 1 learns the representation with GCL, stage 2 re-trains the classifier.
+
+One loop serves both stages and both data paths. A run folder holds the resolved recipe, ``metrics.jsonl``,
+``checkpoint.pt`` (the full training state, rewritten atomically each epoch), ``stage1/`` (the stage-1 model),
+and the final ``model.safetensors`` + ``config.json`` + ``eval.json``.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import timm
+import torch
+import torch.nn as nn
+from timm.optim import create_optimizer_v2
+from tqdm import tqdm
+
+from gcl_zoo.heads import prepare_retraining
+from gcl_zoo.hub import CONFIG_NAME, WEIGHTS_NAME, save_model_folder
+from gcl_zoo.losses import create_loss, drw_class_weights
+from gcl_zoo.metrics import accuracy_report
+from gcl_zoo.sampling import create_sampler
+
+from .augment import mix, mixup_lambdas
+from .batches import DeviceBatches, LoaderBatches
+from .checkpoint import CHECKPOINT_NAME, atomic_torch_save, rng_state, set_rng_state
+from .data import DataBundle, build_data, is_small_image_data
+from .distributed import DistInfo, all_reduce_sum, barrier
+from .predict import autocast_for, predict
+from .schedule import lr_at
+
+STAGE1_DIR = "stage1"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, missing or mismatched stage-1 checkpoint)."""
+
+
+@dataclass
+class RunOptions:
+    out: Path
+    stages: List[int] = field(default_factory=lambda: [1, 2])
+    device: torch.device = torch.device("cpu")
+    seed: int = 0
+    fast: bool = False
+    compile: bool = False
+    amp: bool = False
+    channels_last: bool = False
+    stage1_checkpoint: Optional[Path] = None
+    progress: bool = True
+    tensorboard: bool = False
+
+
+def build_model(recipe: Dict[str, Any], num_classes: int, pretrained_backbone: Optional[bool] = None) -> nn.Module:
+    """The generic GCL wrapper around the recipe's backbone (architecture ``gcl_timm`` in config.json)."""
+    import gcl_zoo  # noqa: F401  (registers the architectures)
+
+    return timm.create_model("gcl_timm", backbone=recipe["model"], num_classes=num_classes, head=recipe["head"],
+                             logit_scale=recipe["s"] if recipe["head"] == "cosine" else 1.0,
+                             pretrained_backbone=recipe["pretrained_backbone"] if pretrained_backbone is None
+                             else pretrained_backbone)
+
+
+def describe_model(model: nn.Module, bundle: DataBundle) -> None:
+    """Record the preprocessing and labels the model is trained with, in its pretrained_cfg."""
+    model.pretrained_cfg = {**model.pretrained_cfg, **bundle.data_cfg, "num_classes": bundle.num_classes,
+                            "label_names": tuple(bundle.classes)}
+    model.pretrained_cfg.pop("test_input_size", None)
+    model.pretrained_cfg.pop("test_crop_pct", None)
+    model.default_cfg = model.pretrained_cfg
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)
+    return getattr(model, "module", model)
+
+
+class Trainer:
+    """Runs the stages of one recipe in one run folder (resumable)."""
+
+    def __init__(self, recipe: Dict[str, Any], options: RunOptions, dist_info: DistInfo):
+        self.recipe = recipe
+        self.opt = options
+        self.dist = dist_info
+        self.device = options.device
+        torch.manual_seed(options.seed)
+        probe = build_model(recipe, 1, pretrained_backbone=False)  # data config of the backbone, no download
+        self.data = build_data(recipe, probe)
+        del probe
+        torch.manual_seed(options.seed)
+        self.model = build_model(recipe, self.data.num_classes)
+        describe_model(self.model, self.data)
+        self.model.to(self.device)
+        if options.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        self.fast = options.fast and is_small_image_data(recipe)
+        if self.fast:
+            self.train_images, self.train_labels = self.data.train.as_tensors()
+            test_images, test_labels = self.data.test.as_tensors()
+            self.test_images, self.test_labels = test_images.to(self.device), test_labels.to(self.device)
+        self.history: List[Dict[str, Any]] = []
+        self.writer = self._tensorboard() if options.tensorboard and dist_info.is_main else None
+
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise RuntimeError("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
+        return SummaryWriter(str(self.opt.out / "tensorboard"))
+
+    # ---- building blocks -------------------------------------------------------------------------------------
+    def section(self, stage: int) -> Dict[str, Any]:
+        return self.recipe if stage == 1 else self.recipe["stage2"]
+
+    def make_sampler(self, stage: int):
+        section = self.section(stage)
+        kwargs = {"seed": self.opt.seed + 1000 * stage}
+        if section["sampler"] == "cben":
+            kwargs.update(a=section["cben_a"], b=section["cben_b"])
+        return create_sampler(section["sampler"], self.data.train.targets, **kwargs)
+
+    def make_batches(self, stage: int, sampler):
+        batch = self.section(stage)["batch_size"]
+        if self.fast:
+            return DeviceBatches(self.train_images, self.train_labels, sampler, batch, self.device,
+                                 self.data.data_cfg)
+        return LoaderBatches(self.data.train, sampler, batch, self.device, self.recipe["workers"])
+
+    def make_loss(self, stage: int) -> nn.Module:
+        section = self.section(stage)
+        name = section["loss"]
+        kwargs: Dict[str, Any] = {"s": section["s"]}
+        if name == "gcl":
+            kwargs.update(m=section["m"], noise_mul=section["noise_mul"], gamma=section["gamma"],
+                          cloud=self.recipe["cloud"])
+        elif name == "focal":
+            kwargs.update(gamma=section["gamma"])
+        elif name == "ldam":
+            kwargs.update(max_m=section["m"] or 0.5)
+        return create_loss(name, self.data.cls_num_list, **kwargs).to(self.device)
+
+    def make_optimizer(self, model: nn.Module, stage: int):
+        section = self.section(stage)
+        params = [p for p in model.parameters() if p.requires_grad]
+        extra = {"fused": True} if self.device.type == "cuda" and section["opt"] in ("sgd", "momentum") else {}
+        return create_optimizer_v2(params, opt=section["opt"], lr=section["lr"], weight_decay=section["weight_decay"],
+                                   momentum=section["momentum"], filter_bias_and_bn=False, **extra)
+
+    def autocast(self):
+        return autocast_for(self.device, self.opt.amp)
+
+    # ---- evaluation ------------------------------------------------------------------------------------------
+    def predict(self, model: nn.Module, with_embeddings: bool = False) -> Dict[str, torch.Tensor]:
+        return predict(unwrap(model), self.data, self.device, self.dist, amp=self.opt.amp,
+                       channels_last=self.opt.channels_last, workers=self.recipe["workers"],
+                       resident=(self.test_images, self.test_labels) if self.fast else None,
+                       with_embeddings=with_embeddings)
+
+    def evaluate(self, model: nn.Module, with_confusion: bool = False) -> Dict[str, Any]:
+        pred = self.predict(model)
+        return accuracy_report(pred["logits"], pred["targets"], self.data.cls_num_list, with_confusion=with_confusion)
+
+    # ---- stages ----------------------------------------------------------------------------------------------
+    def prepare_stage(self, stage: int) -> nn.Module:
+        """Set trainable parts for the stage; stage 2 freezes the backbone and its BatchNorm statistics."""
+        model = self.model
+        if stage == 1:
+            model.requires_grad_(True)
+            return model
+        model.backbone.requires_grad_(False)
+        section = self.section(2)
+        prepare_retraining(model.head, section["method"], fresh=section["fresh_head"], tau=section["tau"])
+        if model.head_type == "cosine":
+            model.logit_scale.fill_(section["s"])
+        return model
+
+    def set_train_mode(self, stage: int) -> None:
+        self.model.train()
+        if stage == 2:
+            self.model.backbone.eval()  # BatchNorm keeps its stage-1 statistics
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        wrapped = model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        if self.opt.compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    def run_stage(self, stage: int, state: Optional[Dict[str, Any]] = None) -> None:
+        section = self.section(stage)
+        model = self.prepare_stage(stage)
+        if stage == 2 and section["method"] == "tau_norm":
+            self.finish_epoch(stage, section["epochs"] - 1, {"loss": None, "lr": 0.0, "seconds": 0.0}, None, None)
+            return
+        sampler = self.make_sampler(stage)
+        batches = self.make_batches(stage, sampler)
+        loss_fn = self.make_loss(stage)
+        optimizer = self.make_optimizer(model, stage)
+        start = 0
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            sampler.load_state_dict(state["sampler"])
+            start = state["epoch"] + 1
+        net = self.wrap(model)
+        for epoch in range(start, section["epochs"]):
+            lr = lr_at(section, epoch)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            drw = self.recipe["drw_epoch"]
+            if stage == 1 and section["loss"] == "ldam" and drw is not None:
+                loss_fn.set_class_weight(drw_class_weights(self.data.cls_num_list) if epoch >= drw else None)
+            sampler.set_epoch(epoch)
+            self.set_train_mode(stage)
+            began = time.perf_counter()
+            mean_loss = self.train_epoch(net, loss_fn, optimizer, batches, stage, epoch)
+            seconds = time.perf_counter() - began
+            self.finish_epoch(stage, epoch, {"loss": mean_loss, "lr": lr, "seconds": seconds}, optimizer, sampler)
+
+    def train_epoch(self, net: nn.Module, loss_fn: nn.Module, optimizer, batches, stage: int, epoch: int) -> float:
+        section = self.section(stage)
+        lams = mixup_lambdas(section["mixup_alpha"], len(batches), seed=self.opt.seed * 100_003 + stage * 1009 + epoch)
+        lams = lams.to(self.device)
+        total = torch.zeros((), device=self.device)
+        first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
+        steps = 0
+        bar = tqdm(batches, total=len(batches), desc=f"stage {stage} epoch {epoch + 1}/{section['epochs']}",
+                   disable=not (self.opt.progress and self.dist.is_main), leave=False, dynamic_ncols=True)
+        for step, (x, y) in enumerate(bar):
+            if self.opt.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            target = y
+            if section["mixup_alpha"] > 0:
+                x, target = mix(x, y, lams[step])
+            with self.autocast():
+                logits = net(x)
+            loss = loss_fn(logits, target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            detached = loss.detach()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), step, first_bad)
+            total += detached
+            steps += 1
+            if step % 50 == 49 and bar.disable is False:
+                bar.set_postfix(loss=f"{total.item() / steps:.4f}")
+        summed = all_reduce_sum(torch.stack([total, torch.tensor(float(steps), device=self.device)]))
+        bad = int(first_bad)
+        if bad >= 0:
+            raise TrainingError(f"the loss became NaN/inf at stage {stage}, epoch {epoch + 1}, step {bad + 1}; "
+                                "lower the learning rate (--lr) or check the data; the last good checkpoint is kept")
+        return float(summed[0] / summed[1].clamp_min(1))
+
+    def finish_epoch(self, stage: int, epoch: int, stats: Dict[str, Any], optimizer, sampler) -> None:
+        """Evaluate when due, checkpoint atomically, then log (rank 0 writes)."""
+        section = self.section(stage)
+        last = epoch == section["epochs"] - 1
+        record = {"stage": stage, "epoch": epoch + 1, **stats}
+        if last or (epoch + 1) % self.recipe["eval_every"] == 0:
+            report = self.evaluate(self.model)
+            record.update({k: report.get(k) for k in ("top1", "top5", "many", "medium", "few")})
+        self.history.append(record)
+        if self.dist.is_main:
+            if optimizer is not None:
+                atomic_torch_save({
+                    "stage": stage, "epoch": epoch, "model": unwrap(self.model).state_dict(),
+                    "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(), "rng": rng_state(),
+                    "history": self.history,
+                }, self.opt.out / CHECKPOINT_NAME)
+            with (self.opt.out / "metrics.jsonl").open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            if self.writer is not None:
+                for key, value in record.items():
+                    if isinstance(value, (int, float)) and key not in ("stage", "epoch"):
+                        self.writer.add_scalar(f"stage{stage}/{key}", value, epoch + 1)
+            message = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
+                               if v is not None)
+            tqdm.write(message)
+        if last:
+            self.save_stage_result(stage)
+        barrier()
+
+    def save_stage_result(self, stage: int) -> None:
+        if not self.dist.is_main:
+            return
+        model = unwrap(self.model)
+        if stage == 1:
+            save_model_folder(model, self.opt.out / STAGE1_DIR)
+        save_model_folder(model, self.opt.out)
+
+    # ---- stage-1 hand-over -----------------------------------------------------------------------------------
+    def load_stage1(self) -> None:
+        """Start stage 2 from a stage-1 model folder; refuse a missing or mismatched one with a clear message."""
+        folder = self.opt.stage1_checkpoint or self.opt.out / STAGE1_DIR
+        folder = Path(folder)
+        weights = folder / WEIGHTS_NAME if folder.is_dir() else folder
+        if not weights.is_file():
+            raise TrainingError(
+                f"stage 2 needs the stage-1 model, but {weights} does not exist; run stage 1 first "
+                f"(--stage 1 or both) or point --stage1-checkpoint at a stage-1 folder or model.safetensors")
+        config_path = weights.parent / CONFIG_NAME
+        if config_path.is_file():
+            config = json.loads(config_path.read_text())
+            saved = config.get("model_args", {}).get("backbone")
+            if saved and saved != self.recipe["model"]:
+                raise TrainingError(f"the stage-1 model in {weights.parent} is a {saved!r}, but this recipe trains "
+                                    f"{self.recipe['model']!r}; pass the matching --model or stage-1 folder")
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(weights))
+        except Exception as exc:
+            raise TrainingError(f"cannot read the stage-1 weights {weights}: {exc}") from exc
+        model = unwrap(self.model)
+        expected = model.state_dict()
+        problems = [k for k in expected if k not in state] + [k for k in state if k not in expected]
+        problems += [k for k in expected if k in state and state[k].shape != expected[k].shape]
+        if problems:
+            raise TrainingError(f"the stage-1 weights {weights} do not match this model ({self.recipe['model']}, "
+                                f"{self.data.num_classes} classes): first mismatched tensor {problems[0]!r}")
+        model.load_state_dict(state)
+
+    # ---- the run ---------------------------------------------------------------------------------------------
+    def run(self, resume: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        stages = self.opt.stages
+        first = stages[0]
+        if resume is not None:
+            unwrap(self.model).load_state_dict(resume["model"])
+            set_rng_state(resume["rng"])
+            self.history = list(resume["history"])
+            first = resume["stage"]
+            if resume["epoch"] + 1 >= self.section(first)["epochs"]:  # that stage had finished
+                resume, first = None, first + 1
+        for stage in [s for s in stages if s >= first]:
+            if stage == 2 and (resume is None or resume["stage"] != 2) and not (1 in stages and first == 1):
+                self.load_stage1()
+            self.run_stage(stage, resume if resume is not None and resume["stage"] == stage else None)
+            resume = None
+        final = self.evaluate(self.model, with_confusion=True)
+        return final
+

@@ -1,0 +1,142 @@
+"""``gcl-zoo eval RUN``: evaluate a run's final model on its test set, write ``eval.json`` and plots.
+
+Plots (PNG): per-class test accuracy against the class's training-set size (the long-tail picture), and a t-SNE
+of the test-set embeddings coloured by class (the paper's Figures 1 and 3: the embedding space GCL enlarges
+for tail classes).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import timm
+import torch
+import yaml
+
+import gcl_zoo  # noqa: F401  (registers the architectures)
+from gcl_zoo.hub import CONFIG_NAME, WEIGHTS_NAME
+from gcl_zoo.metrics import FEW_SHOT_MAX, MANY_SHOT_MIN, accuracy_report
+
+from .data import DataBundle, build_data
+from .predict import predict
+from .recipes import RecipeError, validate
+
+RECIPE_FILE = "recipe.yaml"
+
+
+def load_run_model(run: Path) -> torch.nn.Module:
+    if not (run / WEIGHTS_NAME).is_file() or not (run / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{run} holds no final model ({WEIGHTS_NAME} + {CONFIG_NAME}); "
+                                "finish the training run first (gcl-zoo train --resume RUN)")
+    return timm.create_model(f"local-dir:{run}", pretrained=True)
+
+
+def plot_per_class(report: Dict[str, Any], cls_num_list: List[int], classes, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc = [a if a is not None else float("nan") for a in report["per_class"]]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    ax.scatter(cls_num_list, acc, s=18 if len(acc) > 50 else 36, alpha=0.8)
+    ax.set_xscale("log")
+    ax.axvline(MANY_SHOT_MIN, color="grey", ls="--", lw=0.8)
+    ax.axvline(FEW_SHOT_MAX, color="grey", ls="--", lw=0.8)
+    if len(acc) <= 20:
+        for n, a, name in zip(cls_num_list, acc, classes):
+            ax.annotate(str(name), (n, a), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    groups = ", ".join(f"{g} {report[g]:.1f}" for g in ("many", "medium", "few") if report.get(g) is not None)
+    ax.set(xlabel="training images in the class (log scale)", ylabel="test accuracy (%)", ylim=(-3, 103),
+           title=f"Per-class accuracy: top-1 {report['top1']:.2f}%  ({groups})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_tsne(embeddings: torch.Tensor, targets: torch.Tensor, cls_num_list: List[int], classes, path: Path,
+              samples: int, seed: int = 0) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    generator = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(len(targets), generator=generator)[:samples]
+    feats = torch.nn.functional.normalize(embeddings[keep].float(), dim=1).numpy()  # the cosine head's geometry
+    labels = targets[keep].numpy()
+    points = TSNE(n_components=2, init="pca", random_state=seed, perplexity=min(30, max(5, len(keep) // 50))
+                  ).fit_transform(feats)
+    fig, ax = plt.subplots(figsize=(6.5, 6), dpi=120)
+    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "viridis")
+    order = sorted(range(len(classes)), key=lambda c: -cls_num_list[c])  # head classes first in the legend
+    for rank, c in enumerate(order):
+        mask = labels == c
+        if mask.any():
+            color = cmap(rank % 10) if len(classes) <= 10 else cmap(rank / max(len(classes) - 1, 1))
+            ax.scatter(points[mask, 0], points[mask, 1], s=4, color=color,
+                       label=f"{classes[c]} ({cls_num_list[c]})" if len(classes) <= 20 else None)
+    if len(classes) <= 20:
+        ax.legend(markerscale=3, fontsize=7, title="class (training images)", title_fontsize=7, loc="best")
+    ax.set(title=f"t-SNE of {len(keep)} test embeddings (normalised features)", xticks=[], yticks=[])
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def evaluate_run(run: Path, data_root: Optional[str] = None, device: str = "auto", tsne_samples: int = 2000,
+                 workers: int = 2) -> Dict[str, Any]:
+    """Evaluate ``run``'s final model; write eval.json, per_class_accuracy.png and tsne.png into it."""
+    recipe_file = run / RECIPE_FILE
+    if not recipe_file.is_file():
+        raise FileNotFoundError(f"{run} has no {RECIPE_FILE}; pass the --out folder of a training run")
+    raw = yaml.safe_load(recipe_file.read_text())
+    raw.pop("recipe", None)
+    if data_root:
+        raw["data_root"] = data_root
+    raw["workers"] = workers
+    recipe = validate(raw)
+    model = load_run_model(run)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    model.to(dev)
+    bundle: DataBundle = build_data(recipe, model)
+    out = predict(model, bundle, dev, workers=workers, with_embeddings=tsne_samples > 0)
+    report = accuracy_report(out["logits"], out["targets"], bundle.cls_num_list, with_confusion=True)
+    report.update({"dataset": recipe["dataset"], "split": "test", "final_epoch": True, "checkpoint": WEIGHTS_NAME,
+                   "classes": list(bundle.classes), "train_cls_num_list": list(bundle.cls_num_list)})
+    (run / "eval.json").write_text(json.dumps(report, indent=2))
+    plot_per_class(report, bundle.cls_num_list, bundle.classes, run / "per_class_accuracy.png")
+    if tsne_samples > 0:
+        plot_tsne(out["embeddings"], out["targets"], bundle.cls_num_list, bundle.classes, run / "tsne.png",
+                  min(tsne_samples, len(out["targets"])))
+    return report
+
+
+def main(argv: Optional[List[str]] = None, command: str = "eval") -> int:
+    parser = argparse.ArgumentParser(prog="gcl-zoo eval", description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="training run folder")
+    parser.add_argument("--data-root", help="evaluate on data at this root instead of the recipe's")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--tsne-samples", type=int, default=2000, help="test images in the t-SNE plot (0: no t-SNE)")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args(argv)
+    try:
+        report = evaluate_run(args.run, args.data_root, args.device, args.tsne_samples, args.workers)
+    except ImportError as exc:
+        print(f"gcl-zoo eval: plots need matplotlib and scikit-learn: pip install 'gcl-zoo[report]' ({exc})",
+              file=sys.stderr)
+        return 2
+    except (FileNotFoundError, RecipeError, ValueError, RuntimeError) as exc:
+        print(f"gcl-zoo eval: error: {exc}", file=sys.stderr)
+        return 2
+    groups = ", ".join(f"{k} {report[k]:.2f}" for k in ("top1", "top5", "many", "medium", "few")
+                       if report.get(k) is not None)
+    print(f"{args.run}: {groups}; wrote eval.json, per_class_accuracy.png"
+          + (", tsne.png" if args.tsne_samples > 0 else ""))
+    return 0

@@ -1,0 +1,52 @@
+"""Test-set predictions (logits, labels, embeddings), sharded over DDP ranks and gathered back in order."""
+from __future__ import annotations
+
+import contextlib
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+from .batches import test_batches
+from .data import DataBundle
+from .distributed import DistInfo, gather_cat
+
+
+def autocast_for(device: torch.device, enabled: bool):
+    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: DataBundle, device: torch.device, dist: DistInfo = DistInfo(), amp: bool = False,
+            channels_last: bool = False, workers: int = 0,
+            resident: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+            with_embeddings: bool = False, batch_size: int = 512) -> Dict[str, torch.Tensor]:
+    """Logits (float32) and labels of the whole test set, on the CPU in test-set order; pooled features if asked.
+
+    ``resident`` holds the test images as a uint8 tensor already on the device (the fast path).
+    """
+    was_training = model.training
+    model.eval()
+    images, labels = resident if resident is not None else (None, None)
+    outs, feats, targets = [], [], []
+    for x, y in test_batches(images, labels, data.test, batch_size, device, data.data_cfg, workers,
+                             dist.rank, dist.world):
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_for(device, amp):
+            pooled = model.forward_head(model.forward_features(x), pre_logits=True)
+            logits = model.head(pooled)
+        outs.append(logits.float())
+        targets.append(y)
+        if with_embeddings:
+            feats.append(pooled.float())
+    model.train(was_training)
+    n = len(data.test)
+    order = torch.cat([torch.arange(r, n, dist.world) for r in range(dist.world)])
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(n)
+    result = {"logits": gather_cat(torch.cat(outs)).cpu()[inverse],
+              "targets": gather_cat(torch.cat(targets)).cpu()[inverse]}
+    if with_embeddings:
+        result["embeddings"] = gather_cat(torch.cat(feats)).cpu()[inverse]
+    return result

@@ -1,0 +1,28 @@
+"""Learning-rate schedules of the recipes, per epoch.
+
+Written out rather than taken from ``timm.scheduler`` because the paper's recipe needs exact epochs
+(lr * (1 + e) / 5 warm-up, x0.1 from epoch 160 and 180), and timm's milestone and warm-up conventions have
+shifted between releases; these few lines give the same numbers on every version.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, List
+
+
+def lr_at(section: Dict, epoch: int) -> float:
+    """Learning rate for 0-based ``epoch`` of a recipe section (stage 1 or stage 2)."""
+    base, warmup = section["lr"], section.get("warmup_epochs", 0)
+    if epoch < warmup:
+        return base * (epoch + 1) / warmup
+    if section["sched"] == "step":
+        passed = sum(epoch >= milestone for milestone in section.get("decay_epochs", []))
+        return base * section.get("decay_rate", 0.1) ** passed
+    if section["sched"] == "cosine":
+        span = max(section["epochs"] - warmup, 1)
+        return base * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / span))
+    return base
+
+
+def schedule(section: Dict) -> List[float]:
+    return [lr_at(section, e) for e in range(section["epochs"])]
