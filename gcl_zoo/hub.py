@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
+import torch
 import torch.nn as nn
 from timm.models import save_for_hf
 
@@ -39,6 +40,15 @@ class InvalidModelFolder(ValueError):
     """A model folder that would not load (or should not be published); the message names the file and field."""
 
 
+def replace_file(src: PathLike, dest: PathLike) -> None:
+    """Atomically move a finished temporary file into place, with the permissions a plain file would get
+    (temporary files are created private, 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(src, 0o666 & ~umask)
+    os.replace(src, dest)
+
+
 def save_model_folder(model: nn.Module, folder: PathLike, extra_config: Optional[Dict[str, Any]] = None) -> Path:
     """Write the model's weights and config into ``folder``, each file replaced atomically.
 
@@ -52,12 +62,18 @@ def save_model_folder(model: nn.Module, folder: PathLike, extra_config: Optional
     if labels:
         model_config.setdefault("label_names", list(labels))
     model_args = model.model_args() if hasattr(model, "model_args") else None
+    # safetensors stores contiguous tensors only: a channels_last model is saved in the default layout
+    channels_last = any(p.dim() == 4 and not p.is_contiguous() for p in model.parameters())
     staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=folder))
     try:
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
         save_for_hf(model, staging, model_config=model_config, model_args=model_args, safe_serialization=True)
         for name in (WEIGHTS_NAME, CONFIG_NAME):
-            os.replace(staging / name, folder / name)
+            replace_file(staging / name, folder / name)
     finally:
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
         shutil.rmtree(staging, ignore_errors=True)
     return folder
 
@@ -242,7 +258,8 @@ def export_embedded(name: str, out_dir: PathLike, repo_id: Optional[str] = None,
     """Export a checkpoint shipped in the package (``<weights_dir>/<name>.safetensors`` + ``<name>.json``).
 
     ``weights_dir`` defaults to ``gcl_zoo/weights``. The JSON beside the weights is read like a run's
-    ``eval.json``; its optional ``command`` and ``recipe`` (a mapping) fill the card's training section.
+    ``eval.json``; its optional ``command``, ``device``, ``notes`` and ``recipe`` (a mapping) fill the card's
+    training section.
     """
     import timm
 
@@ -257,7 +274,7 @@ def export_embedded(name: str, out_dir: PathLike, repo_id: Optional[str] = None,
     out_dir = Path(out_dir)
     save_model_folder(model, out_dir)
     recipe = info.get("recipe") if info and isinstance(info.get("recipe"), dict) else None
-    run = {"command": info["command"]} if info and info.get("command") else None
+    run = {k: info[k] for k in ("command", "device", "notes") if info and info.get(k)} or None
     if info is not None:
         (out_dir / EVAL_NAME).write_text(json.dumps(info, indent=2), encoding="utf-8")
     _write_card(out_dir, model, name, info, recipe, run, [] if info else ["eval.json"],

@@ -154,7 +154,7 @@ def render_card(inputs: CardInputs, template_path: Optional[Path] = None) -> str
         crop_pct=pretrained_cfg.get("crop_pct"), interpolation=pretrained_cfg.get("interpolation"),
         rows=_rows(inputs), paper_top1=paper, delta=None if paper is None or top1 is None else round(top1 - paper, 2),
         num_samples=evaluation.get("num_samples"), split=evaluation.get("split"),
-        usage=_usage(inputs), command=run.get("command"), device=run.get("device"),
+        usage=_usage(inputs), command=run.get("command"), device=run.get("device"), training_notes=run.get("notes"),
         started=run.get("started"), finished=run.get("finished"), recipe_yaml=_recipe_yaml(inputs.recipe),
         has_eval=inputs.evaluation is not None, has_recipe=inputs.recipe is not None, notes=inputs.notes,
         arxiv_id=ARXIV_ID, paper_title=PAPER_TITLE, cvf_url=CVF_URL, code_url=CODE_URL)

@@ -92,10 +92,11 @@ def test_stage2_refuses_a_missing_or_mismatched_stage1(tmp_path, cifar10_zip, ca
     assert code == 2 and "is a 'cifar_resnet20'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("method", ["lws", "tau_norm"])
-def test_other_retraining_methods(tmp_path, cifar10_zip, method):
+@pytest.mark.parametrize("method, extra", [("lws", ("--channels-last", "on", "--amp", "on", "--fast", "on")),
+                                           ("tau_norm", ())])
+def test_other_retraining_methods(tmp_path, cifar10_zip, method, extra):
     out = tiny_run(tmp_path, cifar10_zip, "--epochs", "1", "--stage2.epochs", "1", "--stage2.method", method,
-                   "--stage2.tau", "0.5")
+                   "--stage2.tau", "0.5", *extra)
     first = load_file(str(out / "stage1" / "model.safetensors"))
     final = load_file(str(out / "model.safetensors"))
     assert torch.equal(first["head.weight"], final["head.weight"])

@@ -15,6 +15,8 @@ from typing import Any, Dict, Union
 import numpy as np
 import torch
 
+from gcl_zoo.hub import replace_file
+
 CHECKPOINT_NAME = "checkpoint.pt"
 
 
@@ -47,7 +49,7 @@ def atomic_torch_save(obj: Any, path: Union[str, Path]) -> None:
             torch.save(obj, handle)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        replace_file(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

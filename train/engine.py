@@ -327,19 +327,18 @@ class Trainer:
     # ---- the run ---------------------------------------------------------------------------------------------
     def run(self, resume: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         stages = self.opt.stages
-        first = stages[0]
+        first, have_stage1 = stages[0], False
         if resume is not None:
             unwrap(self.model).load_state_dict(resume["model"])
             set_rng_state(resume["rng"])
             self.history = list(resume["history"])
-            first = resume["stage"]
+            first, have_stage1 = resume["stage"], True
             if resume["epoch"] + 1 >= self.section(first)["epochs"]:  # that stage had finished
+                self.save_stage_result(first)  # the crash may have come before its result was written
                 resume, first = None, first + 1
         for stage in [s for s in stages if s >= first]:
-            if stage == 2 and (resume is None or resume["stage"] != 2) and not (1 in stages and first == 1):
+            if stage == 2 and not have_stage1:
                 self.load_stage1()
             self.run_stage(stage, resume if resume is not None and resume["stage"] == stage else None)
-            resume = None
-        final = self.evaluate(self.model, with_confusion=True)
-        return final
-
+            resume, have_stage1 = None, True
+        return self.evaluate(self.model, with_confusion=True)
