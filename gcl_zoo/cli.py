@@ -6,7 +6,9 @@ invoked, so the library never imports the applications built on it.
 from __future__ import annotations
 
 import importlib
+import runpy
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 # subcommand -> (module providing ``main(argv)``, one-line help)
@@ -16,8 +18,9 @@ SUBCOMMANDS = {
     "export": ("gcl_zoo.hub_cli", "export a run as a Hub-ready folder (safetensors, config.json, model card)"),
     "push": ("gcl_zoo.hub_cli", "push an exported folder to the Hugging Face Hub"),
     "serve": ("serve.cli", "serve models over HTTP (FastAPI + uvicorn)"),
-    "bench": ("train.bench_cli", "run a benchmark script from bench/"),
+    "bench": ("gcl_zoo.cli", "run a benchmark from bench/ in a source checkout (train_speed, serve_load)"),
 }
+BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 
 
 def _usage() -> str:
@@ -26,6 +29,25 @@ def _usage() -> str:
     lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
     lines += ["", "Run 'gcl-zoo <command> --help' for a command's options."]
     return "\n".join(lines)
+
+
+def run_bench(argv: List[str], command: str = "bench") -> int:
+    """``gcl-zoo bench NAME [options]``: run ``bench/NAME.py`` (benchmarks live in the source tree, not the wheel)."""
+    available = sorted(p.stem for p in BENCH_DIR.glob("*.py")) if BENCH_DIR.is_dir() else []
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: gcl-zoo bench NAME [options]\nbenchmarks: {', '.join(available) or 'none (not a source checkout)'}")
+        return 0
+    name = argv[0].replace("-", "_")
+    if name not in available:
+        where = f"choose one of {', '.join(available)}" if available else "benchmarks ship with the source checkout only"
+        print(f"gcl-zoo bench: unknown benchmark {argv[0]!r}; {where}", file=sys.stderr)
+        return 2
+    sys.argv = [str(BENCH_DIR / f"{name}.py"), *argv[1:]]
+    try:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -37,6 +59,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if command not in SUBCOMMANDS:
         print(f"gcl-zoo: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    if command == "bench":
+        return run_bench(rest)
     module_name = SUBCOMMANDS[command][0]
     try:
         module = importlib.import_module(module_name)

@@ -22,7 +22,7 @@ from hub_server import HubServer
 
 TESTS = Path(__file__).resolve().parent
 TOKEN = "hf_test_token"
-ZOO_NAME = "gcl_resnet32_cifar10_lt.ir100"
+ZOO_NAME = "gcl_resnet32_cifar10_lt.ir50"  # an entry without weights shipped in the package
 REPO_ID = f"org/{ZOO_NAME}"
 
 
@@ -122,7 +122,7 @@ def pulled(hub, hf_home, pushed, pickled_repo, tmp_path_factory):
     missing repo, a zoo entry nobody pushed and the pickle-only repo; with the requests it sent."""
     out = tmp_path_factory.mktemp("pulled")
     before = len(hub.requests)
-    names = [f"hf-hub:{REPO_ID}", ZOO_NAME, "hf-hub:org/does-not-exist", "gcl_resnet32_cifar10_lt.ir50",
+    names = [f"hf-hub:{REPO_ID}", ZOO_NAME, "hf-hub:org/does-not-exist", "gcl_resnet32_cifar10_lt.ir200",
              f"hf-hub:{pickled_repo}"]
     results = _pull(hub, hf_home, out, names, GCL_ZOO_HUB_ORG="org")
     return out, {entry["name"]: entry for entry in results["models"]}, results, hub.requests[before:]
@@ -151,8 +151,8 @@ def test_missing_repos_give_one_clear_error(pulled):
     _, models, _, _ = pulled
     missing = models["hf-hub:org/does-not-exist"]["error"]
     assert "RepositoryNotFoundError" in missing and "org/does-not-exist" in missing
-    zoo = models["gcl_resnet32_cifar10_lt.ir50"]["error"]
-    assert zoo.startswith("RuntimeError: Hub repo org/gcl_resnet32_cifar10_lt.ir50 does not exist")
+    zoo = models["gcl_resnet32_cifar10_lt.ir200"]["error"]
+    assert zoo.startswith("RuntimeError: Hub repo org/gcl_resnet32_cifar10_lt.ir200 does not exist")
     assert "GCL_ZOO_HUB_ORG='org'" in zoo and "gcl-zoo push" in zoo
 
 
