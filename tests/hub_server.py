@@ -131,6 +131,13 @@ class HubServer:
         def repo_not_found(repo_id: str) -> JSONResponse:
             return _error(404, "RepoNotFound", f"Repository not found: {repo_id}")
 
+        def writable_repo(request: Request, repo_id: str):
+            """The repo a write request names, or the 401/404 answer the Hub gives instead."""
+            if not hub._authorized(request):
+                return unauthorized()
+            repo = hub._repo(request, repo_id)
+            return repo_not_found(repo_id) if repo is None else repo
+
         @app.post("/api/repos/create")
         async def create_repo(request: Request):
             if not hub._authorized(request):
@@ -162,11 +169,9 @@ class HubServer:
 
         @app.post("/api/models/{namespace}/{name}/preupload/{revision:path}")
         async def preupload(request: Request, namespace: str, name: str, revision: str):
-            if not hub._authorized(request):
-                return unauthorized()
-            repo = hub._repo(request, f"{namespace}/{name}")
-            if repo is None:
-                return repo_not_found(f"{namespace}/{name}")
+            repo = writable_repo(request, f"{namespace}/{name}")
+            if isinstance(repo, JSONResponse):
+                return repo
             current = repo.commits.get(repo.resolve(revision) or "", {})
             body = await request.json()
             files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
@@ -176,11 +181,9 @@ class HubServer:
 
         @app.post("/api/models/{namespace}/{name}/commit/{revision:path}")
         async def commit(request: Request, namespace: str, name: str, revision: str):
-            if not hub._authorized(request):
-                return unauthorized()
-            repo = hub._repo(request, f"{namespace}/{name}")
-            if repo is None:
-                return repo_not_found(f"{namespace}/{name}")
+            repo = writable_repo(request, f"{namespace}/{name}")
+            if isinstance(repo, JSONResponse):
+                return repo
             base = repo.resolve(revision)
             if base is None:
                 return _error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
@@ -213,11 +216,9 @@ class HubServer:
 
         @app.post("/api/models/{namespace}/{name}/branch/{branch:path}")
         async def create_branch(request: Request, namespace: str, name: str, branch: str):
-            if not hub._authorized(request):
-                return unauthorized()
-            repo = hub._repo(request, f"{namespace}/{name}")
-            if repo is None:
-                return repo_not_found(f"{namespace}/{name}")
+            repo = writable_repo(request, f"{namespace}/{name}")
+            if isinstance(repo, JSONResponse):
+                return repo
             if branch in repo.refs:
                 return _error(409, "Conflict", f"branch {branch} already exists")
             body = await request.json() if await request.body() else {}
@@ -229,11 +230,9 @@ class HubServer:
 
         @app.post("/api/models/{namespace}/{name}/discussions")
         async def create_discussion(request: Request, namespace: str, name: str):
-            if not hub._authorized(request):
-                return unauthorized()
-            repo = hub._repo(request, f"{namespace}/{name}")
-            if repo is None:
-                return repo_not_found(f"{namespace}/{name}")
+            repo = writable_repo(request, f"{namespace}/{name}")
+            if isinstance(repo, JSONResponse):
+                return repo
             body = await request.json()
             if not body.get("pullRequest"):
                 return _error(400, "BadRequest", "only pull requests are supported here")
