@@ -4,7 +4,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from gcl_zoo import cli
+from gcl_zoo.data import CIFARLongTail
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -20,7 +24,8 @@ def test_unknown_command_and_benchmark_are_clear(capsys):
     assert cli.main(["fly"]) == 2
     assert "unknown command 'fly'" in capsys.readouterr().err
     assert cli.main(["bench", "nope"]) == 2
-    assert "unknown benchmark 'nope'; choose one of serve_load, train_speed" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown benchmark 'nope'; choose one of" in err and "train_speed" in err and "serve_load" in err
 
 
 def test_train_speed_benchmark_runs_on_cpu(tmp_path, cifar10_zip):
@@ -33,3 +38,27 @@ def test_train_speed_benchmark_runs_on_cpu(tmp_path, cifar10_zip):
     assert report["loader"]["steps_per_epoch"] == 194  # 12,406 images in batches of 64
     assert report["fast"]["seconds_per_step"] > 0 and report["speedup"] > 0
     assert "speed-up of the fast path" in result.stdout
+
+
+def test_packed_subset_reads_like_the_full_archive(tmp_path, cifar10_zip):
+    packed = tmp_path / "c10lt100.zip"
+    result = subprocess.run([sys.executable, "bench/pack_cifar_lt.py", str(cifar10_zip), str(packed), "--imb-ratio", "100"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for ratio in (100, 200):  # the subsets are nested: a ratio-100 pack also serves ratio 200
+        small, full = CIFARLongTail(packed, imb_ratio=ratio), CIFARLongTail(cifar10_zip, imb_ratio=ratio)
+        assert np.array_equal(small.data, full.data) and np.array_equal(small.positions, full.positions)
+    assert len(CIFARLongTail(packed, train=False)) == 10000
+    with pytest.raises(FileNotFoundError, match="packed subset without image position"):
+        CIFARLongTail(packed, imb_ratio=50)
+
+
+def test_reproduction_script_runs_every_configuration(tmp_path, cifar10_zip):
+    out = tmp_path / "repro.json"
+    result = subprocess.run([sys.executable, "bench/reproduce_cifar10_lt.py", "--smoke", "--ratios", "100", "--seeds", "0",
+                             "--jobs", "3", "--device", "cpu", "--data-root", str(cifar10_zip), "--out", str(out),
+                             "--out-dir", str(tmp_path / "runs")], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted(r["method"] for r in runs) == ["ce_mixup", "ce_mixup_crt", "gcl"]
+    assert all(r["exit_code"] == 0 and r["top1"] is not None for r in runs)

@@ -9,6 +9,7 @@ image's position within its class in the original order. All images are decoded 
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
@@ -20,9 +21,10 @@ from torch.utils.data import Dataset
 from .labels import CIFAR100_CLASSES, CIFAR10_CLASSES
 from .sources import IMAGE_EXTENSIONS, ImageSource, decode_rgb_tensor, open_source
 
-__all__ = ["long_tail_counts", "long_tail_positions", "CIFARLongTail", "PROFILES"]
+__all__ = ["long_tail_counts", "long_tail_positions", "CIFARLongTail", "PROFILES", "SUBSET_MANIFEST"]
 
 PROFILES = ("exp", "step")
+SUBSET_MANIFEST = "class_sizes.json"  # in a packed subset archive: {"train": [...], "test": [...]} full class sizes
 _TORCHVISION_DIRS = {10: "cifar-10-batches-py", 100: "cifar-100-python"}
 
 
@@ -118,12 +120,26 @@ class CIFARLongTail(Dataset):
                 raise ValueError(f"unexpected file {self.source.describe(name)}: expected {split}/<class>/<NNNNN>.<ext> "
                                  f"with a class among {', '.join(self.classes[:5])}, ...")
             by_class[parts[1]].append(name)
-        return [sorted(by_class[c], key=_position_key) for c in self.classes]
+        ordered = [sorted(by_class[c], key=_position_key) for c in self.classes]
+        if not self.source.exists(SUBSET_MANIFEST):
+            return ordered
+        # a packed subset: files keep their original positions, the manifest gives the full class sizes
+        sizes = json.loads(self.source.read_bytes(SUBSET_MANIFEST))[split]
+        slots = [[None] * size for size in sizes]
+        for c, names in enumerate(ordered):
+            for name in names:
+                slots[c][int(Path(name).stem)] = name
+        return slots
 
     def _pick(self, members, keep: np.ndarray) -> np.ndarray:
         if isinstance(members, np.ndarray):
             return members[keep]
-        return self._decode(self.source, [members[i] for i in keep])
+        names = [members[i] for i in keep]
+        if None in names:
+            missing = int(keep[names.index(None)])
+            raise FileNotFoundError(f"{self.source.root} is a packed subset without image position {missing:05d} of a "
+                                    "class; pack it for this imbalance ratio (or a smaller one) or use the full data")
+        return self._decode(self.source, names)
 
     @staticmethod
     def _decode(source: ImageSource, names: List[str]) -> np.ndarray:
