@@ -81,12 +81,17 @@ def save_model_folder(model: nn.Module, folder: PathLike, extra_config: Optional
 # -- validation ------------------------------------------------------------------------------------------------
 
 def _read_json(path: Path) -> Dict[str, Any]:
+    """A JSON (or, for ``.yaml``/``.yml`` files, YAML) mapping; a clear error naming the file otherwise."""
+    import yaml
+
+    kind = "YAML" if path.suffix in (".yaml", ".yml") else "JSON"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidModelFolder(f"{path}: not readable JSON ({exc})") from exc
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) if kind == "YAML" else json.loads(text)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as exc:
+        raise InvalidModelFolder(f"{path}: not readable {kind} ({exc})") from exc
     if not isinstance(data, dict):
-        raise InvalidModelFolder(f"{path}: expected a JSON object, got {type(data).__name__}")
+        raise InvalidModelFolder(f"{path}: expected a {kind} mapping, got {type(data).__name__}")
     return data
 
 
@@ -179,19 +184,7 @@ def _refuse_pickles(folder: Path) -> None:
 
 def _read_optional(path: Path) -> Optional[Dict[str, Any]]:
     """A run's optional JSON/YAML file as a dict; None when absent, a clear error when unreadable."""
-    if not path.is_file():
-        return None
-    if path.suffix == ".json":
-        return _read_json(path)
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise InvalidModelFolder(f"{path}: not readable YAML ({exc})") from exc
-    if not isinstance(data, dict):
-        raise InvalidModelFolder(f"{path}: expected a mapping of recipe settings, got {type(data).__name__}")
-    return data
+    return _read_json(path) if path.is_file() else None
 
 
 def _zoo_name(config: Dict[str, Any], recipe: Optional[Dict[str, Any]], run: Optional[Dict[str, Any]]) -> Optional[str]:

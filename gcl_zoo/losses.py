@@ -67,23 +67,22 @@ def cloud_sizes(cls_num_list: Sequence[int], strategy: str = "log") -> torch.Ten
     return (delta / delta_max).float()
 
 
-def as_soft_targets(target: Target, num_classes: int, device: torch.device) -> torch.Tensor:
-    """Turn class indices, a mixup pair or soft targets into an (N, C) float32 target distribution."""
-    if isinstance(target, (tuple, list)):
-        if len(target) != 3:
-            raise ValueError("a mixup target must be the triple (y_a, y_b, lam)")
-        y_a, y_b, lam = target
-        lam = float(lam)
-        return lam * as_soft_targets(y_a, num_classes, device) + (1.0 - lam) * as_soft_targets(y_b, num_classes, device)
+def as_soft_targets(target: torch.Tensor, num_classes: int, device: torch.device) -> torch.Tensor:
+    """Class indices or soft targets as an (N, C) float32 target distribution.
+
+    Index targets are range-checked on the CPU only: on a GPU the check would stop the step for a host sync, and
+    the scatter below fails there on a bad index anyway.
+    """
     if not torch.is_tensor(target):
         raise TypeError(f"target must be a tensor or a mixup triple, got {type(target).__name__}")
     target = target.to(device)
     if target.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8):
         if target.ndim != 1:
             raise ValueError(f"class-index targets must have shape (N,), got {tuple(target.shape)}")
-        if target.numel() and (target.min() < 0 or target.max() >= num_classes):
+        if target.device.type == "cpu" and target.numel() and (target.min() < 0 or target.max() >= num_classes):
             raise ValueError(f"class-index targets must lie in [0, {num_classes - 1}]")
-        return F.one_hot(target.long(), num_classes).float()
+        soft = torch.zeros(target.shape[0], num_classes, device=device)
+        return soft.scatter_(1, target.long()[:, None], 1.0)
     if target.ndim != 2 or target.shape[1] != num_classes:
         raise ValueError(f"soft targets must have shape (N, {num_classes}), got {tuple(target.shape)}")
     return target.float()
@@ -153,8 +152,7 @@ class _LongTailLoss(nn.Module):
             num_classes, device = z.shape[1], z.device
             if isinstance(target, (tuple, list)) and len(target) == 3:
                 # mixup pair: each label gets its own full margin, as in the authors' lam*L(y_a) + (1-lam)*L(y_b)
-                y_a, y_b, lam = target
-                lam = float(lam)
+                y_a, y_b, lam = target  # lam may be a tensor on the device: no host sync
                 return (lam * self._loss(z, as_soft_targets(y_a, num_classes, device))
                         + (1.0 - lam) * self._loss(z, as_soft_targets(y_b, num_classes, device)))
             return self._loss(z, as_soft_targets(target, num_classes, device))

@@ -86,6 +86,7 @@ def test_mixup_pair_and_soft_targets_agree():
     pair = loss(cos, (y, y2, lam))
     separate = lam * loss(cos, y) + (1 - lam) * loss(cos, y2)
     assert torch.allclose(pair, separate, atol=1e-5)
+    assert torch.allclose(loss(cos, (y, y2, torch.tensor(lam))), pair)  # a device-side lambda works the same
     no_margin = GCLLoss(COUNTS, noise_mul=0)
     mixed = lam * F.one_hot(y, 10).float() + (1 - lam) * F.one_hot(y2, 10).float()
     assert torch.allclose(no_margin(cos, (y, y2, lam)), no_margin(cos, mixed), atol=1e-5)
@@ -112,6 +113,14 @@ def test_equal_counts_give_no_cloud_and_no_nan():
 def test_bad_counts_are_clear_errors(counts, match):
     with pytest.raises(ValueError, match=match):
         GCLLoss(counts)
+
+
+def test_bad_targets_are_clear_errors():
+    cos, _ = cosines(c=10)
+    with pytest.raises(ValueError, match=r"lie in \[0, 9\]"):
+        GCLLoss(COUNTS)(cos, torch.full((64,), 10))
+    with pytest.raises(ValueError, match=r"soft targets must have shape \(N, 10\)"):
+        GCLLoss(COUNTS)(cos, torch.rand(64, 3))
 
 
 def test_wrong_length_counts_error_at_forward():
