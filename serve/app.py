@@ -7,6 +7,7 @@ The lifespan starts loading and warming the models in the background, so ``/heal
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
@@ -19,7 +20,7 @@ import torch
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -29,7 +30,8 @@ from .batching import BatchingEngine
 from .decoding import (FORM_FIELDS, ImagePayload, PredictRequest, RequestError, check_top_k, inspect_image,
                        parse_predict_request)
 from .metrics import CONTENT_TYPE, ServerMetrics
-from .runner import ModelRunner, create_runner, resolve_device, start_parallel_runtime
+from .runner import (ModelRunner, create_runner, inference_plan, resolve_device, resolve_optimization,
+                     start_parallel_runtime)
 from .settings import ServeSettings
 
 __all__ = ["create_app", "ServerState"]
@@ -66,6 +68,8 @@ class ModelDescription(BaseModel):
     device: str
     optimization: str
     autocast: Optional[str]
+    inference_streams: int = Field(..., description="batches computed at once")
+    threads_per_stream: int = Field(..., description="intra-op CPU threads of each stream")
     preprocessing: Dict[str, Any]
 
 
@@ -95,6 +99,7 @@ class ServerState:
     load_error: Optional[str] = None
     decode_pool: Optional[ThreadPoolExecutor] = None
     inference_pool: Optional[ThreadPoolExecutor] = None
+    inference: Dict[str, int] = field(default_factory=dict)  # inference_streams, threads_per_stream
 
     def check_ready(self) -> None:
         if self.load_error:
@@ -114,18 +119,26 @@ class ServerState:
 
 
 async def load_models(state: ServerState, on_failure: Optional[Callable[[str], None]] = None) -> None:
-    """Load, optimise and warm every model in the inference thread, then start a batching engine for each."""
+    """Start the inference threads, load, optimise and warm every model in them, then start a batching engine
+    for each."""
     settings = state.settings
     loop = asyncio.get_running_loop()
     try:
         device = resolve_device(settings.device)
+        streams, threads = inference_plan(settings.inference_streams, device,
+                                          resolve_optimization(settings.optimize, device))
+        # intra-op thread counts are per thread in PyTorch's OpenMP backend, so each inference thread sets its own
+        state.inference_pool = ThreadPoolExecutor(streams, thread_name_prefix="inference",
+                                                  initializer=torch.set_num_threads, initargs=(threads,))
+        state.inference = {"inference_streams": streams, "threads_per_stream": threads}
         for model_id in settings.models:
             runner = await loop.run_in_executor(state.inference_pool, create_runner, model_id, device,
                                                 settings.optimize, settings.max_batch_size)
             engine = BatchingEngine(
                 model_id, runner.predict, state.inference_pool, max_batch_size=settings.max_batch_size,
                 max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue,
-                on_batch=lambda size, seconds, m=model_id: state.metrics.observe_batch(m, size, seconds))
+                on_batch=lambda size, seconds, m=model_id: state.metrics.observe_batch(m, size, seconds),
+                streams=streams)
             engine.start()
             state.runners[model_id], state.engines[model_id] = runner, engine
         state.ready = True
@@ -143,9 +156,13 @@ def prepare_images(runner: ModelRunner, payloads: Sequence[ImagePayload], max_pi
     return [runner.prepare(payload, inspect_image(payload, max_pixels)) for payload in payloads]
 
 
-def top_labels(probs: torch.Tensor, labels: Sequence[str], top_k: int) -> List[LabelScore]:
-    scores, indices = torch.topk(probs, top_k)
-    return [LabelScore(label=labels[i], score=s) for s, i in zip(scores.tolist(), indices.tolist())]
+def predict_response(model_id: str, rows: Sequence[torch.Tensor], labels: Sequence[str], top_k: int) -> Response:
+    """The ``PredictResponse`` JSON for probability ``rows``, serialised directly: building and re-validating
+    pydantic objects for 64 images x top_k labels cost more than the rest of the request's event-loop work."""
+    scores, indices = torch.topk(torch.stack(list(rows)), top_k, dim=1)
+    predictions = [[{"label": labels[i], "score": s} for s, i in zip(row_scores, row_indices)]
+                   for row_scores, row_indices in zip(scores.tolist(), indices.tolist())]
+    return Response(json.dumps({"model": model_id, "predictions": predictions}), media_type="application/json")
 
 
 def error_response(status: int, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
@@ -248,7 +265,6 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         start_parallel_runtime()  # on the main thread, before the inference thread runs anything
         state.decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
-        state.inference_pool = ThreadPoolExecutor(1, thread_name_prefix="inference")  # one batch at a time
         loading = asyncio.get_running_loop().create_task(load_models(state, on_load_failure))
         try:
             yield
@@ -256,8 +272,9 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
             loading.cancel()
             await asyncio.gather(loading, *(engine.stop() for engine in state.engines.values()),
                                  return_exceptions=True)
-            state.decode_pool.shutdown(wait=False, cancel_futures=True)
-            state.inference_pool.shutdown(wait=False, cancel_futures=True)
+            for pool in (state.decode_pool, state.inference_pool):
+                if pool is not None:
+                    pool.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="gcl-zoo inference server", version=__version__, lifespan=lifespan,
                   description="Long-tailed image classification with GCL zoo models: dynamic batching, "
@@ -302,7 +319,7 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
 
     @app.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=PREDICT_BODY,
               summary="classify one or many images")
-    async def predict(request: Request, _auth: None = Security(require_api_key)) -> PredictResponse:
+    async def predict(request: Request, _auth: None = Security(require_api_key)) -> Response:
         """Images as multipart files, or JSON ``{"inputs": <base64> | [<base64>, ...], "parameters":
         {"top_k": 5}, "model": "..."}``; answers the top_k labels per image, sorted by score."""
         state.check_ready()
@@ -312,7 +329,7 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
         loop = asyncio.get_running_loop()
         items = await loop.run_in_executor(state.decode_pool, prepare_images, runner, payloads, settings.max_pixels)
         rows = await state.engines[runner.model_id].submit(items, settings.request_timeout_s)
-        return PredictResponse(model=runner.model_id, predictions=[top_labels(r, runner.labels, top_k) for r in rows])
+        return predict_response(runner.model_id, rows, runner.labels, top_k)
 
     @app.get("/health", response_model=StatusResponse, summary="liveness: the process answers")
     async def health() -> StatusResponse:
@@ -326,7 +343,7 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
 
     @app.get("/models", response_model=ModelsResponse, summary="loaded models: classes and pre-processing")
     async def models() -> ModelsResponse:
-        descriptions = [ModelDescription(**runner.describe()) for runner in state.runners.values()]
+        descriptions = [ModelDescription(**runner.describe(), **state.inference) for runner in state.runners.values()]
         return ModelsResponse(default=next(iter(state.runners), None), models=descriptions)
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")

@@ -47,6 +47,9 @@ def build_parser(prog: str = "gcl-zoo serve") -> argparse.ArgumentParser:
     add("--optimize", choices=["auto", "eager", "trace", "compile"],
         help="auto (default): TorchScript trace on CPU, eager bf16 on CUDA; compile: torch.compile per batch bucket")
     add("--compile", dest="optimize", action="store_const", const="compile", help="same as --optimize compile")
+    add("--inference-streams", type=int,
+        help="batches computed at once, each on an equal share of the cores (default: 2 on CPU, 1 with "
+             "--compile or on CUDA)")
     add("--decode-workers", type=int, help="threads decoding images (default: up to 4)")
     add("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     return parser

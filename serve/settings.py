@@ -37,6 +37,9 @@ class ServeSettings(BaseModel):
     api_key_env: Optional[str] = Field("GCL_ZOO_API_KEY", description="environment variable holding the API key")
     optimize: Literal["auto", "eager", "trace", "compile"] = Field(
         "auto", description="auto: TorchScript trace on CPU, eager (bf16 autocast) on CUDA")
+    inference_streams: Optional[int] = Field(
+        None, ge=1, description="batches computed at once, each on an equal share of the CPU cores; "
+                                "default 2 on CPU (1 with compile), 1 on CUDA")
     decode_workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 

@@ -21,6 +21,7 @@ from timm.data import create_transform, resolve_model_data_config
 
 import gcl_zoo
 from gcl_zoo.hub import save_model_folder
+from serve.runner import inference_plan
 from serve.testing import ServerProcess
 from serve_images import cifar_test_images, png_header_only, reencode
 
@@ -127,6 +128,7 @@ def test_health_ready_models_docs(http, server, model10_id, model100_id):
     first = listing["models"][0]
     assert first["num_classes"] == 10 and first["labels"][0] == "airplane" and first["logit_scale"] == 20.0
     assert first["preprocessing"]["input_size"] == [3, 32, 32] and first["optimization"] == "trace"
+    assert (first["inference_streams"], first["threads_per_stream"]) == inference_plan(None, torch.device("cpu"), "trace")
     assert listing["models"][1]["num_classes"] == 100
     assert http.get(f"{server.url}/docs").status_code == 200
     spec = http.get(f"{server.url}/openapi.json").json()
