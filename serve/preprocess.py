@@ -6,6 +6,8 @@ batch in the inference thread and returns the model's input batch.
 * ``PilPipeline`` (CPU): timm's evaluation transform split the way timm's own prefetcher splits it: the PIL
   stages (resize, centre crop) per image, producing uint8 tensors, then scaling and normalisation once per batch.
   The arithmetic is the same element by element, so a server answer equals ``model(transform(image))`` offline.
+  Images that already have the model's input size, where those PIL stages change nothing, skip them and are
+  decoded straight to a tensor (``decode_uint8``: the same pixels, in a third of the time for small images).
 * ``DevicePipeline`` (GPU): JPEGs stay encoded until the batch is formed and are then decoded on the GPU; every
   image is resized, cropped and normalised there (``resize_crop_normalize``), the same steps as the evaluation
   transform on uint8 tensors.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torchvision.transforms.functional as TF
@@ -22,7 +25,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 from torchvision.transforms import InterpolationMode
 
-from .decoding import ImagePayload, RequestError, decode_jpegs_on_device, decode_pil, pil_to_uint8
+from .decoding import ImageHeader, ImagePayload, RequestError, decode_jpegs_on_device, decode_pil, decode_uint8, pil_to_uint8
 
 __all__ = ["data_config", "eval_transform", "uint8_transform", "normalize_batch", "resize_crop_normalize",
            "check_tensor_support", "PilPipeline", "DevicePipeline", "create_pipeline", "Pipeline"]
@@ -86,14 +89,27 @@ def resize_crop_normalize(images: Sequence[torch.Tensor], config: Dict[str, Any]
     return normalize_batch(batch, config)
 
 
+def _size_left_unchanged(transform: Callable[[Image.Image], torch.Tensor],
+                         config: Dict[str, Any]) -> Optional[Tuple[int, int]]:
+    """(width, height) of the model's input when ``transform`` returns such an image's pixels untouched (a resize
+    to the size it has and a crop to all of it), else None; tried once on a noise image, which any resampling
+    would change."""
+    height, width = config["input_size"][1:]
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
+    return (width, height) if torch.equal(transform(noise), pil_to_uint8(noise)) else None
+
+
 class PilPipeline:
     """CPU pre-processing: decode, resize and crop each image in the thread pool; normalise per batch."""
 
     def __init__(self, config: Dict[str, Any]):
         self.config = config
         self.transform = uint8_transform(config)
+        self.unchanged_size = _size_left_unchanged(self.transform, config)
 
-    def prepare(self, payload: ImagePayload, fmt: str) -> torch.Tensor:
+    def prepare(self, payload: ImagePayload, header: ImageHeader) -> torch.Tensor:
+        if header.size == self.unchanged_size:
+            return decode_uint8(payload, header)
         return self.transform(decode_pil(payload))
 
     def collate(self, items: Sequence[torch.Tensor],
@@ -110,8 +126,8 @@ class DevicePipeline:
         check_tensor_support(config)
         self.config = config
 
-    def prepare(self, payload: ImagePayload, fmt: str) -> Union[ImagePayload, torch.Tensor]:
-        return payload if fmt in JPEG_FORMATS else pil_to_uint8(decode_pil(payload))
+    def prepare(self, payload: ImagePayload, header: ImageHeader) -> Union[ImagePayload, torch.Tensor]:
+        return payload if header.format in JPEG_FORMATS else decode_uint8(payload, header)
 
     def collate(self, items: Sequence[Union[ImagePayload, torch.Tensor]],
                 device: torch.device) -> Tuple[Optional[torch.Tensor], Dict[int, RequestError]]:

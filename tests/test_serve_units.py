@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -15,11 +17,11 @@ from pydantic import ValidationError
 
 import gcl_zoo  # noqa: F401  (registers the zoo)
 from serve.batching import BatchingEngine
-from serve.decoding import (ImagePayload, RequestError, check_top_k, decode_base64, decode_pil, inspect_image,
-                            payloads_from_json)
+from serve.decoding import (TENSOR_DECODABLE, ImageHeader, ImagePayload, RequestError, check_top_k, decode_base64,
+                            decode_pil, decode_uint8, inspect_image, payloads_from_json)
 from serve.metrics import ServerMetrics
-from serve.preprocess import data_config, eval_transform, resize_crop_normalize
-from serve.runner import ModelRunner, batch_buckets
+from serve.preprocess import PilPipeline, data_config, eval_transform, resize_crop_normalize, uint8_transform
+from serve.runner import ModelRunner, batch_buckets, inference_plan
 from serve.settings import ServeSettings
 from serve_images import cifar_test_images, png_header_only, reencode
 
@@ -56,8 +58,9 @@ def test_api_key_is_read_from_the_named_variable(monkeypatch):
 # ------------------------------------------------------------------------------------------------------ decoding
 def test_inspect_image_checks_headers_before_decoding(images):
     webp = images[0][1]
-    assert inspect_image(ImagePayload("a", webp), max_pixels=10_000) == "WEBP"
-    assert inspect_image(ImagePayload("a", reencode(webp, "JPEG")), max_pixels=10_000) == "JPEG"
+    assert inspect_image(ImagePayload("a", webp), max_pixels=10_000) == ("WEBP", "RGB", (32, 32))
+    assert inspect_image(ImagePayload("a", reencode(webp, "JPEG", size=(40, 30))), max_pixels=10_000) == (
+        "JPEG", "RGB", (40, 30))
     with pytest.raises(RequestError) as bomb:
         inspect_image(ImagePayload("bomb.png", png_header_only(5000, 5000)), max_pixels=1_000_000)
     assert bomb.value.status == 413 and "bomb.png" in bomb.value.message and "5000x5000" in bomb.value.message
@@ -75,6 +78,54 @@ def test_decode_pil_reports_truncated_files(images):
     with pytest.raises(RequestError) as cut:
         decode_pil(ImagePayload("cut.jpg", jpeg[:300]))
     assert cut.value.status == 422 and "cut.jpg" in cut.value.message
+
+
+def _encoded_variants(data: bytes):
+    """The image saved in every (format, mode) the tensor decoders read, and in two they must leave to PIL."""
+    rgb = Image.open(io.BytesIO(data)).convert("RGB").resize((45, 29), Image.BICUBIC)
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgb.size))
+    sources = {"RGB": rgb, "L": rgb.convert("L"), "LA": rgb.convert("LA"), "P": rgb.convert("P"), "RGBA": rgba,
+               "CMYK": rgb.convert("CMYK"), "I;16": rgb.convert("I").point(lambda v: v * 200).convert("I;16")}
+    cases = [(fmt, mode) for fmt, mode in TENSOR_DECODABLE] + [("JPEG", "CMYK"), ("PNG", "I;16")]
+    for fmt, mode in cases:
+        for options in ([{"quality": 80}, {"lossless": True}] if fmt == "WEBP" else
+                        [{"quality": 90}, {"quality": 75, "subsampling": 0}] if fmt == "JPEG" else [{}]):
+            out = io.BytesIO()
+            sources[mode].save(out, format=fmt, **options)
+            yield f"{fmt}/{mode}/{options}", out.getvalue()
+
+
+def test_tensor_decoding_gives_exactly_the_pixels_pil_gives(images):
+    """``decode_uint8`` (torchvision's decoders where they agree with PIL) equals ``convert("RGB")``, for every
+    (format, mode) it decodes itself and for the ones it hands to PIL; corrupt files answer PIL's 422."""
+    for _, data, _ in images[:3]:
+        for name, blob in _encoded_variants(data):
+            payload = ImagePayload(name, blob)
+            header = inspect_image(payload, max_pixels=10_000)
+            expected = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
+            decoded = decode_uint8(payload, header)
+            assert decoded.dtype == torch.uint8, name
+            assert np.array_equal(decoded.permute(1, 2, 0).numpy(), expected), name
+    jpeg = reencode(images[0][1], "JPEG")
+    with pytest.raises(RequestError) as cut:
+        decode_uint8(ImagePayload("cut.jpg", jpeg[:len(jpeg) // 2]), ImageHeader("JPEG", "RGB", (32, 32)))
+    assert cut.value.status == 422 and "cut.jpg" in cut.value.message
+
+
+@pytest.mark.parametrize("name,unchanged", [("gcl_resnet32_cifar10_lt", (32, 32)), ("gcl_resnet50_imagenet_lt", None)])
+def test_cpu_pipeline_skips_only_stages_that_change_nothing(images, name, unchanged):
+    """Images of the input size skip the PIL resize and crop only when those are the identity (crop_pct 1);
+    either way the prepared image is the evaluation transform's."""
+    config = data_config(timm.create_model(name, pretrained=False))
+    pipeline = PilPipeline(config)
+    assert pipeline.unchanged_size == unchanged
+    size = tuple(config["input_size"][:0:-1])
+    for fmt in ("WEBP", "PNG", "JPEG"):
+        blob = reencode(images[1][1], fmt, size=size)
+        payload = ImagePayload(fmt, blob)
+        prepared = pipeline.prepare(payload, inspect_image(payload, max_pixels=10 ** 6))
+        assert torch.equal(prepared, uint8_transform(config)(Image.open(io.BytesIO(blob)).convert("RGB"))), fmt
 
 
 def test_base64_and_json_parsing():
@@ -142,6 +193,45 @@ def test_engine_batches_concurrent_requests_and_bounds_its_queue(model):
     for item, (probs,) in zip(items, results):
         assert torch.allclose(probs, runner.predict([item])[0], atol=1e-5)
     assert full.status == 503 and full.headers["Retry-After"] and "overloaded" in full.message
+
+
+def test_engine_runs_as_many_batches_at_once_as_it_has_streams():
+    """With two streams a second batch is collected and computed while the first still runs; never more than
+    two at once; stopping fails the batches in flight with 503 instead of leaving their requests hanging."""
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def slow_predict(items):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.15)
+        with lock:
+            running[0] -= 1
+        return [item * 2 for item in items]
+
+    async def scenario(streams):
+        with ThreadPoolExecutor(streams) as pool:
+            engine = BatchingEngine("m", slow_predict, pool, max_batch_size=2, max_wait_s=0.0, max_queue=64,
+                                    streams=streams)
+            engine.start()
+            results = await asyncio.gather(*(engine.submit([i], timeout_s=10) for i in range(8)))
+            late = asyncio.ensure_future(engine.submit([99], timeout_s=10))
+            await asyncio.sleep(0.05)  # the batch holding 99 is computing now
+            await engine.stop()
+            with pytest.raises(RequestError) as stopped:
+                await late
+            return results, stopped.value
+
+    for streams in (1, 2):
+        most[0] = 0
+        results, stopped = asyncio.run(scenario(streams))
+        assert results == [[2 * i] for i in range(8)]
+        assert most[0] == streams
+        assert stopped.status == 503
+    assert inference_plan(None, torch.device("cpu"), "trace")[0] == min(2, torch.get_num_threads())
+    assert inference_plan(None, torch.device("cpu"), "compile")[0] == 1
+    assert inference_plan(3, torch.device("cpu"), "trace") == (3, max(1, torch.get_num_threads() // 3))
 
 
 def test_engine_times_out_with_504_and_skips_expired_work(model):
