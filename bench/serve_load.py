@@ -4,13 +4,17 @@
     python bench/serve_load.py --model local-dir:runs/x --concurrency 1 8 32 --images-per-request 1 16 64
 
 1. Raw throughput: the model's forward pass in this process on a batch of real pre-processed images, eager and
-   TorchScript-traced (``--raw-compile`` adds ``torch.compile``), images/s.
+   TorchScript-traced (``--raw-compile`` adds ``torch.compile``), on one thread, on all cores, and as two
+   streams sharing the cores (the server's default on CPU), images/s.
 2. A real server process (``gcl-zoo serve``) and an async httpx load generator: for every images-per-request x
    concurrency cell, images/s, p50/p99 request latency and the mean batch size the server formed.
-3. The raw figures are measured again after the server stops (a shared machine's load changes). The ratio of
-   the best server figure to the best raw figure is the server's overhead (HTTP, decoding, pre-processing,
-   batching); the load generator shares the machine, so the ratio is a lower bound. Cells asking for more images
-   than the server queues (``--max-queue``, 1024 by default; 32 clients x 64 images) show its 503s.
+3. Head to head: the best cell and the best raw layout in alternating windows (``--rounds``), so both meet
+   the same load on a shared machine; the median ratio is the share of the raw throughput the server delivers
+   (what HTTP, decoding, pre-processing and batching cost). The load generator shares the machine, so the
+   ratio is a lower bound.
+4. The raw figures are measured again after the server stops; the best server cell is also set against the
+   best raw figure of the whole run. Cells asking for more images than the server queues (``--max-queue``,
+   1024 by default; 32 clients x 64 images) show its 503s.
 
 Results: a table on stdout, ``bench/results/serve_load.json`` and ``bench/results/serve_load.log``.
 Speed does not depend on the weights, so a randomly initialised model is used when no trained one is given.
@@ -28,8 +32,9 @@ import tempfile
 import time
 import uuid
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import httpx
 import torch
@@ -42,7 +47,7 @@ import timm  # noqa: E402
 import gcl_zoo  # noqa: E402,F401
 from gcl_zoo.hub import save_model_folder  # noqa: E402
 from gcl_zoo.models.zoo import embedded_weights  # noqa: E402
-from serve.decoding import ImagePayload  # noqa: E402
+from serve.decoding import ImagePayload, inspect_image  # noqa: E402
 from serve.preprocess import PilPipeline, data_config  # noqa: E402
 from serve.runner import ModelRunner  # noqa: E402
 from serve.testing import ServerProcess  # noqa: E402
@@ -85,40 +90,68 @@ def resolve_model(spec: str, workdir: Path) -> (str, str):
     return f"local-dir:{folder}", "random init (embedded weights not shipped yet; speed does not depend on them)"
 
 
-def throughput(forward: Callable[[torch.Tensor], Any], batch: torch.Tensor, seconds: float, repeats: int = 3) -> float:
-    """Best of ``repeats`` timings of ``seconds`` each (a shared machine's load comes and goes)."""
-    best = 0.0
-    with torch.inference_mode():
-        for _ in range(3):
-            forward(batch)
-        for _ in range(repeats):
-            done, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds:
+def throughput(forward: Callable[[torch.Tensor], Any], batch: torch.Tensor, seconds: float, streams: int = 1,
+               threads: int = 1, repeats: int = 3) -> float:
+    """Best of ``repeats`` timings of ``seconds`` each (a shared machine's load comes and goes), with ``streams``
+    threads running batches at once, each on ``threads`` intra-op threads (set per thread, as the server does)."""
+
+    def stream(until: float) -> int:
+        torch.set_num_threads(threads)
+        done = 0
+        with torch.inference_mode():
+            while time.perf_counter() < until:
                 forward(batch)
                 done += batch.shape[0]
+        return done
+
+    best = 0.0
+    with ThreadPoolExecutor(streams) as pool:
+        list(pool.map(stream, [time.perf_counter() + 0.2] * streams))  # warm every thread
+        for _ in range(repeats):
+            start = time.perf_counter()
+            done = sum(pool.map(stream, [start + seconds] * streams))
             best = max(best, done / (time.perf_counter() - start))
     return best
 
 
-def raw_throughput(model_id: str, images: Sequence[bytes], batch_size: int, seconds: float,
-                   with_compile: bool) -> Dict[str, float]:
-    """Forward-pass images/s in this process for a batch of real, pre-processed images, per optimisation and
-    intra-op thread count (1 and all cores: on a machine shared with other jobs one thread can be the faster)."""
+def raw_forwards(model_id: str, images: Sequence[bytes], batch_size: int,
+                 with_compile: bool) -> Tuple[torch.Tensor, Dict[str, Callable[[torch.Tensor], Any]]]:
+    """A batch of real, pre-processed images and the model's forward pass per optimisation."""
     model = timm.create_model(model_id, pretrained=True).eval()
     pipeline = PilPipeline(data_config(model))
-    items = [pipeline.prepare(ImagePayload(str(i), images[i % len(images)]), "WEBP") for i in range(batch_size)]
+    payloads = [ImagePayload(str(i), images[i % len(images)]) for i in range(batch_size)]
+    items = [pipeline.prepare(payload, inspect_image(payload, max_pixels=sys.maxsize)) for payload in payloads]
     batch, _ = pipeline.collate(items, torch.device("cpu"))
-    default_threads = torch.get_num_threads()
+    modes = ["eager", "trace"] + (["compile"] * with_compile)
+    return batch, {mode: ModelRunner(model_id, model, torch.device("cpu"), optimize=mode,
+                                     max_batch_size=batch_size).forward for mode in modes}
+
+
+def layouts(mode: str, cores: int) -> Dict[str, Tuple[int, int]]:
+    """Ways of using the cores, by name: one stream on 1 thread or on all, and (traced, on 2+ cores) two streams
+    sharing them as the server runs them (``trace/2x1t``: two streams of one thread each)."""
+    shapes = sorted({(1, 1), (1, cores)} | ({(2, cores // 2)} if mode == "trace" and cores >= 2 else set()))
+    return {(f"{mode}/{t}t" if s == 1 else f"{mode}/{s}x{t}t"): (s, t) for s, t in shapes}
+
+
+def raw_throughput(batch: torch.Tensor, forwards: Dict[str, Callable[[torch.Tensor], Any]],
+                   seconds: float) -> Dict[str, float]:
+    """Forward-pass images/s in this process, per optimisation and layout."""
     results = {}
-    for mode in ["eager", "trace"] + (["compile"] * with_compile):
-        runner = ModelRunner(model_id, model, torch.device("cpu"), optimize=mode, max_batch_size=batch_size)
-        for threads in sorted({1, default_threads}):
-            torch.set_num_threads(threads)
-            key = f"{mode}/{threads}t"
-            results[key] = throughput(runner.forward, batch, seconds)
-            print(f"raw {key:10s} batch {batch_size}: {results[key]:8.0f} images/s", flush=True)
-    torch.set_num_threads(default_threads)
+    for mode, forward in forwards.items():
+        for key, (streams, threads) in layouts(mode, torch.get_num_threads()).items():
+            results[key] = throughput(forward, batch, seconds, streams, threads)
+            print(f"raw {key:12s} batch {batch.shape[0]}: {results[key]:8.0f} images/s", flush=True)
     return results
+
+
+def head_to_head(rounds: int, seconds: float, raw: Callable[[], float], served: Callable[[], float]) -> Dict[str, Any]:
+    """The server against the raw forward pass in alternating windows, so both see the same machine load;
+    the median of the per-round ratios is the server's share of the raw throughput."""
+    pairs = [(raw(), served()) for _ in range(rounds)]
+    ratios = [s / r for r, s in pairs]
+    return {"rounds": rounds, "seconds": seconds, "raw_images_per_s": [r for r, _ in pairs],
+            "server_images_per_s": [s for _, s in pairs], "ratios": ratios, "median_ratio": statistics.median(ratios)}
 
 
 def multipart_body(images: Sequence[bytes]) -> (bytes, str):
@@ -179,6 +212,7 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--images-per-request", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each cell")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating raw/server rounds of the head-to-head")
     parser.add_argument("--raw-batch", type=int, default=64, help="batch size of the raw forward-pass figures")
     parser.add_argument("--raw-compile", action="store_true", help="also measure torch.compile (about 30 s more)")
     parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[],
@@ -200,18 +234,21 @@ def main(argv: List[str] = None) -> int:
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         model_id, weights = resolve_model(args.model, Path(tmp))
         say(f"model: {args.model} ({weights})")
-        raw_runs = {"before": raw_throughput(model_id, images, args.raw_batch, 1.5, args.raw_compile)}
+        batch, forwards = raw_forwards(model_id, images, args.raw_batch, args.raw_compile)
+        raw_runs = {"before": raw_throughput(batch, forwards, 1.5)}
         cells = []
         server_args = ["--model", model_id, "--log-level", "warning", *args.server_args]
         with ServerProcess(server_args) as server:
-            optimization = httpx.get(f"{server.url}/models").json()["models"][0]["optimization"]
+            served = httpx.get(f"{server.url}/models").json()["models"][0]
+            optimization = (f"{served['optimization']}, {served['inference_streams']} stream(s) x "
+                            f"{served['threads_per_stream']} thread(s)")
             say(f"server: gcl-zoo serve {' '.join(args.server_args) or '(defaults)'}; optimisation: {optimization}")
             say(f"{'img/req':>7} {'conc':>5} {'requests':>8} {'503s':>5} {'errors':>6} {'images/s':>9} {'p50 ms':>8} "
                 f"{'p99 ms':>8} {'batch':>6} {'vs raw before':>13}")
+            bodies = {n: multipart_body(images[:n]) for n in args.images_per_request}
             for per_request in args.images_per_request:
-                body, content_type = multipart_body(images[:per_request])
                 for concurrency in args.concurrency:
-                    cell = asyncio.run(load_cell(server.url, body, content_type, per_request, concurrency,
+                    cell = asyncio.run(load_cell(server.url, *bodies[per_request], per_request, concurrency,
                                                  args.warmup, args.seconds))
                     cell["ratio_to_raw_before"] = cell["images_per_s"] / max(raw_runs["before"].values())
                     cells.append(cell)
@@ -219,24 +256,38 @@ def main(argv: List[str] = None) -> int:
                         f"{cell['errors']:>6} "
                         f"{cell['images_per_s']:>9.0f} {cell['p50_ms']:>8.1f} {cell['p99_ms']:>8.1f} "
                         f"{cell['mean_batch']:>6.1f} {cell['ratio_to_raw_before']:>13.0%}")
+            best = max(cells, key=lambda c: c["images_per_s"])
+            raw_key = max(raw_runs["before"], key=raw_runs["before"].get)
+            streams, threads = layouts(raw_key.split("/")[0], torch.get_num_threads())[raw_key]
+            duel = head_to_head(
+                args.rounds, args.seconds,
+                raw=lambda: throughput(forwards[raw_key.split("/")[0]], batch, args.seconds, streams, threads, repeats=1),
+                served=lambda: asyncio.run(load_cell(server.url, *bodies[best["images_per_request"]],
+                                                     best["images_per_request"], best["concurrency"], args.warmup,
+                                                     args.seconds))["images_per_s"])
+            duel.update(raw_layout=raw_key, images_per_request=best["images_per_request"],
+                        concurrency=best["concurrency"])
         # measured again once the server is gone: the machine may be shared, and the best figure counts
-        raw_runs["after"] = raw_throughput(model_id, images, args.raw_batch, 1.5, args.raw_compile)
+        raw_runs["after"] = raw_throughput(batch, forwards, 1.5)
     best_when, best_mode = max(((w, m) for w, r in raw_runs.items() for m in r), key=lambda k: raw_runs[k[0]][k[1]])
     best_raw = raw_runs[best_when][best_mode]
     for when, runs in raw_runs.items():
         say(f"raw in-process forward ({when} the server), batch {args.raw_batch}: "
             + ", ".join(f"{m} {v:.0f}/s" for m, v in runs.items()))
-    best = max(cells, key=lambda c: c["images_per_s"])
     best["ratio_to_best_raw"] = best["images_per_s"] / best_raw
     say(f"best server: {best['images_per_s']:.0f} images/s ({best['images_per_request']} images/request, "
         f"concurrency {best['concurrency']}) = {best['ratio_to_best_raw']:.0%} of the best raw figure "
         f"({best_mode} {best_when} the server, {best_raw:.0f} images/s); server optimisation: {optimization}")
+    say(f"head to head, {duel['rounds']} alternating rounds of {duel['seconds']:g} s ({duel['raw_layout']} vs the server "
+        f"at {duel['images_per_request']} images/request, concurrency {duel['concurrency']}): "
+        + ", ".join(f"{s:.0f}/{r:.0f}" for r, s in zip(duel["raw_images_per_s"], duel["server_images_per_s"]))
+        + f" images/s; the server delivers {duel['median_ratio']:.0%} of the raw forward pass (median)")
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"machine": info, "model": args.model, "weights": weights, "server_args": args.server_args,
               "server_optimization": optimization, "raw_batch": args.raw_batch, "raw_images_per_s": raw_runs,
               "best_raw": {"mode": best_mode, "when": best_when, "images_per_s": best_raw}, "cells": cells,
               "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
-              "best_server": best, "seconds_per_cell": args.seconds,
+              "best_server": best, "head_to_head": duel, "seconds_per_cell": args.seconds,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (args.out / "serve_load.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "serve_load.log").write_text("\n".join(lines) + "\n")
