@@ -20,7 +20,7 @@ from serve.batching import BatchingEngine
 from serve.decoding import (TENSOR_DECODABLE, ImageHeader, ImagePayload, RequestError, check_top_k, decode_base64,
                             decode_pil, decode_uint8, inspect_image, payloads_from_json)
 from serve.metrics import ServerMetrics
-from serve.preprocess import PilPipeline, data_config, eval_transform, resize_crop_normalize, uint8_transform
+from serve.preprocess import DevicePipeline, PilPipeline, data_config, eval_transform, resize_crop_normalize, uint8_transform
 from serve.runner import ModelRunner, batch_buckets, inference_plan
 from serve.settings import ServeSettings
 from serve_images import cifar_test_images, png_header_only, reencode
@@ -157,6 +157,24 @@ def test_tensor_path_matches_the_evaluation_transform(images, name, size):
     tolerance = 1e-5 if size == (32, 32) else 3 / 255 / min(config["std"])
     assert (batch[0] - reference).abs().max() <= tolerance
     assert (batch[0] - reference).abs().mean() <= 0.01
+
+
+def test_device_pipeline_batches_decodes_and_isolates_a_corrupt_file(images):
+    """The GPU pipeline's logic, run on CPU tensors: JPEGs stay encoded until the batch, are decoded together,
+    other formats are decoded in ``prepare``; a corrupt JPEG fails alone with 422 and the batch holds the rest,
+    each equal to the evaluation transform (no resize at the input size)."""
+    config = data_config(timm.create_model("gcl_resnet32_cifar10_lt", pretrained=False))
+    pipeline = DevicePipeline(config)
+    cut = reencode(images[2][1], "JPEG")
+    blobs = [reencode(images[0][1], "JPEG"), reencode(images[1][1], "PNG"), cut[:len(cut) * 3 // 4], images[3][1]]
+    payloads = [ImagePayload(f"f{i}", blob) for i, blob in enumerate(blobs)]
+    items = [pipeline.prepare(p, inspect_image(p, max_pixels=10_000)) for p in payloads]
+    assert isinstance(items[0], ImagePayload) and isinstance(items[1], torch.Tensor)
+    batch, failed = pipeline.collate(items, torch.device("cpu"))
+    assert list(failed) == [2] and failed[2].status == 422 and "f2" in failed[2].message
+    reference = torch.stack([eval_transform(config)(Image.open(io.BytesIO(blobs[i])).convert("RGB"))
+                             for i in (0, 1, 3)])
+    assert torch.allclose(batch, reference, atol=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------------- runner
