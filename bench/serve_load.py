@@ -12,9 +12,9 @@
    the same load on a shared machine; the median ratio is the share of the raw throughput the server delivers
    (what HTTP, decoding, pre-processing and batching cost). The load generator shares the machine, so the
    ratio is a lower bound.
-4. The raw figures are measured again after the server stops; the best server cell is also set against the
-   best raw figure of the whole run. Cells asking for more images than the server queues (``--max-queue``,
-   1024 by default; 32 clients x 64 images) show its 503s.
+4. The raw figures are measured again after the server stops. Every window of the run, raw or served, lasts
+   ``--seconds``; the best served window is also set against the best raw window. Cells asking for more
+   images than the server queues (``--max-queue``, 1024 by default; 32 clients x 64 images) show its 503s.
 
 Results: a table on stdout, ``bench/results/serve_load.json`` and ``bench/results/serve_load.log``.
 Speed does not depend on the weights, so a randomly initialised model is used when no trained one is given.
@@ -91,9 +91,9 @@ def resolve_model(spec: str, workdir: Path) -> (str, str):
 
 
 def throughput(forward: Callable[[torch.Tensor], Any], batch: torch.Tensor, seconds: float, streams: int = 1,
-               threads: int = 1, repeats: int = 3) -> float:
-    """Best of ``repeats`` timings of ``seconds`` each (a shared machine's load comes and goes), with ``streams``
-    threads running batches at once, each on ``threads`` intra-op threads (set per thread, as the server does)."""
+               threads: int = 1) -> float:
+    """Images/s over one window of ``seconds`` (as long as a server cell's), with ``streams`` threads running
+    batches at once, each on ``threads`` intra-op threads (set per thread, as the server does)."""
 
     def stream(until: float) -> int:
         torch.set_num_threads(threads)
@@ -104,14 +104,11 @@ def throughput(forward: Callable[[torch.Tensor], Any], batch: torch.Tensor, seco
                 done += batch.shape[0]
         return done
 
-    best = 0.0
     with ThreadPoolExecutor(streams) as pool:
         list(pool.map(stream, [time.perf_counter() + 0.2] * streams))  # warm every thread
-        for _ in range(repeats):
-            start = time.perf_counter()
-            done = sum(pool.map(stream, [start + seconds] * streams))
-            best = max(best, done / (time.perf_counter() - start))
-    return best
+        start = time.perf_counter()
+        done = sum(pool.map(stream, [start + seconds] * streams))
+        return done / (time.perf_counter() - start)
 
 
 def raw_forwards(model_id: str, images: Sequence[bytes], batch_size: int,
@@ -235,7 +232,7 @@ def main(argv: List[str] = None) -> int:
         model_id, weights = resolve_model(args.model, Path(tmp))
         say(f"model: {args.model} ({weights})")
         batch, forwards = raw_forwards(model_id, images, args.raw_batch, args.raw_compile)
-        raw_runs = {"before": raw_throughput(batch, forwards, 1.5)}
+        raw_runs = {"before": raw_throughput(batch, forwards, args.seconds)}
         cells = []
         server_args = ["--model", model_id, "--log-level", "warning", *args.server_args]
         with ServerProcess(server_args) as server:
@@ -261,33 +258,39 @@ def main(argv: List[str] = None) -> int:
             streams, threads = layouts(raw_key.split("/")[0], torch.get_num_threads())[raw_key]
             duel = head_to_head(
                 args.rounds, args.seconds,
-                raw=lambda: throughput(forwards[raw_key.split("/")[0]], batch, args.seconds, streams, threads, repeats=1),
+                raw=lambda: throughput(forwards[raw_key.split("/")[0]], batch, args.seconds, streams, threads),
                 served=lambda: asyncio.run(load_cell(server.url, *bodies[best["images_per_request"]],
                                                      best["images_per_request"], best["concurrency"], args.warmup,
                                                      args.seconds))["images_per_s"])
             duel.update(raw_layout=raw_key, images_per_request=best["images_per_request"],
                         concurrency=best["concurrency"])
         # measured again once the server is gone: the machine may be shared, and the best figure counts
-        raw_runs["after"] = raw_throughput(batch, forwards, 1.5)
-    best_when, best_mode = max(((w, m) for w, r in raw_runs.items() for m in r), key=lambda k: raw_runs[k[0]][k[1]])
-    best_raw = raw_runs[best_when][best_mode]
+        raw_runs["after"] = raw_throughput(batch, forwards, args.seconds)
     for when, runs in raw_runs.items():
         say(f"raw in-process forward ({when} the server), batch {args.raw_batch}: "
             + ", ".join(f"{m} {v:.0f}/s" for m, v in runs.items()))
-    best["ratio_to_best_raw"] = best["images_per_s"] / best_raw
-    say(f"best server: {best['images_per_s']:.0f} images/s ({best['images_per_request']} images/request, "
-        f"concurrency {best['concurrency']}) = {best['ratio_to_best_raw']:.0%} of the best raw figure "
-        f"({best_mode} {best_when} the server, {best_raw:.0f} images/s); server optimisation: {optimization}")
     say(f"head to head, {duel['rounds']} alternating rounds of {duel['seconds']:g} s ({duel['raw_layout']} vs the server "
-        f"at {duel['images_per_request']} images/request, concurrency {duel['concurrency']}): "
+        f"at {duel['images_per_request']} images/request, concurrency {duel['concurrency']}), server/raw: "
         + ", ".join(f"{s:.0f}/{r:.0f}" for r, s in zip(duel["raw_images_per_s"], duel["server_images_per_s"]))
         + f" images/s; the server delivers {duel['median_ratio']:.0%} of the raw forward pass (median)")
+    # every window of the run, raw or served, is as long as every other: the best of each side, set side by side
+    raw_windows = [(f"{m} {w} the server", v) for w, r in raw_runs.items() for m, v in r.items()] + [
+        (f"{duel['raw_layout']} in head-to-head round {i + 1}", v) for i, v in enumerate(duel["raw_images_per_s"])]
+    served_windows = [(f"{c['images_per_request']} images/request, concurrency {c['concurrency']}", c["images_per_s"])
+                      for c in cells] + [(f"head-to-head round {i + 1}", v)
+                                         for i, v in enumerate(duel["server_images_per_s"])]
+    best_raw = max(raw_windows, key=lambda w: w[1])
+    best_served = max(served_windows, key=lambda w: w[1])
+    best_ratio = best_served[1] / best_raw[1]
+    say(f"best server window: {best_served[1]:.0f} images/s ({best_served[0]}) = {best_ratio:.0%} of the best raw "
+        f"window ({best_raw[0]}, {best_raw[1]:.0f} images/s); server optimisation: {optimization}")
     args.out.mkdir(parents=True, exist_ok=True)
     result = {"machine": info, "model": args.model, "weights": weights, "server_args": args.server_args,
               "server_optimization": optimization, "raw_batch": args.raw_batch, "raw_images_per_s": raw_runs,
-              "best_raw": {"mode": best_mode, "when": best_when, "images_per_s": best_raw}, "cells": cells,
+              "best_raw": {"where": best_raw[0], "images_per_s": best_raw[1]}, "cells": cells,
               "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
-              "best_server": best, "head_to_head": duel, "seconds_per_cell": args.seconds,
+              "best_server": {"where": best_served[0], "images_per_s": best_served[1], "ratio_to_best_raw": best_ratio},
+              "head_to_head": duel, "seconds_per_window": args.seconds,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     (args.out / "serve_load.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "serve_load.log").write_text("\n".join(lines) + "\n")

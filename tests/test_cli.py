@@ -62,3 +62,20 @@ def test_reproduction_script_runs_every_configuration(tmp_path, cifar10_zip):
     runs = json.loads(out.read_text())["runs"]
     assert sorted(r["method"] for r in runs) == ["ce_mixup", "ce_mixup_crt", "gcl"]
     assert all(r["exit_code"] == 0 and r["top1"] is not None for r in runs)
+
+
+def test_serve_load_benchmark_runs_on_cpu(tmp_path, shared_data):
+    """Smoke-sized: a real server, one cell, one head-to-head round; the report holds every figure it quotes."""
+    result = subprocess.run([sys.executable, "-m", "gcl_zoo.cli", "bench", "serve-load", "--data", str(shared_data),
+                             "--concurrency", "2", "--images-per-request", "4", "--seconds", "0.5", "--warmup", "0.2",
+                             "--rounds", "1", "--raw-batch", "8", "--out", str(tmp_path)],
+                            cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    report = json.loads((tmp_path / "serve_load.json").read_text())
+    (cell,) = report["cells"]
+    assert cell["errors"] == 0 and cell["requests"] > 0 and cell["images_per_s"] > 0
+    assert "trace/1t" in report["raw_images_per_s"]["before"] and "trace/1t" in report["raw_images_per_s"]["after"]
+    duel = report["head_to_head"]
+    assert len(duel["ratios"]) == 1 and duel["median_ratio"] > 0
+    assert 0 < report["best_server"]["ratio_to_best_raw"]
+    assert "the server delivers" in result.stdout
