@@ -189,6 +189,18 @@ def test_runner_probabilities_use_the_logit_scale(model):
     assert batch_buckets(64) == [1, 2, 4, 8, 16, 32, 64] and batch_buckets(48) == [1, 2, 4, 8, 16, 32, 48]
 
 
+def test_compiled_runner_pads_batches_to_warmed_buckets(model):
+    """``--compile``: every bucket is compiled at warm-up; a batch between buckets is padded up to the next one
+    and answers what the eager model answers."""
+    runner = ModelRunner("m", model, torch.device("cpu"), optimize="compile", max_batch_size=4)
+    assert runner.buckets == [1, 2, 4]
+    runner.warmup(rounds=1)
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = torch.softmax(model.logit_scale * model(x), dim=1)
+    assert torch.allclose(runner.probabilities(x), expected, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------------------------------- batching
 def test_engine_batches_concurrent_requests_and_bounds_its_queue(model):
     runner = ModelRunner("m", model, torch.device("cpu"), optimize="eager", max_batch_size=16)
