@@ -46,6 +46,7 @@ import timm  # noqa: E402
 
 import gcl_zoo  # noqa: E402,F401
 from gcl_zoo.hub import save_model_folder  # noqa: E402
+from gcl_zoo.memory import retain_freed_memory  # noqa: E402
 from gcl_zoo.models.zoo import embedded_weights  # noqa: E402
 from serve.decoding import ImagePayload, inspect_image  # noqa: E402
 from serve.preprocess import PilPipeline, data_config  # noqa: E402
@@ -225,6 +226,7 @@ def main(argv: List[str] = None) -> int:
         lines.append(text)
 
     info = machine()
+    info["retain_freed_memory"] = retain_freed_memory()  # as the server does, so the raw figures get it too
     say(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads), "
         f"timm {info['timm']}, GPU: {info['gpu'] or 'none'}, load average {info['load_average_at_start']}")
     images = load_images(args.data, max(args.images_per_request + [args.raw_batch]))

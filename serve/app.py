@@ -25,6 +25,8 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gcl_zoo.memory import retain_freed_memory
+
 from . import __version__
 from .batching import BatchingEngine
 from .decoding import (FORM_FIELDS, ImagePayload, PredictRequest, RequestError, check_top_k, inspect_image,
@@ -264,6 +266,8 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         start_parallel_runtime()  # on the main thread, before the inference thread runs anything
+        if retain_freed_memory():
+            log.info("allocator: freed memory is kept for the next batch (no page faults per batch)")
         state.decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
         loading = asyncio.get_running_loop().create_task(load_models(state, on_load_failure))
         try:
