@@ -210,7 +210,7 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--images-per-request", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per cell")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each cell")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating raw/server rounds of the head-to-head")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating raw/server rounds of the head-to-head")
     parser.add_argument("--raw-batch", type=int, default=64, help="batch size of the raw forward-pass figures")
     parser.add_argument("--raw-compile", action="store_true", help="also measure torch.compile (about 30 s more)")
     parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[],
