@@ -1,4 +1,4 @@
-"""The allocator tuning the server and CPU training apply: forward passes stop faulting their memory in."""
+"""The allocator tuning the server applies: forward passes stop faulting their memory in."""
 import json
 import platform
 import subprocess

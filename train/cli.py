@@ -13,8 +13,6 @@ from typing import Any, Dict, List, Optional
 import torch
 import yaml
 
-from gcl_zoo.memory import retain_freed_memory
-
 from .checkpoint import CHECKPOINT_NAME, check_writable, load_checkpoint
 from .distributed import broadcast_error, init_distributed
 from .engine import RunOptions, Trainer, TrainingError
@@ -116,8 +114,6 @@ def run(args: argparse.Namespace, argv: List[str]) -> Dict[str, Any]:
     dist_info = init_distributed(device_kind)
     device = resolve_device(runtime["device"], dist_info.local_rank)
     set_determinism(runtime["deterministic"])
-    if device.type == "cpu":
-        retain_freed_memory()  # no page faults re-mapping each step's activations (gcl_zoo.memory)
     error = ""
     if dist_info.is_main:
         try:
