@@ -25,12 +25,11 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gcl_zoo.memory import retain_freed_memory
-
 from . import __version__
 from .batching import BatchingEngine
 from .decoding import (FORM_FIELDS, ImagePayload, PredictRequest, RequestError, check_top_k, inspect_image,
                        parse_predict_request)
+from .memory import retain_freed_memory
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .runner import (ModelRunner, create_runner, inference_plan, resolve_device, resolve_optimization,
                      start_parallel_runtime)
