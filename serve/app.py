@@ -163,7 +163,8 @@ def predict_response(model_id: str, rows: Sequence[torch.Tensor], labels: Sequen
     scores, indices = torch.topk(torch.stack(list(rows)), top_k, dim=1)
     predictions = [[{"label": labels[i], "score": s} for s, i in zip(row_scores, row_indices)]
                    for row_scores, row_indices in zip(scores.tolist(), indices.tolist())]
-    return Response(json.dumps({"model": model_id, "predictions": predictions}), media_type="application/json")
+    return Response(json.dumps({"model": model_id, "predictions": predictions}, separators=(",", ":")),
+                    media_type="application/json")
 
 
 def error_response(status: int, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
