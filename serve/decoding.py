@@ -19,6 +19,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gcl_zoo.data.sources import torchvision_rgb
+
 __all__ = ["RequestError", "ImagePayload", "ImageHeader", "PredictRequest", "PredictParameters", "SUPPORTED_FORMATS",
            "TENSOR_DECODABLE", "payloads_from_json", "payloads_from_form", "check_counts", "check_top_k",
            "inspect_image", "decode_pil", "decode_uint8", "decode_jpegs_on_device", "pil_to_uint8",
@@ -220,14 +222,9 @@ def decode_uint8(payload: ImagePayload, header: ImageHeader) -> torch.Tensor:
     file answers the same 422 either way.
     """
     if (header.format, header.mode) in TENSOR_DECODABLE:
-        from torchvision.io import ImageReadMode, decode_image
-
-        try:
-            image = decode_image(torch.frombuffer(bytearray(payload.data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-            if image.dtype == torch.uint8 and tuple(image.shape[1:]) == header.size[::-1]:
-                return image
-        except RuntimeError:
-            pass
+        image = torchvision_rgb(payload.data)
+        if image is not None and tuple(image.shape[1:]) == header.size[::-1]:
+            return image
     return pil_to_uint8(decode_pil(payload))
 
 

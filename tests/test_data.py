@@ -129,3 +129,19 @@ def test_image_folder_lt(tmp_path):
             Image.new("RGB", (8, 8)).save(tmp_path / cls / f"{i}.png")
     ds = ImageFolderLT(tmp_path)
     assert ds.classes == ("ant", "cat") and ds.cls_num_list == [1, 3]
+
+
+def test_tensor_decoding_falls_back_to_pil_for_16_bit_images():
+    """torchvision decodes a 16-bit PNG to uint16; the training decoder hands such files to PIL (8-bit RGB)."""
+    import io
+
+    from gcl_zoo.data.sources import decode_rgb_tensor, torchvision_rgb
+
+    gradient = (np.arange(12 * 8, dtype=np.uint16).reshape(8, 12) * 600).astype(np.uint16)
+    out = io.BytesIO()
+    Image.fromarray(gradient).convert("I;16").save(out, format="PNG")
+    data = out.getvalue()
+    assert torchvision_rgb(data) is None
+    image = decode_rgb_tensor(data, "deep.png")
+    assert str(image.dtype) == "torch.uint8"
+    assert np.array_equal(image.permute(1, 2, 0).numpy(), np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))

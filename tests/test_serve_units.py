@@ -302,3 +302,5 @@ def test_cli_rejects_invalid_settings_before_loading_anything(capsys):
 
     assert main(["--max-batch-size", "0"]) == 2
     assert "max_batch_size" in capsys.readouterr().err
+    assert main(["--inference-streams", "0"]) == 2
+    assert "inference_streams" in capsys.readouterr().err
