@@ -8,8 +8,12 @@ The three re-training methods of Kang et al. (2020) all land in that one head sh
 saves, exports and loads exactly like a stage-1 model:
   * cRT re-trains the class weights ``w`` (copied from stage 1 or fresh);
   * LWS keeps ``w`` and learns ``g``;
-  * tau-norm trains nothing: ``f_hat . w_j / ||w_j||^tau = ||w_j||^(1 - tau) * cos(f, w_j)``, so it sets
-    ``g_j = ||w_j||^(1 - tau)`` from the norms stage 1 learnt (tau=1 leaves the cosine classifier as it is).
+  * tau-norm trains nothing: ``f_hat . w_j / ||w_j||^tau = ||w_j||^(1 - tau) * cos(f, w_j)``, so it multiplies
+    ``g_j`` by ``||w_j||^(1 - tau)`` from the norms stage 1 learnt (tau=1 leaves the classifier exactly as it is).
+
+``g`` is a buffer, not a parameter, unless LWS turns it into one: stage 1 must leave it at 1 (the paper's logits
+are ``s * cos``), and an optimizer given ``model.parameters()`` must not find it.
+The cosine is computed in float32 even under autocast: in bf16 it is rounded to about 0.004, 0.1 logit at s=30.
 """
 from __future__ import annotations
 
@@ -24,6 +28,20 @@ __all__ = ["CosineClassifier", "LinearClassifier", "create_head", "prepare_retra
 RETRAIN_METHODS = ("crt", "lws", "tau_norm")
 
 
+def _scaled_cosine(features: torch.Tensor, weight: torch.Tensor, class_scale: torch.Tensor) -> torch.Tensor:
+    cosine = F.linear(F.normalize(features.float(), dim=1), F.normalize(weight.float(), dim=1))
+    return cosine * class_scale.float()
+
+
+def float32_scaled_cosine(features: torch.Tensor, weight: torch.Tensor, class_scale: torch.Tensor) -> torch.Tensor:
+    """``g_j * cos(f, w_j)`` in float32 with autocast off (one opaque call in FX graphs, whose proxies have no device)."""
+    with torch.autocast(device_type=features.device.type, enabled=False):
+        return _scaled_cosine(features, weight, class_scale)
+
+
+torch.fx.wrap("float32_scaled_cosine")
+
+
 class CosineClassifier(nn.Module):
     """``g_j * cos(f, w_j)``: features and class weights L2-normalised, no bias.
 
@@ -36,7 +54,7 @@ class CosineClassifier(nn.Module):
         self.in_features = in_features
         self.num_classes = num_classes
         self.weight = nn.Parameter(torch.empty(num_classes, in_features))
-        self.class_scale = nn.Parameter(torch.ones(num_classes), requires_grad=False)
+        self.register_buffer("class_scale", torch.ones(num_classes))
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -45,9 +63,16 @@ class CosineClassifier(nn.Module):
             self.weight.copy_(F.normalize(self.weight, dim=1))
             self.class_scale.fill_(1.0)
 
+    def learn_class_scale(self) -> None:
+        """Make the per-class gain ``g`` a trainable parameter (LWS); its saved name and value stay the same."""
+        if not isinstance(self.class_scale, nn.Parameter):
+            self.class_scale = nn.Parameter(self.class_scale.detach().clone())
+        self.class_scale.requires_grad_(True)
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        cosine = F.linear(F.normalize(features, dim=1), F.normalize(self.weight, dim=1))
-        return cosine * self.class_scale
+        if torch.jit.is_scripting():  # TorchScript cannot take a run-time autocast device; scripted runs are fp32
+            return _scaled_cosine(features, self.weight, self.class_scale)
+        return float32_scaled_cosine(features, self.weight, self.class_scale)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, num_classes={self.num_classes}"
@@ -89,7 +114,7 @@ def prepare_retraining(head: nn.Module, method: str = "crt", fresh: bool = False
         if isinstance(head, LinearClassifier):
             head.bias.requires_grad_(True)
     elif method == "lws":
-        head.class_scale.requires_grad_(True)
+        head.learn_class_scale()
     else:
-        head.class_scale.copy_(head.weight.norm(dim=1).pow(1.0 - tau))
+        head.class_scale.mul_(head.weight.norm(dim=1).pow(1.0 - tau))
     return head

@@ -2,7 +2,8 @@
 
 Every loss takes logits of shape (N, C) and a target that is one of
   * class indices, a LongTensor of shape (N,);
-  * a mixup pair ``(y_a, y_b, lam)``: the loss is ``lam * L(y_a) + (1 - lam) * L(y_b)`` with one noise draw;
+  * a mixup pair ``(y_a, y_b, lam)``: the loss is ``lam * L(y_a) + (1 - lam) * L(y_b)``, each term with its own
+    noise draw, as the authors' code runs the criterion once per label;
   * soft targets, a float tensor of shape (N, C) whose rows sum to one (timm's ``Mixup`` output).
 Hard and soft targets share one code path (``as_soft_targets``); a soft target gets margins in proportion to
 its mass on each class.
@@ -135,7 +136,7 @@ class _LongTailLoss(nn.Module):
                 "build the loss from the training set of this model")
 
     def perturb(self, logits: torch.Tensor) -> torch.Tensor:
-        """Target-independent change to the logits (GCL's cloud); drawn once per batch, shared by mixup's pair."""
+        """Target-independent change to the logits (GCL's cloud), drawn afresh for every term of the loss."""
         return logits
 
     def adjusted_logits(self, logits: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
@@ -148,14 +149,15 @@ class _LongTailLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: Target) -> torch.Tensor:
         self._check_classes(logits)
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            z = self.perturb(logits.float())
+            z = logits.float()
             num_classes, device = z.shape[1], z.device
             if isinstance(target, (tuple, list)) and len(target) == 3:
-                # mixup pair: each label gets its own full margin, as in the authors' lam*L(y_a) + (1-lam)*L(y_b)
+                # mixup pair: the authors' lam*L(y_a) + (1-lam)*L(y_b), the criterion run once per label, so
+                # each label gets its own full margin and its own draw of the cloud
                 y_a, y_b, lam = target  # lam may be a tensor on the device: no host sync
-                return (lam * self._loss(z, as_soft_targets(y_a, num_classes, device))
-                        + (1.0 - lam) * self._loss(z, as_soft_targets(y_b, num_classes, device)))
-            return self._loss(z, as_soft_targets(target, num_classes, device))
+                return (lam * self._loss(self.perturb(z), as_soft_targets(y_a, num_classes, device))
+                        + (1.0 - lam) * self._loss(self.perturb(z), as_soft_targets(y_b, num_classes, device)))
+            return self._loss(self.perturb(z), as_soft_targets(target, num_classes, device))
 
 
 class GCLLoss(_LongTailLoss):

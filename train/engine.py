@@ -123,11 +123,12 @@ class Trainer:
         return create_sampler(section["sampler"], self.data.train.targets, **kwargs)
 
     def make_batches(self, stage: int, sampler):
-        batch = self.section(stage)["batch_size"]
+        section = self.section(stage)
+        batch, drop_last = section["batch_size"], section["drop_last"]
         if self.fast:
             return DeviceBatches(self.train_images, self.train_labels, sampler, batch, self.device,
-                                 self.data.data_cfg)
-        return LoaderBatches(self.data.train, sampler, batch, self.device, self.recipe["workers"])
+                                 self.data.data_cfg, drop_last=drop_last)
+        return LoaderBatches(self.data.train, sampler, batch, self.device, self.recipe["workers"], drop_last=drop_last)
 
     def make_loss(self, stage: int) -> nn.Module:
         section = self.section(stage)

@@ -35,7 +35,9 @@ class Field:
 
 _OPTIM_FIELDS = {
     "epochs": Field(int, "training epochs"),
-    "batch_size": Field(int, "images per step (per process under DDP)"),
+    "batch_size": Field(int, "images per step and process (under DDP the global batch is batch_size x world size)"),
+    "drop_last": Field(bool, "drop the epoch's short last batch (false: train on it, as the authors do; "
+                             "true: every step has the same shape, which torch.compile prefers)"),
     "opt": Field(str, "optimizer name for timm.optim.create_optimizer_v2"),
     "lr": Field(float, "peak learning rate"),
     "momentum": Field(float, "SGD momentum"),
@@ -88,8 +90,9 @@ STAGE2_FIELDS: Dict[str, Field] = {
 
 DEFAULTS = {"max_per_class": None, "test_per_class": None, "drw_epoch": None, "imb_ratio": 100.0,
             "imb_profile": "exp", "imb_seed": 0, "data_root": None, "train_list": None, "test_list": None,
-            "train_dir": None, "test_dir": None, "num_classes": None, "decay_epochs": [], "decay_rate": 0.1, "cloud": "log"}
-STAGE2_DEFAULTS = {"fresh_head": False, "cben_a": 0.9999, "cben_b": 1e-5, "tau": 1.0}
+            "train_dir": None, "test_dir": None, "num_classes": None, "decay_epochs": [], "decay_rate": 0.1, "cloud": "log",
+            "drop_last": False}
+STAGE2_DEFAULTS = {"drop_last": False, "fresh_head": False, "cben_a": 0.9999, "cben_b": 1e-5, "tau": 1.0}
 
 
 class RecipeError(ValueError):
