@@ -92,6 +92,23 @@ def test_mixup_pair_and_soft_targets_agree():
     assert torch.allclose(no_margin(cos, (y, y2, lam)), no_margin(cos, mixed), atol=1e-5)
 
 
+def test_mixup_draws_the_cloud_once_per_label():
+    """The authors run the criterion once per label of the mixed pair, so each term has its own noise draw."""
+    cos, y = cosines()
+    y2 = torch.roll(y, 1)
+    lam = 0.3
+    generator = torch.Generator().manual_seed(5)
+    loss = GCLLoss(COUNTS, m=0.1, generator=generator)
+    pair = loss(cos, (y, y2, lam))
+    generator.manual_seed(5)
+    first, second = loss(cos, y), loss(cos, y2)  # the same two draws, in the same order
+    assert torch.allclose(pair, lam * first + (1 - lam) * second, atol=1e-6)
+    generator.manual_seed(5)
+    shared = loss.perturb(cos.detach().float())
+    one_draw = lam * loss._loss(shared, F.one_hot(y, 10).float()) + (1 - lam) * loss._loss(shared, F.one_hot(y2, 10).float())
+    assert not torch.allclose(pair, one_draw, atol=1e-4)
+
+
 def test_focal_factor_uses_detached_probability():
     cos, y = cosines()
     focal = GCLLoss(COUNTS, noise_mul=0, gamma=1.0)(cos, y)

@@ -114,6 +114,42 @@ def test_retraining_methods_share_the_cosine_head_shape():
         prepare_retraining(head, "bogus")
 
 
+def test_cosine_head_is_float32_under_autocast():
+    """bf16 would round the cosine to about 0.004 (0.1 logit at s=30) before the loss sees it."""
+    head = CosineClassifier(64, 10)
+    features = torch.randn(256, 64)
+    exact = head(features)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = head(features)
+        model_out = timm.create_model("gcl_resnet32_cifar10_lt")(torch.randn(2, 3, 32, 32))
+    assert mixed.dtype == torch.float32 and model_out.dtype == torch.float32
+    assert torch.allclose(mixed, exact, atol=1e-6)
+
+
+def test_class_scale_is_not_a_parameter_until_lws_trains_it():
+    """Stage 1's optimizer gets model.parameters(): the per-class gain must not be among them."""
+    model = timm.create_model("gcl_resnet32_cifar10_lt")
+    names = [name for name, _ in model.named_parameters()]
+    assert "head.class_scale" not in names and "head.class_scale" in model.state_dict()
+    lws = prepare_retraining(model.head, "lws")
+    assert [name for name, p in lws.named_parameters() if p.requires_grad] == ["class_scale"]
+    reloaded = timm.create_model("gcl_resnet32_cifar10_lt")
+    with torch.no_grad():
+        lws.class_scale.mul_(2.0)
+    reloaded.load_state_dict(model.state_dict())  # an LWS-trained gain loads into a fresh model by the same name
+    assert torch.equal(reloaded.head.class_scale, torch.full((10,), 2.0))
+
+
+def test_tau_norm_with_tau_one_changes_nothing():
+    head = CosineClassifier(8, 4)
+    with torch.no_grad():
+        head.weight.mul_(torch.tensor([[1.0], [2.0], [3.0], [4.0]]))
+        head.class_scale.copy_(torch.tensor([0.5, 1.5, -0.25, 2.0]))  # gains some earlier step left
+    f = torch.randn(5, 8)
+    before = head(f)
+    assert torch.equal(prepare_retraining(head, "tau_norm", tau=1.0)(f), before)
+
+
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
 def test_torch_compile_full_graph(backend):
     model = timm.create_model("gcl_resnet32_cifar10_lt").eval()

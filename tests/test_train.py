@@ -103,6 +103,18 @@ def test_other_retraining_methods(tmp_path, cifar10_zip, method, extra):
     assert not torch.equal(final["head.class_scale"], torch.ones(10))
 
 
+def test_stage1_leaves_the_class_gain_at_one_and_tau_one_keeps_stage1(tmp_path, cifar10_zip):
+    """The paper's stage-1 logits are s * cos: nothing may train the per-class gain; tau-norm at tau=1 is a no-op."""
+    out = tiny_run(tmp_path, cifar10_zip, "--epochs", "1", "--warmup-epochs", "1", "--stage2.epochs", "1",
+                   "--stage2.method", "tau_norm", "--stage2.tau", "1")
+    first = load_file(str(out / "stage1" / "model.safetensors"))
+    final = load_file(str(out / "model.safetensors"))
+    assert torch.equal(first["head.class_scale"], torch.ones(10))
+    for key in first:
+        if key != "logit_scale":  # stage 2's s=20 travels with the weights
+            assert torch.equal(first[key], final[key]), key
+
+
 def test_bad_input_is_a_clear_error(tmp_path, cifar10_zip, capsys):
     base = ["--recipe", "cifar10_lt", "--data-root", str(cifar10_zip), *TINY]
     assert cli.main([*base, "--out", str(tmp_path / "a"), "--imb-ratio", "0.5"]) == 2
