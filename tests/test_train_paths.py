@@ -107,7 +107,11 @@ def test_ddp_two_gloo_processes_end_to_end(tmp_path, cifar10_zip):
     assert [(r["stage"], r["epoch"]) for r in rows] == [(1, 1), (1, 2), (2, 1)]  # rank 0 alone writes
     report = json.loads((out / "eval.json").read_text())
     assert report["num_samples"] == 200  # metrics gathered from both ranks' shards
-    assert json.loads((out / "run.json").read_text())["world_size"] == 2
+    info = json.loads((out / "run.json").read_text())
+    assert info["world_size"] == 2 and info["global_batch"] == {"stage1": 128, "stage2": 128}  # 64 per process
+    assert "global batch stage 1: 64 x 2 = 128" in result.stdout
+    rng = torch.load(out / "checkpoint.pt", weights_only=True)["rng"]  # each rank's own generator state saved
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])
 
 
 def test_kill_and_resume_reaches_the_same_weights(tmp_path, cifar10_zip):

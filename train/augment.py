@@ -29,11 +29,16 @@ def pad_crop_flip(images: torch.Tensor, padding: int = 4, generator: Optional[to
     return out.permute(0, 3, 1, 2)
 
 
-def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 NCHW -> float normalised, as ToTensor + Normalize do."""
-    mean_t = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
-    return (images.float().div_(255.0) - mean_t) / std_t
+class Normalize:
+    """uint8 NCHW -> float normalised, as ToTensor + Normalize do; the constants live on the device, built once,
+    so no batch waits for a host-to-device copy."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device):
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float().div_(255.0) - self.mean) / self.std
 
 
 def mixup_lambdas(alpha: float, steps: int, seed: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from gcl_zoo.sampling import LongTailSampler
 
-from .augment import normalize, pad_crop_flip
+from .augment import Normalize, pad_crop_flip
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
@@ -46,7 +46,7 @@ class DeviceBatches:
         self.sampler = sampler
         self.batch_size = batch_size
         self.device = device
-        self.mean, self.std = data_cfg["mean"], data_cfg["std"]
+        self.normalize = Normalize(data_cfg["mean"], data_cfg["std"], device)
         self.drop_last = drop_last
         self.augment = augment
 
@@ -61,17 +61,18 @@ class DeviceBatches:
             images = self.images[idx]
             if self.augment:
                 images = pad_crop_flip(images)
-            yield normalize(images, self.mean, self.std), self.labels[idx]
+            yield self.normalize(images), self.labels[idx]
 
 
 def test_batches(images: Optional[torch.Tensor], labels: Optional[torch.Tensor], dataset: Dataset,
                  batch_size: int, device: torch.device, data_cfg: Dict, workers: int, rank: int, world: int):
     """This rank's share (``rank::world``) of the test set, in order, without augmentation."""
     if images is not None:
+        normalize = Normalize(data_cfg["mean"], data_cfg["std"], device)
         shard = torch.arange(rank, images.shape[0], world)
         for start in range(0, shard.numel(), batch_size):
             idx = shard[start:start + batch_size]
-            yield (normalize(images[idx].to(device), data_cfg["mean"], data_cfg["std"]), labels[idx].to(device))
+            yield normalize(images[idx].to(device)), labels[idx].to(device)
         return
     subset = torch.utils.data.Subset(dataset, list(range(rank, len(dataset), world)))
     for x, y in DataLoader(subset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda"):

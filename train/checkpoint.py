@@ -5,17 +5,20 @@ Everything saved is a tensor or a plain Python value, so it loads with ``torch.l
 """
 from __future__ import annotations
 
+import io
 import os
 import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, List, Union
 
 import numpy as np
 import torch
 
 from gcl_zoo.hub import replace_file
+
+from .distributed import gather_objects
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -28,6 +31,16 @@ def rng_state() -> Dict[str, Any]:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
+
+
+def rng_states_of_all_ranks() -> List[Dict[str, Any]]:
+    """Every rank's generator states, in rank order, on every rank (one entry without a process group).
+
+    Each state travels serialised: tensors inside gathered Python objects do not survive the gather.
+    """
+    buffer = io.BytesIO()
+    torch.save(rng_state(), buffer)
+    return [torch.load(io.BytesIO(blob), weights_only=True) for blob in gather_objects(buffer.getvalue())]
 
 
 def set_rng_state(state: Dict[str, Any]) -> None:

@@ -8,13 +8,13 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import yaml
 
 from .checkpoint import CHECKPOINT_NAME, check_writable, load_checkpoint
-from .distributed import broadcast_error, init_distributed
+from .distributed import DistInfo, broadcast_error, init_distributed, local_rank
 from .engine import RunOptions, Trainer, TrainingError
 from .recipes import RecipeError, add_override_flags, available_recipes, dump_recipe, load_recipe, overrides_from_args
 
@@ -63,6 +63,12 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return device
 
 
+def setup_process(device_name: str) -> Tuple[torch.device, DistInfo]:
+    """This process's device, then its place in the torchrun group: the device first, because NCCL binds to it."""
+    device = resolve_device(device_name, local_rank())
+    return device, init_distributed(device)
+
+
 def _switch(value: str, device: torch.device) -> bool:
     return device.type == "cuda" if value == "auto" else value == "on"
 
@@ -109,10 +115,7 @@ def prepare_run(args: argparse.Namespace) -> tuple:
 
 def run(args: argparse.Namespace, argv: List[str]) -> Dict[str, Any]:
     recipe, runtime, out, state = prepare_run(args)
-    device_kind = "cuda" if runtime["device"].startswith("cuda") or (
-        runtime["device"] == "auto" and torch.cuda.is_available()) else "cpu"
-    dist_info = init_distributed(device_kind)
-    device = resolve_device(runtime["device"], dist_info.local_rank)
+    device, dist_info = setup_process(runtime["device"])
     set_determinism(runtime["deterministic"])
     error = ""
     if dist_info.is_main:
@@ -131,9 +134,16 @@ def run(args: argparse.Namespace, argv: List[str]) -> Dict[str, Any]:
         stage1_checkpoint=Path(runtime["stage1_checkpoint"]) if runtime["stage1_checkpoint"] else None,
         progress=not args.no_progress, tensorboard=runtime["tensorboard"])
     trainer = Trainer(recipe, options, dist_info)
+    global_batch = {f"stage{stage}": trainer.section(stage)["batch_size"] * dist_info.world for stage in stages}
     run_info = {"command": "gcl-zoo train " + " ".join(shlex.quote(a) for a in argv), "options": runtime,
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                "world_size": dist_info.world, "fast_path": trainer.fast, "torch": torch.__version__}
+                "world_size": dist_info.world, "global_batch": global_batch, "fast_path": trainer.fast,
+                "torch": torch.__version__}
+    if dist_info.is_main:
+        # batch_size is per process, as in timm: say what that makes, so a multi-GPU run's batch is never a surprise
+        print(f"{dist_info.world} process(es) x batch_size per process = global batch " + ", ".join(
+            f"{key.replace('stage', 'stage ')}: {trainer.section(int(key[-1]))['batch_size']} x {dist_info.world} = "
+            f"{value}" for key, value in global_batch.items()), flush=True)
     if dist_info.is_main:
         if state is None:
             dump_recipe(recipe, out / RECIPE_FILE)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import List
+from typing import Any, List
 
 import torch
 import torch.distributed as dist
@@ -24,14 +24,27 @@ class DistInfo:
         return self.world > 1
 
 
-def init_distributed(device_kind: str) -> DistInfo:
-    """Join the torchrun process group if launched by torchrun (NCCL on GPUs, gloo on CPUs)."""
+def local_rank() -> int:
+    """This process's index on its machine (torchrun's ``LOCAL_RANK``; 0 without torchrun)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the torchrun process group if launched by torchrun (NCCL on GPUs, gloo on CPUs).
+
+    ``device`` must already be this process's own device (``torch.cuda.set_device`` done): NCCL binds the
+    communicator to the current device when the group is created, so a late ``set_device`` leaves every rank's
+    collectives on GPU 0.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank())
 
 
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -47,6 +60,15 @@ def gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     parts: List = [None] * dist.get_world_size()
     dist.all_gather_object(parts, tensor.cpu())
     return torch.cat(parts)
+
+
+def gather_objects(obj: Any) -> List[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` without a process group."""
+    if not dist.is_initialized():
+        return [obj]
+    parts: List[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, obj)
+    return parts
 
 
 def barrier() -> None:

@@ -26,7 +26,7 @@ from gcl_zoo.sampling import create_sampler
 
 from .augment import mix, mixup_lambdas
 from .batches import DeviceBatches, LoaderBatches
-from .checkpoint import CHECKPOINT_NAME, atomic_torch_save, rng_state, set_rng_state
+from .checkpoint import CHECKPOINT_NAME, atomic_torch_save, rng_states_of_all_ranks, set_rng_state
 from .data import DataBundle, build_data, is_small_image_data
 from .distributed import DistInfo, all_reduce_sum, barrier
 from .predict import autocast_for, predict
@@ -73,6 +73,25 @@ def describe_model(model: nn.Module, bundle: DataBundle) -> None:
     model.default_cfg = model.pretrained_cfg
 
 
+@dataclass
+class Forward:
+    """The training forward pass: the compiled module for full batches, the eager one for an epoch's short last batch.
+
+    A short batch would make torch.compile build (and, with dynamic shapes, later rebuild) a second graph inside
+    the timed epoch; running that one batch eagerly keeps the authors' semantics (no image dropped) at no cost.
+    """
+    eager: nn.Module
+    compiled: nn.Module
+
+    def __call__(self, x: torch.Tensor, full_batch: int) -> torch.Tensor:
+        return (self.compiled if x.shape[0] == full_batch else self.eager)(x)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The random seed of process ``rank`` (rank 0 keeps ``seed``)."""
+    return seed + 1_000_003 * rank
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     model = getattr(model, "_orig_mod", model)
     return getattr(model, "module", model)
@@ -91,7 +110,10 @@ class Trainer:
         self.data = build_data(recipe, probe)
         del probe
         torch.manual_seed(options.seed)
-        self.model = build_model(recipe, self.data.num_classes)
+        self.model = build_model(recipe, self.data.num_classes)  # the same initial weights on every rank
+        if dist_info.rank:
+            # each rank its own crops, flips, mixup pairs and noise; rank 0 continues a one-process run's stream
+            torch.manual_seed(rank_seed(options.seed, dist_info.rank))
         describe_model(self.model, self.data)
         self.model.to(self.device)
         if options.channels_last:
@@ -183,14 +205,13 @@ class Trainer:
         if stage == 2:
             self.model.backbone.eval()  # BatchNorm keeps its stage-1 statistics
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        wrapped = model
+    def wrap(self, model: nn.Module) -> "Forward":
+        """DDP around the model when distributed, and a compiled twin of it with ``--compile``."""
+        eager = model
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        if self.opt.compile:
-            wrapped = torch.compile(wrapped)
-        return wrapped
+            eager = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        return Forward(eager, torch.compile(eager) if self.opt.compile else eager)
 
     def run_stage(self, stage: int, state: Optional[Dict[str, Any]] = None) -> None:
         section = self.section(stage)
@@ -222,9 +243,11 @@ class Trainer:
             seconds = time.perf_counter() - began
             self.finish_epoch(stage, epoch, {"loss": mean_loss, "lr": lr, "seconds": seconds}, optimizer, sampler)
 
-    def train_epoch(self, net: nn.Module, loss_fn: nn.Module, optimizer, batches, stage: int, epoch: int) -> float:
+    def train_epoch(self, net: Forward, loss_fn: nn.Module, optimizer, batches, stage: int, epoch: int) -> float:
+        """One epoch; the loss stays on the device and is read once, after the last step (no per-step host sync)."""
         section = self.section(stage)
-        lams = mixup_lambdas(section["mixup_alpha"], len(batches), seed=self.opt.seed * 100_003 + stage * 1009 + epoch)
+        lams = mixup_lambdas(section["mixup_alpha"], len(batches),
+                             seed=self.opt.seed * 100_003 + stage * 1009 + epoch + self.dist.rank * 7_919)
         lams = lams.to(self.device)
         total = torch.zeros((), device=self.device)
         first_bad = torch.full((), -1, dtype=torch.long, device=self.device)
@@ -238,7 +261,7 @@ class Trainer:
             if section["mixup_alpha"] > 0:
                 x, target = mix(x, y, lams[step])
             with self.autocast():
-                logits = net(x)
+                logits = net(x, section["batch_size"])
             loss = loss_fn(logits, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -247,12 +270,14 @@ class Trainer:
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), step, first_bad)
             total += detached
             steps += 1
-            if step % 50 == 49 and bar.disable is False:
-                bar.set_postfix(loss=f"{total.item() / steps:.4f}")
-        summed = all_reduce_sum(torch.stack([total, torch.tensor(float(steps), device=self.device)]))
-        bad = int(first_bad)
-        if bad >= 0:
-            raise TrainingError(f"the loss became NaN/inf at stage {stage}, epoch {epoch + 1}, step {bad + 1}; "
+        # one collective for the mean loss and for "did any rank see a non-finite loss", so every rank stops together
+        summed = all_reduce_sum(torch.stack([total, torch.tensor(float(steps), device=self.device),
+                                             (first_bad >= 0).float()]))
+        if float(summed[2]) > 0:
+            bad = int(first_bad)
+            where = f", step {bad + 1}" if bad >= 0 else ""
+            ranks = f" (on {int(summed[2])} of {self.dist.world} processes)" if self.dist.enabled else ""
+            raise TrainingError(f"the loss became NaN/inf at stage {stage}, epoch {epoch + 1}{where}{ranks}; "
                                 "lower the learning rate (--lr) or check the data; the last good checkpoint is kept")
         return float(summed[0] / summed[1].clamp_min(1))
 
@@ -265,11 +290,12 @@ class Trainer:
             report = self.evaluate(self.model)
             record.update({k: report.get(k) for k in ("top1", "top5", "many", "medium", "few")})
         self.history.append(record)
+        rng = rng_states_of_all_ranks() if optimizer is not None else None  # a collective: every rank calls it
         if self.dist.is_main:
             if optimizer is not None:
                 atomic_torch_save({
                     "stage": stage, "epoch": epoch, "model": unwrap(self.model).state_dict(),
-                    "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(), "rng": rng_state(),
+                    "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(), "rng": rng,
                     "history": self.history,
                 }, self.opt.out / CHECKPOINT_NAME)
             with (self.opt.out / "metrics.jsonl").open("a") as handle:
@@ -325,13 +351,23 @@ class Trainer:
                                 f"{self.data.num_classes} classes): first mismatched tensor {problems[0]!r}")
         model.load_state_dict(state)
 
+    def rank_rng_state(self, saved: Any) -> Dict[str, Any]:
+        """This rank's generator state from a checkpoint (one state per rank; older checkpoints hold rank 0's)."""
+        if isinstance(saved, dict):
+            saved = [saved]
+        if len(saved) != self.dist.world:
+            raise TrainingError(f"the checkpoint was written by {len(saved)} process(es) but this run has "
+                                f"{self.dist.world}; resume with the same number of processes (torchrun "
+                                f"--nproc-per-node) so every rank continues its own random stream")
+        return saved[self.dist.rank]
+
     # ---- the run ---------------------------------------------------------------------------------------------
     def run(self, resume: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         stages = self.opt.stages
         first, have_stage1 = stages[0], False
         if resume is not None:
             unwrap(self.model).load_state_dict(resume["model"])
-            set_rng_state(resume["rng"])
+            set_rng_state(self.rank_rng_state(resume["rng"]))
             self.history = list(resume["history"])
             first, have_stage1 = resume["stage"], True
             if resume["epoch"] + 1 >= self.section(first)["epochs"]:  # that stage had finished

@@ -1,0 +1,161 @@
+"""What multi-process and GPU training rely on, checked on the CPU: per-rank randomness, a NaN on one rank
+stopping every rank, the device chosen before the process group, and no per-batch host work on the fast path."""
+import os
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from train import cli
+from train.batches import DeviceBatches
+from train.data import cifar_data_cfg
+from train.distributed import DistInfo
+from train.engine import RunOptions, Trainer, TrainingError
+from train.recipes import load_recipe
+from gcl_zoo.sampling import create_sampler
+
+TINY = {"max_per_class": 60, "imb_ratio": 10, "test_per_class": 20, "workers": 0, "model": "cifar_resnet20",
+        "batch_size": 32, "epochs": 1, "warmup_epochs": 1}
+
+
+def tiny_trainer(tmp_path, data_root, dist_info=DistInfo(), compile_model=False, **overrides) -> Trainer:
+    recipe = load_recipe("cifar10_lt", {**TINY, "data_root": str(data_root), **overrides})
+    options = RunOptions(out=tmp_path, device=torch.device("cpu"), fast=True, compile=compile_model, progress=True)
+    return Trainer(recipe, options, dist_info)
+
+
+def run_one_epoch(trainer: Trainer, loss_fn=None) -> float:
+    model = trainer.prepare_stage(1)
+    sampler = trainer.make_sampler(1)
+    batches = trainer.make_batches(1, sampler)
+    optimizer = trainer.make_optimizer(model, 1)
+    trainer.set_train_mode(1)
+    return trainer.train_epoch(trainer.wrap(model), loss_fn or trainer.make_loss(1), optimizer, batches, 1, 0)
+
+
+def test_ranks_share_the_weights_but_not_the_random_stream(tmp_path, cifar10_zip):
+    """Same initial weights everywhere (DDP checks that), but each rank its own crops, flips, pairs and noise."""
+    draws, weights = [], []
+    for rank in (0, 1):
+        trainer = tiny_trainer(tmp_path / str(rank), cifar10_zip, DistInfo(rank=rank, world=2))
+        weights.append(trainer.model.state_dict())
+        draws.append(torch.rand(8))
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not torch.equal(draws[0], draws[1])
+
+
+def _nan_on_rank_one(rank: int, port: int, data_root: str, out: str, results) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        from pathlib import Path
+        trainer = tiny_trainer(Path(out) / str(rank), data_root, DistInfo(rank=rank, world=2))
+        loss = trainer.make_loss(1)
+        # a NaN loss value with finite gradients: DDP's gradient average cannot carry it to rank 0
+        poisoned = (lambda logits, target: loss(logits, target) + float("nan")) if rank == 1 else loss
+        try:
+            run_one_epoch(trainer, poisoned)
+            results.put((rank, "finished"))
+        except TrainingError as exc:
+            results.put((rank, str(exc)))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_nan_on_one_rank_stops_every_rank(tmp_path, cifar10_zip):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_nan_on_rank_one, args=(r, port, str(cifar10_zip), str(tmp_path), results))
+             for r in (0, 1)]
+    for proc in procs:
+        proc.start()
+    outcome = dict(results.get(timeout=300) for _ in procs)
+    for proc in procs:
+        proc.join(timeout=60)
+    assert "step 1 (on 1 of 2 processes)" in outcome[1]
+    assert outcome[0].startswith("the loss became NaN/inf at stage 1, epoch 1 (on 1 of 2 processes)")
+
+
+def test_the_device_is_chosen_before_the_process_group(monkeypatch):
+    """NCCL binds its communicator to the current CUDA device when the group is created; spies stand in for CUDA."""
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", str(device))))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group",
+                        lambda backend, **kw: calls.append(("init_process_group", backend, str(kw.get("device_id")))))
+    monkeypatch.setattr(dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    device, info = cli.setup_process("cuda")
+    assert calls == [("set_device", "cuda:1"), ("init_process_group", "nccl", "cuda:1")]
+    assert str(device) == "cuda:1" and (info.rank, info.world, info.local_rank) == (1, 2, 1)
+
+
+def test_fast_path_builds_no_tensors_per_batch(tiny_lt_tensors, monkeypatch):
+    """Normalisation constants are made once on the device: on a GPU each torch.tensor() is a host-to-device copy."""
+    images, labels = tiny_lt_tensors
+    batches = DeviceBatches(images, labels, create_sampler("instance", labels.tolist()), 16, torch.device("cpu"),
+                            cifar_data_cfg())
+    made = []
+    real_tensor = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **kw: made.append(1) or real_tensor(*a, **kw))
+    count = sum(1 for _ in batches)
+    assert count == len(batches) > 5 and made == []
+
+
+@pytest.fixture(scope="module")
+def tiny_lt_tensors(cifar10_zip):
+    from gcl_zoo.data import CIFARLongTail
+
+    return CIFARLongTail(cifar10_zip, imb_ratio=10, max_per_class=60).as_tensors()
+
+
+def test_the_loss_is_read_once_per_epoch(tmp_path, cifar10_zip, monkeypatch):
+    """With the progress bar on, the host reads the loss a fixed number of times per epoch, not every N steps."""
+    trainer = tiny_trainer(tmp_path, cifar10_zip, batch_size=2)
+    reads = []
+
+    def spy(name, real):
+        def read(self):
+            caller = sys._getframe(1).f_code.co_filename
+            if os.sep + "train" + os.sep in caller:  # the training loop's own reads (the loss checks labels on CPU only)
+                reads.append(f"{name} in {os.path.basename(caller)}:{sys._getframe(1).f_lineno}")
+            return real(self)
+        return read
+
+    for name in ("item", "__float__", "__int__", "__bool__"):
+        monkeypatch.setattr(torch.Tensor, name, spy(name, getattr(torch.Tensor, name)))
+    steps = len(trainer.make_batches(1, trainer.make_sampler(1)))
+    reads.clear()
+    run_one_epoch(trainer)
+    assert steps > 100 and len(reads) <= 2, reads
+
+
+def test_compile_builds_one_graph_despite_the_short_last_batch(tmp_path, cifar10_zip, monkeypatch):
+    """The short last batch runs eagerly, so torch.compile never compiles a second graph inside an epoch."""
+    graphs = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(tuple(example_inputs[0].shape) if example_inputs else ())
+        return graph_module.forward
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend=counting_backend))
+    torch._dynamo.reset()
+    trainer = tiny_trainer(tmp_path, cifar10_zip, compile_model=True)
+    batches = trainer.make_batches(1, trainer.make_sampler(1))
+    assert len(trainer.data.train) % 32 != 0 and len(batches) > 2  # there is a short last batch
+    run_one_epoch(trainer)
+    run_one_epoch(trainer)
+    assert len(graphs) == 1
