@@ -15,8 +15,6 @@ saves, exports and loads exactly like a stage-1 model:
 are ``s * cos``), and an optimizer given ``model.parameters()`` must not find it.
 The cosine is computed in float32 even under autocast: in bf16 it is rounded to about 0.004, 0.1 logit at s=30.
 """
-from __future__ import annotations
-
 import math
 
 import torch
@@ -34,7 +32,13 @@ def _scaled_cosine(features: torch.Tensor, weight: torch.Tensor, class_scale: to
 
 
 def float32_scaled_cosine(features: torch.Tensor, weight: torch.Tensor, class_scale: torch.Tensor) -> torch.Tensor:
-    """``g_j * cos(f, w_j)`` in float32 with autocast off (one opaque call in FX graphs, whose proxies have no device)."""
+    """``g_j * cos(f, w_j)`` in float32 with autocast off (one opaque call in FX graphs, whose proxies have no device).
+
+    TorchScript cannot take a run-time autocast device, so scripted code (also a scripted FX graph) runs it in float32
+    as it is.
+    """
+    if torch.jit.is_scripting():
+        return _scaled_cosine(features, weight, class_scale)
     with torch.autocast(device_type=features.device.type, enabled=False):
         return _scaled_cosine(features, weight, class_scale)
 
@@ -70,8 +74,6 @@ class CosineClassifier(nn.Module):
         self.class_scale.requires_grad_(True)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        if torch.jit.is_scripting():  # TorchScript cannot take a run-time autocast device; scripted runs are fp32
-            return _scaled_cosine(features, self.weight, self.class_scale)
         return float32_scaled_cosine(features, self.weight, self.class_scale)
 
     def extra_repr(self) -> str:

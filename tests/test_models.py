@@ -65,7 +65,7 @@ def test_any_timm_backbone_forward_backward(backbone, kwargs):
     x = torch.randn(2, 3, 64, 64)
     feats = model.forward_features(x)
     pooled = model.forward_head(feats, pre_logits=True)
-    assert pooled.shape == (2, model.num_features)
+    assert pooled.shape == (2, model.head_hidden_size)
     logits = model(x)
     assert logits.shape == (2, 7) and isinstance(model.get_classifier(), CosineClassifier)
     loss = GCLLoss([50, 40, 30, 20, 10, 5, 2])(logits, torch.tensor([0, 6]))

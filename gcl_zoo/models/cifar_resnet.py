@@ -3,14 +3,13 @@
 Three stages of basic blocks at 16/32/64 channels, strides 1/2/2, and option-A shortcuts (subsample and
 zero-pad channels, no parameters), as used by the long-tailed CIFAR literature (LDAM, GCL).
 """
-from __future__ import annotations
-
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices  # what timm's own forward_intermediates use
 
 from ..data.labels import CIFAR_MEAN_STD
 
@@ -99,8 +98,41 @@ class CifarResNet(nn.Module):
             self.global_pool = global_pool
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
+    def stages(self) -> List[nn.Module]:
+        return [self.layer1, self.layer2, self.layer3]
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False) -> Union[List[torch.Tensor],
+                                                                        Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Feature maps of the stem and of each stage (``feature_info`` order), as timm's models give them."""
+        if output_fmt != "NCHW":
+            raise ValueError("CIFAR ResNet gives NCHW feature maps only (output_fmt='NCHW')")
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        intermediates = []
+        x = F.relu(self.bn1(self.conv1(x)))
+        if 0 in take:
+            intermediates.append(x)
+        for i, stage in enumerate(self.stages()[:max_index] if stop_early else self.stages()):
+            x = stage(x)
+            if i + 1 in take:
+                intermediates.append(x)
+        return intermediates if intermediates_only else (x, intermediates)
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the stages after the last requested feature map (and the classifier)."""
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        for i in range(max(max_index, 1), 3):
+            setattr(self, f"layer{i + 1}", nn.Identity())
+        if prune_head:
+            self.reset_classifier(0)
+        return take
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            return checkpoint_seq(nn.Sequential(self.layer1, self.layer2, self.layer3), x)
         return self.layer3(self.layer2(self.layer1(x)))
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:

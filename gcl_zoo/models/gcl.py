@@ -1,7 +1,6 @@
 """A timm backbone plus a (cosine) classifier head: the model GCL trains, for any timm architecture."""
-from __future__ import annotations
-
-from typing import Any, Dict, Optional, Sequence
+import re
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
 import timm
 import torch
@@ -13,16 +12,37 @@ __all__ = ["GCLModel", "DATA_CFG_KEYS"]
 
 # pretrained_cfg fields that describe preprocessing; a wrapper inherits them from its backbone
 DATA_CFG_KEYS = ("input_size", "test_input_size", "min_input_size", "fixed_input_size", "interpolation",
-                 "crop_pct", "test_crop_pct", "crop_mode", "mean", "std", "first_conv")
+                 "crop_pct", "test_crop_pct", "crop_mode", "mean", "std", "first_conv", "pool_size")
+
+
+def _prefixed_pattern(pattern: str, prefix: str) -> str:
+    """A timm group-matcher regex for a module's names, rewritten for the same names under ``prefix``."""
+    body = pattern[1:] if pattern.startswith("^") else pattern
+    return "^" + re.escape(prefix) + "(?:" + body.replace("|^", "|") + ")"
+
+
+def _prefixed_matcher(matcher: Dict[str, Any], prefix: str) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for group, spec in matcher.items():
+        if isinstance(spec, str):
+            out[group] = _prefixed_pattern(spec, prefix)
+        elif isinstance(spec, (list, tuple)):
+            out[group] = [(_prefixed_pattern(regex, prefix), suffix) for regex, suffix in spec]
+        else:
+            out[group] = spec
+    return out
 
 
 class GCLModel(nn.Module):
     """``backbone`` (any timm model, built with ``num_classes=0``) followed by a classifier ``head``.
 
-    It quacks like a timm classifier (``forward_features``, ``forward_head``, ``get_classifier``,
-    ``reset_classifier``, ``num_features``, ``pretrained_cfg``). ``forward`` returns the head's raw logits;
-    for a cosine head those lie in [-1, 1] and ``logit_scale`` (the ``s`` of the last training stage, saved with
-    the weights) turns them into calibrated logits: ``softmax(logit_scale * model(x))``.
+    It keeps timm's model contract: ``forward_features`` (unpooled, ``num_features`` channels), ``forward_head``
+    (``pre_logits=True``: pooled, ``head_hidden_size`` wide), ``num_classes=0`` / ``reset_classifier(0)`` for
+    pooled features, ``global_pool=''`` for unpooled ones, ``feature_info`` / ``forward_intermediates`` /
+    ``features_only=True``, ``group_matcher`` and ``no_weight_decay`` (all delegated to the backbone, names under
+    ``backbone.``). ``forward`` returns the head's raw logits; for a cosine head those lie in [-1, 1] and
+    ``logit_scale`` (the ``s`` of the last training stage, saved with the weights) turns them into calibrated
+    logits: ``softmax(logit_scale * model(x))``.
     """
 
     def __init__(self, backbone: str = "resnet50", num_classes: int = 1000, pretrained_backbone: bool = False,
@@ -36,16 +56,22 @@ class GCLModel(nn.Module):
                                           in_chans=in_chans, **args)
         self.num_classes = num_classes
         self.head_type = head
-        # pooled feature width: timm's head_hidden_size when a pre-logits layer exists, else num_features
-        self.num_features = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
-        self.head = create_head(head, self.num_features, num_classes)
+        self.num_features = self.backbone.num_features  # channels of forward_features
+        # pooled feature width the head sees: timm's head_hidden_size when a pre-logits layer exists
+        self.head_hidden_size = getattr(self.backbone, "head_hidden_size", None) or self.num_features
+        self.head = self._new_head(num_classes)
+        self.feature_info = [dict(info, module=f"backbone.{info['module']}")
+                             for info in getattr(self.backbone, "feature_info", None) or []]
         if logit_scale is None:
             logit_scale = 30.0 if head == "cosine" else 1.0
         self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
         self.pretrained_cfg = self.default_cfg = self.backbone_data_cfg()
 
+    def _new_head(self, num_classes: int) -> nn.Module:
+        return create_head(self.head_type, self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+
     def backbone_data_cfg(self) -> Dict[str, Any]:
-        """The backbone's preprocessing fields, which a generic wrapper inherits."""
+        """The backbone's preprocessing fields (and pooled feature-map size), which a generic wrapper inherits."""
         cfg = getattr(self.backbone, "pretrained_cfg", None) or {}
         data = {k: cfg[k] for k in DATA_CFG_KEYS if cfg.get(k) is not None}
         if "first_conv" in data:  # module paths gain the wrapper's prefix
@@ -64,6 +90,17 @@ class GCLModel(nn.Module):
         return args
 
     @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """The backbone's layer groups (for layer-wise lr decay); the head falls into the last group."""
+        return _prefixed_matcher(self.backbone.group_matcher(coarse=coarse), "backbone.")
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """The backbone's no-decay parameters. The GCL recipes decay every weight, as the authors did."""
+        names = self.backbone.no_weight_decay() if hasattr(self.backbone, "no_weight_decay") else set()
+        return {f"backbone.{name}" for name in names}
+
+    @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.backbone.set_grad_checkpointing(enable)
 
@@ -72,12 +109,32 @@ class GCLModel(nn.Module):
         return self.head
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """A fresh head of the same kind for ``num_classes`` classes (``global_pool`` is passed to the backbone)."""
+        """A fresh head of the same kind for ``num_classes`` classes (0: none, pooled features out);
+        ``global_pool`` is passed to the backbone (``''``: unpooled features)."""
         if global_pool is not None:
             self.backbone.reset_classifier(0, global_pool)
         self.num_classes = num_classes
-        device = self.logit_scale.device
-        self.head = create_head(self.head_type, self.num_features, num_classes).to(device)
+        self.head = self._new_head(num_classes).to(self.logit_scale.device)
+
+    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+                              norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
+                              intermediates_only: bool = False) -> Union[List[torch.Tensor],
+                                                                        Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """The backbone's intermediate feature maps (timm's ``forward_intermediates``)."""
+        if not hasattr(self.backbone, "forward_intermediates"):
+            raise NotImplementedError(
+                f"backbone {self.backbone_name!r} has no forward_intermediates in this timm version; use "
+                "features_only=True with feature_cls='hook' instead")
+        return self.backbone.forward_intermediates(x, indices=indices, norm=norm, stop_early=stop_early,
+                                                   output_fmt=output_fmt, intermediates_only=intermediates_only)
+
+    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> List[int]:
+        """Drop the layers after the last requested feature map (and the head), as timm's feature wrappers ask."""
+        taken = self.backbone.prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
+        if prune_head:
+            self.reset_classifier(0)
+        return taken
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone.forward_features(x)
@@ -88,10 +145,6 @@ class GCLModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
-
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features (the embedding the cosine head compares with its class weights)."""
-        return self.forward_head(self.forward_features(x), pre_logits=True)
 
 
 def label_names_for(num_classes: int, label_names: Optional[Sequence[str]]) -> Optional[tuple]:

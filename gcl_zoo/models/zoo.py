@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+import torch
+import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._builder import resolve_pretrained_cfg
 
@@ -24,6 +26,10 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 PAPER_ID = "arXiv:2305.11733"
 PAPER_NAME = "Long-tailed Visual Recognition via Gaussian Clouded Logit Adjustment (CVPR 2022)"
 GENERIC = "gcl_timm"
+
+# features_only=True: the backbone's forward_intermediates, every level it has unless out_indices says otherwise
+# (timm's default asks for five levels, and the CIFAR ResNets have four)
+FEATURE_CFG = {"feature_cls": "getter", "out_indices": None}
 
 # which training recipe reproduces each entry (used in error messages and model cards)
 RECIPE_FOR_ENTRY = {
@@ -52,12 +58,26 @@ def _create_gcl(variant: str, pretrained: bool = False, **kwargs: Any) -> GCLMod
     if pretrained:
         kwargs["pretrained_cfg_overlay"] = safe_hub_overlay(cfg, kwargs.get("pretrained_cfg_overlay"))
     with explain_load_errors(name, cfg):
-        model = build_model_with_cfg(GCLModel, variant, pretrained, **kwargs)
-    if variant == GENERIC and not isinstance(kwargs.get("pretrained_cfg"), dict):
+        model = build_model_with_cfg(GCLModel, variant, pretrained, pretrained_filter_fn=drop_mismatched_head,
+                                     feature_cfg=dict(FEATURE_CFG), **kwargs)  # timm edits it
+    if variant == GENERIC and isinstance(model, GCLModel) and not isinstance(kwargs.get("pretrained_cfg"), dict):
         # a fresh generic wrapper preprocesses like its backbone; a loaded one keeps its saved config
         model.pretrained_cfg = {**model.pretrained_cfg, **model.backbone_data_cfg()}
         model.default_cfg = model.pretrained_cfg
     return model
+
+
+def drop_mismatched_head(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """Leave out saved head tensors the model's head cannot take (another ``num_classes``, or none at all).
+
+    timm drops only the classifier's ``weight``/``bias`` when the class count changes; the cosine head also has a
+    per-class gain, which must go with them so the model starts with a fresh head.
+    """
+    if model.num_classes == (getattr(model, "pretrained_cfg", None) or {}).get("num_classes"):
+        return state_dict  # an exact load, as timm sees it: a mismatch there is a broken file and must say so
+    own = model.state_dict()
+    return {k: v for k, v in state_dict.items()
+            if not k.startswith("head.") or (k in own and own[k].shape == v.shape)}
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:

@@ -1,0 +1,115 @@
+"""Ship a finished training run as a zoo checkpoint: evaluate it independently, put its weights in the package,
+keep its record under ``bench/results/<name>/`` and regenerate the model cards.
+
+    python bench/ship_run.py runs/c10_gcl_ir100 gcl_resnet32_cifar10_lt.ir100 --data-root ../shared/data/cifar10/cifar10.zip
+
+What it does, in order:
+1. ``gcl-zoo eval`` of the run's final model (float32, full test set): ``eval.json`` and the per-class and t-SNE plots;
+2. ``model.safetensors`` -> ``gcl_zoo/weights/<name>.safetensors`` and ``<name>.json`` beside it (that evaluation,
+   the exact command, machine, wall time, recipe), which the model card and ``timm.list_pretrained`` read;
+3. ``recipe.yaml``, ``run.json``, ``metrics.jsonl``, ``eval.json``, the plots and the training log ->
+   ``bench/results/<name>/``, with the machine's absolute paths rewritten relative to the repository;
+4. every shipped card under ``model_cards/`` regenerated.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Dict
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from gcl_zoo.hub import write_shipped_cards  # noqa: E402
+from gcl_zoo.models.zoo import WEIGHTS_DIR  # noqa: E402
+from train.evaluate import evaluate_run  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+RECORD_FILES = ("recipe.yaml", "run.json", "metrics.jsonl", "eval.json", "per_class_accuracy.png", "tsne.png")
+SHIPPED_KEYS = ("top1", "top5", "many", "medium", "few", "per_class", "num_samples", "dataset", "split")
+
+
+def repo_relative(text: str, data_root: Path) -> str:
+    """Absolute paths of this machine as a reader would type them: data under ``../shared/data``, runs under the repo."""
+    text = text.replace(str(data_root.resolve().parent.parent), "../shared/data")
+    return re.sub(re.escape(str(REPO)) + r"/?", "", text)
+
+
+def machine() -> str:
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or platform.machine()
+    return f"CPU ({os.cpu_count()}-core {cpu})"
+
+
+def wall_minutes(run_info: Dict[str, Any]) -> float:
+    started, finished = (datetime.strptime(run_info[k], "%Y-%m-%dT%H:%M:%S%z") for k in ("started", "finished"))
+    return round((finished - started).total_seconds() / 60, 1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="finished training run folder")
+    parser.add_argument("name", help="zoo name with tag, e.g. gcl_resnet32_cifar10_lt.ir100")
+    parser.add_argument("--data-root", type=Path, required=True, help="the data the run was trained on")
+    parser.add_argument("--log", type=Path, help="the run's console log (default: RUN.log beside the folder)")
+    parser.add_argument("--notes", default="", help="what a reader should know about how the run went")
+    parser.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR, help="where shipped weights live")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where run records live")
+    parser.add_argument("--cards-dir", type=Path, default=REPO / "model_cards", help="where shipped cards live")
+    args = parser.parse_args()
+    run, name = args.run, args.name
+    report = evaluate_run(run, data_root=str(args.data_root), device="cpu")
+    run_info = json.loads((run / "run.json").read_text())
+    recipe = yaml.safe_load(repo_relative((run / "recipe.yaml").read_text(), args.data_root))
+    options = run_info["options"]
+    precision = ", ".join(k for k, on in (("bf16 autocast", options["amp"] == "on"),
+                                          ("channels_last", options["channels_last"] == "on"),
+                                          ("device-resident data path", run_info.get("fast_path"))) if on)
+    shipped = {k: report.get(k) for k in SHIPPED_KEYS}
+    shipped.update({
+        "imb_ratio": recipe["imb_ratio"], "final_epoch": True,
+        "command": repo_relative(run_info["command"], args.data_root),
+        "device": f"{machine()}, {precision}" if run_info["device"] == "cpu" else run_info["device"],
+        "train_minutes": wall_minutes(run_info),
+        "notes": " ".join(filter(None, [
+            f"The authors' full recipe ({recipe['epochs']} + {recipe['stage2']['epochs']} epochs, "
+            f"train/recipes/{recipe['recipe']}.yaml). Accuracy is the final epoch, evaluated in float32 with "
+            f"`gcl-zoo eval` on the full {report['num_samples']:,}-image test set; nothing was selected on it.",
+            args.notes])),
+        "recipe": recipe,
+        "eval_command": repo_relative(f"gcl-zoo eval {run} --data-root {args.data_root.resolve()} --device cpu",
+                                      args.data_root),
+    })
+    args.weights_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run / "model.safetensors", args.weights_dir / f"{name}.safetensors")
+    (args.weights_dir / f"{name}.json").write_text(json.dumps(shipped, indent=2) + "\n")
+    record = args.results_dir / name
+    record.mkdir(parents=True, exist_ok=True)
+    for file in RECORD_FILES:
+        source = run / file
+        if source.suffix in (".json", ".jsonl", ".yaml"):
+            (record / file).write_text(repo_relative(source.read_text(), args.data_root))
+        else:
+            shutil.copyfile(source, record / file)
+    log = args.log or run.with_suffix(".log")
+    if log.is_file():
+        (record / "train.log").write_text(repo_relative(log.read_text(), args.data_root))
+    cards = write_shipped_cards(args.cards_dir, args.weights_dir)
+    groups = ", ".join(f"{k} {report[k]:.2f}" for k in ("top1", "many", "medium", "few") if report.get(k) is not None)
+    print(f"shipped {name}: {groups}; record in {record}; {len(cards)} cards regenerated")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

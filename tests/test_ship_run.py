@@ -1,0 +1,45 @@
+"""bench/ship_run.py turns a finished run into a shipped checkpoint: weights, JSON, record and card agree."""
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from test_train import tiny_run
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_ship_run_writes_weights_record_and_card_without_local_paths(tmp_path, cifar10_zip):
+    (REPO / "runs").mkdir(exist_ok=True)
+    inside = Path(tempfile.mkdtemp(dir=REPO / "runs", prefix="ship-test-"))  # runs live under the repo's runs/
+    try:
+        _ship_and_check(inside, tmp_path, cifar10_zip)
+    finally:
+        shutil.rmtree(inside)
+
+
+def _ship_and_check(inside: Path, tmp_path: Path, cifar10_zip: Path) -> None:
+    run = tiny_run(inside, cifar10_zip, "--model", "cifar_resnet32", "--epochs", "1", "--warmup-epochs", "1",
+                   "--stage2.epochs", "1")
+    weights, results, cards = tmp_path / "weights", tmp_path / "results", tmp_path / "cards"
+    name = "gcl_resnet32_cifar10_lt.ir10"
+    done = subprocess.run([sys.executable, "bench/ship_run.py", str(run), name, "--data-root", str(cifar10_zip),
+                           "--weights-dir", str(weights), "--results-dir", str(results), "--cards-dir", str(cards)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    shipped = json.loads((weights / f"{name}.json").read_text())
+    evaluation = json.loads((run / "eval.json").read_text())
+    assert shipped["top1"] == evaluation["top1"] and shipped["num_samples"] == 200 and shipped["final_epoch"]
+    assert load_file(str(weights / f"{name}.safetensors")).keys() == load_file(str(run / "model.safetensors")).keys()
+    record = results / name
+    for file in ("recipe.yaml", "run.json", "metrics.jsonl", "eval.json", "per_class_accuracy.png", "tsne.png"):
+        assert (record / file).is_file(), file
+    card = (cards / f"{name}.md").read_text()
+    assert f"value: {shipped['top1']}" in card
+    for text in [card, json.dumps(shipped), (record / "run.json").read_text(), (record / "recipe.yaml").read_text()]:
+        assert str(REPO) not in text and str(cifar10_zip.resolve().parent.parent) not in text
+    assert f"runs/{inside.name}/run" in shipped["command"] and "../shared/data/cifar10/" in shipped["command"]
