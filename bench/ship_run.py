@@ -57,6 +57,15 @@ def wall_minutes(run_info: Dict[str, Any]) -> float:
     return round((finished - started).total_seconds() / 60, 1)
 
 
+def _rounded(value: Any) -> Any:
+    """Accuracies to two decimals, as the card shows them (the rest is float32 noise)."""
+    if isinstance(value, float):
+        return round(value, 2)
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="finished training run folder")
@@ -76,7 +85,7 @@ def main() -> int:
     precision = ", ".join(k for k, on in (("bf16 autocast", options["amp"] == "on"),
                                           ("channels_last", options["channels_last"] == "on"),
                                           ("device-resident data path", run_info.get("fast_path"))) if on)
-    shipped = {k: report.get(k) for k in SHIPPED_KEYS}
+    shipped = {k: _rounded(report.get(k)) for k in SHIPPED_KEYS}
     shipped.update({
         "imb_ratio": recipe["imb_ratio"], "final_epoch": True,
         "command": repo_relative(run_info["command"], args.data_root),
