@@ -22,13 +22,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .batching import BatchingEngine
-from .decoding import (FORM_FIELDS, ImagePayload, PredictRequest, RequestError, check_top_k, inspect_image,
-                       parse_predict_request)
+from .decoding import (FORM_FIELDS, OUTPUT_FUNCTIONS, ImagePayload, ParsedRequest, PredictRequest, RequestError,
+                       check_top_k, inspect_image, parse_predict_request)
 from .memory import retain_freed_memory
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .runner import (ModelRunner, create_runner, inference_plan, resolve_device, resolve_optimization,
@@ -157,14 +158,28 @@ def prepare_images(runner: ModelRunner, payloads: Sequence[ImagePayload], max_pi
     return [runner.prepare(payload, inspect_image(payload, max_pixels)) for payload in payloads]
 
 
-def predict_response(model_id: str, rows: Sequence[torch.Tensor], labels: Sequence[str], top_k: int) -> Response:
-    """The ``PredictResponse`` JSON for probability ``rows``, serialised directly: building and re-validating
-    pydantic objects for 64 images x top_k labels cost more than the rest of the request's event-loop work."""
-    scores, indices = torch.topk(torch.stack(list(rows)), top_k, dim=1)
+OUTPUT_TRANSFORMS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "softmax": lambda logits: logits.softmax(dim=1), "sigmoid": torch.sigmoid, "none": lambda logits: logits}
+
+
+def predict_response(model_id: str, rows: Sequence[torch.Tensor], labels: Sequence[str], top_k: int,
+                     request: ParsedRequest) -> Response:
+    """The answer for scaled-logit ``rows``, serialised directly: building and re-validating pydantic objects for
+    64 images x top_k labels cost more than the rest of the request's event-loop work.
+
+    Hugging Face task shape for JSON and raw-image requests (``[{label, score}]`` for one image, one such list per
+    image for a list of inputs), the ``{"model", "predictions"}`` envelope for multipart forms; the model that
+    answered is in the ``X-Model-Id`` header either way.
+    """
+    scores, indices = torch.topk(OUTPUT_TRANSFORMS[request.function_to_apply](torch.stack(list(rows))), top_k, dim=1)
     predictions = [[{"label": labels[i], "score": s} for s, i in zip(row_scores, row_indices)]
                    for row_scores, row_indices in zip(scores.tolist(), indices.tolist())]
-    return Response(json.dumps({"model": model_id, "predictions": predictions}, separators=(",", ":")),
-                    media_type="application/json")
+    if not request.hf_schema:
+        body: Any = {"model": model_id, "predictions": predictions}
+    else:
+        body = predictions[0] if request.single else predictions
+    return Response(json.dumps(body, separators=(",", ":")), media_type="application/json",
+                    headers={"X-Model-Id": model_id})
 
 
 def error_response(status: int, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
@@ -232,28 +247,44 @@ class MetricsMiddleware:
 
 
 def _install_openapi(app: FastAPI) -> None:
-    """OpenAPI with both /predict bodies (multipart files, or the JSON schema of ``PredictRequest``)."""
+    """OpenAPI with every /predict body (multipart files, the JSON schema of ``PredictRequest``, a raw image) and
+    both answer shapes."""
 
     def openapi() -> Dict[str, Any]:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            request_schema = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(request_schema.pop("$defs", {}))
-            components["PredictRequest"] = request_schema
+            for model in (PredictRequest, PredictResponse):  # the bodies the /predict route reads and writes
+                model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(model_schema.pop("$defs", {}))
+                components[model.__name__] = model_schema
             app.openapi_schema = schema
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
 
 
-PREDICT_BODY = {"requestBody": {"required": True, "content": {
-    "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
-        "files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                  "description": "one or more image files (JPEG, PNG, WebP, ...)"},
-        **{name: {"type": "integer" if name == "top_k" else "string"} for name in FORM_FIELDS}}}},
-    "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
-}}}
+_FORM_FIELD_SCHEMAS = {"model": {"type": "string"}, "top_k": {"type": "integer", "minimum": 1},
+                       "function_to_apply": {"type": "string", "enum": list(OUTPUT_FUNCTIONS)}}
+_RAW_IMAGE = {"schema": {"type": "string", "format": "binary", "description": "one image file as the whole body"}}
+PREDICT_BODY = {
+    "requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
+            "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                      "description": "one or more image files (JPEG, PNG, WebP, ...)"},
+            **{name: _FORM_FIELD_SCHEMAS[name] for name in FORM_FIELDS}}}},
+        "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
+        **{kind: _RAW_IMAGE for kind in ("image/jpeg", "image/png", "image/webp", "application/octet-stream")},
+    }},
+    "parameters": [{"name": name, "in": "query", "required": False, "schema": _FORM_FIELD_SCHEMAS[name],
+                    "description": "with a raw image body only"} for name in FORM_FIELDS],
+}
+_LABEL_SCORES = {"type": "array", "items": {"$ref": "#/components/schemas/LabelScore"}}
+PREDICT_ANSWERS = {"description": "JSON and raw-image requests: the Hugging Face task's list of {label, score} "
+                                  "(one list per image when inputs is a list); multipart: the envelope",
+                   "content": {"application/json": {"schema": {"anyOf": [
+                       _LABEL_SCORES, {"type": "array", "items": _LABEL_SCORES},
+                       {"$ref": "#/components/schemas/PredictResponse"}]}}}}
 
 
 # ---------------------------------------------------------------------------------------------------------- app
@@ -280,9 +311,10 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
                 if pool is not None:
                     pool.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(title="gcl-zoo inference server", version=__version__, lifespan=lifespan,
-                  description="Long-tailed image classification with GCL zoo models: dynamic batching, "
-                              "Hugging Face image-classification request schema, Prometheus metrics.")
+    # /docs and /redoc with their scripts and styles served by this server (no CDN: they work offline)
+    app = FastAPIOffline(title="gcl-zoo inference server", version=__version__, lifespan=lifespan,
+                         description="Long-tailed image classification with GCL zoo models: dynamic batching, "
+                                     "the Hugging Face image-classification task, Prometheus metrics.")
     app.state.server = state
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, routes=app.routes)
@@ -321,19 +353,25 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
             raise RequestError(401, "wrong API key; check the key the server was started with",
                                headers={"WWW-Authenticate": "Bearer"})
 
-    @app.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=PREDICT_BODY,
-              summary="classify one or many images")
     async def predict(request: Request, _auth: None = Security(require_api_key)) -> Response:
-        """Images as multipart files, or JSON ``{"inputs": <base64> | [<base64>, ...], "parameters":
-        {"top_k": 5}, "model": "..."}``; answers the top_k labels per image, sorted by score."""
+        """One image as the body (``image/*``, ``application/octet-stream``), JSON ``{"inputs": <base64> |
+        [<base64>, ...], "parameters": {"top_k": 5, "function_to_apply": "softmax"}, "model": "..."}`` (both the
+        Hugging Face image-classification task: the answer is its ``[{label, score}]`` list), or multipart files
+        (answered as ``{"model", "predictions": [[...], ...]}``); the top_k labels per image, sorted by score."""
         state.check_ready()
-        payloads, top_k, model_id = await parse_predict_request(request, settings.max_images)
-        runner = state.pick(model_id)
-        top_k = check_top_k(top_k, runner.num_classes, settings.default_top_k)
+        parsed = await parse_predict_request(request, settings.max_images)
+        runner = state.pick(parsed.model)
+        top_k = check_top_k(parsed.top_k, runner.num_classes, settings.default_top_k)
         loop = asyncio.get_running_loop()
-        items = await loop.run_in_executor(state.decode_pool, prepare_images, runner, payloads, settings.max_pixels)
+        items = await loop.run_in_executor(state.decode_pool, prepare_images, runner, parsed.payloads,
+                                           settings.max_pixels)
         rows = await state.engines[runner.model_id].submit(items, settings.request_timeout_s)
-        return predict_response(runner.model_id, rows, runner.labels, top_k)
+        return predict_response(runner.model_id, rows, runner.labels, top_k, parsed)
+
+    for path in ("/predict", "/"):  # the root too: Hugging Face clients post to the endpoint URL itself
+        app.add_api_route(path, predict, methods=["POST"], responses={200: PREDICT_ANSWERS, **ERRORS},
+                          openapi_extra=PREDICT_BODY, summary="classify one or many images",
+                          operation_id="predict" if path == "/predict" else "predict_root")
 
     @app.get("/health", response_model=StatusResponse, summary="liveness: the process answers")
     async def health() -> StatusResponse:

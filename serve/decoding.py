@@ -13,7 +13,7 @@ import io
 import json
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -24,13 +24,15 @@ from gcl_zoo.data.sources import torchvision_rgb
 __all__ = ["RequestError", "ImagePayload", "ImageHeader", "PredictRequest", "PredictParameters", "SUPPORTED_FORMATS",
            "TENSOR_DECODABLE", "payloads_from_json", "payloads_from_form", "check_counts", "check_top_k",
            "inspect_image", "decode_pil", "decode_uint8", "decode_jpegs_on_device", "pil_to_uint8",
-           "parse_predict_request"]
+           "parse_predict_request", "ParsedRequest", "OUTPUT_FUNCTIONS", "RAW_BODY_TYPES"]
 
 # what Pillow calls the formats the server accepts (MPO: the multi-picture JPEG that phone cameras write)
 SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 PIL_PLUGINS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # the Pillow plugins reading them (MPO: JPEG's)
 ACCEPTED_PART_TYPES = ("image/", "application/octet-stream")
-FORM_FIELDS = ("model", "top_k")
+FORM_FIELDS = ("model", "top_k", "function_to_apply")
+# raw bodies: one image as the whole request, as Hugging Face Inference Endpoints and TorchServe take it
+RAW_BODY_TYPES = ("image/", "application/octet-stream")
 # (format, mode) of the files torchvision's decoders turn into exactly the pixels of PIL's ``convert("RGB")``
 # (tests/test_serve_units.py checks every pair); 16-bit PNGs, CMYK JPEGs and the rest go through PIL
 TENSOR_DECODABLE = frozenset({("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "L"),
@@ -64,9 +66,34 @@ class ImageHeader(NamedTuple):
     size: Tuple[int, int]
 
 
+OUTPUT_FUNCTIONS = ("softmax", "sigmoid", "none")
+
+
 class PredictParameters(BaseModel):
+    """The Hugging Face image-classification task's parameters."""
+
     model_config = ConfigDict(extra="forbid")
     top_k: Optional[int] = Field(None, description="how many labels to return per image (1 to the class count)")
+    function_to_apply: Optional[Literal["softmax", "sigmoid", "none"]] = Field(
+        None, description="how scores come from the scaled cosine logits: softmax (the default), sigmoid, or none "
+                          "(the logits themselves)")
+
+
+@dataclass(frozen=True)
+class ParsedRequest:
+    """What a ``/predict`` request asks for, whichever body it came in.
+
+    ``hf_schema``: answer in the Hugging Face task's shape (a flat ``[{label, score}]`` list for one image, a list
+    of such lists for several), as JSON and raw-image requests expect; multipart forms get the envelope
+    ``{"model", "predictions"}``. ``single``: the request held one image, not a list.
+    """
+
+    payloads: List[ImagePayload]
+    top_k: Optional[int] = None
+    model: Optional[str] = None
+    function_to_apply: str = "softmax"
+    hf_schema: bool = True
+    single: bool = True
 
 
 class PredictRequest(BaseModel):
@@ -98,8 +125,8 @@ def decode_base64(text: str, name: str) -> bytes:
     return data
 
 
-def payloads_from_json(body: bytes) -> Tuple[List[ImagePayload], Optional[int], Optional[str]]:
-    """Parse a JSON body into image payloads, ``top_k`` and the model id (None where not given)."""
+def payloads_from_json(body: bytes) -> ParsedRequest:
+    """Parse a Hugging Face task JSON body: base64 image(s), ``parameters``, and our optional model id."""
     try:
         raw: Any = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -114,12 +141,14 @@ def payloads_from_json(body: bytes) -> Tuple[List[ImagePayload], Optional[int], 
     texts = [request.inputs] if isinstance(request.inputs, str) else request.inputs
     names = ["inputs"] if isinstance(request.inputs, str) else [f"inputs[{i}]" for i in range(len(texts))]
     payloads = [ImagePayload(name, decode_base64(text, name)) for name, text in zip(names, texts)]
-    top_k = request.parameters.top_k if request.parameters else None
-    return payloads, top_k, request.model
+    parameters = request.parameters or PredictParameters()
+    return ParsedRequest(payloads, parameters.top_k, request.model, parameters.function_to_apply or "softmax",
+                         hf_schema=True, single=isinstance(request.inputs, str))
 
 
-async def payloads_from_form(form: Any) -> Tuple[List[ImagePayload], Optional[int], Optional[str]]:
-    """Parse multipart form data: every file part is an image; text fields ``model`` and ``top_k``."""
+async def payloads_from_form(form: Any) -> ParsedRequest:
+    """Parse multipart form data: every file part is an image; text fields ``model``, ``top_k`` and
+    ``function_to_apply``."""
     payloads: List[ImagePayload] = []
     fields: Dict[str, str] = {}
     for key, value in form.multi_items():
@@ -141,7 +170,10 @@ async def payloads_from_form(form: Any) -> Tuple[List[ImagePayload], Optional[in
             top_k = int(fields["top_k"])
         except ValueError:
             raise RequestError(422, f"top_k must be an integer, got {fields['top_k']!r}") from None
-    return payloads, top_k, fields.get("model")
+    function = fields.get("function_to_apply", "softmax")
+    if function not in OUTPUT_FUNCTIONS:
+        raise RequestError(422, f"function_to_apply={function!r} is not one of {', '.join(OUTPUT_FUNCTIONS)}")
+    return ParsedRequest(payloads, top_k, fields.get("model"), function, hf_schema=False, single=False)
 
 
 def check_counts(payloads: Sequence[ImagePayload], max_images: int) -> None:
@@ -255,8 +287,9 @@ def decode_jpegs_on_device(payloads: Sequence[ImagePayload],
     return images
 
 
-async def parse_predict_request(request: Any, max_images: int) -> Tuple[List[ImagePayload], Optional[int], Optional[str]]:
-    """Image payloads, ``top_k`` and model id from a ``/predict`` request (multipart form or JSON body)."""
+async def parse_predict_request(request: Any, max_images: int) -> ParsedRequest:
+    """What a ``/predict`` request asks for: a multipart form, a JSON body, or one raw image as the body (then
+    ``top_k`` and ``function_to_apply`` may come as query parameters)."""
     from starlette.exceptions import HTTPException
 
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -269,13 +302,30 @@ async def parse_predict_request(request: Any, max_images: int) -> Tuple[List[Ima
                     else "send well-formed multipart/form-data")
             raise RequestError(status, f"cannot read the multipart body: {exc.detail}; {hint}") from exc
         try:
-            payloads, top_k, model = await payloads_from_form(form)
+            parsed = await payloads_from_form(form)
         finally:
             await form.close()
     elif content_type == "application/json" or content_type.endswith("+json"):
-        payloads, top_k, model = payloads_from_json(await request.body())
+        parsed = payloads_from_json(await request.body())
+    elif not content_type or content_type.startswith(RAW_BODY_TYPES):  # huggingface_hub sends bytes untyped
+        parsed = raw_body_request(await request.body(), dict(request.query_params))
     else:
         raise RequestError(415, f"Content-Type {content_type or '(none)'!r} is not supported; send image files as "
-                                "multipart/form-data or base64 images as application/json")
-    check_counts(payloads, max_images)
-    return payloads, top_k, model
+                                "multipart/form-data, base64 images as application/json, or one image as the body "
+                                "(image/jpeg, image/png, image/webp or application/octet-stream)")
+    check_counts(parsed.payloads, max_images)
+    return parsed
+
+
+def raw_body_request(body: bytes, query: Dict[str, str]) -> ParsedRequest:
+    """One image sent as the whole body; the task's parameters may come in the query string."""
+    unknown = sorted(set(query) - {"top_k", "function_to_apply", "model"})
+    if unknown:
+        raise RequestError(422, f"unknown query parameter(s) {', '.join(unknown)}; a raw image body takes top_k, "
+                                "function_to_apply and model")
+    try:
+        parameters = PredictParameters(top_k=query.get("top_k"), function_to_apply=query.get("function_to_apply"))
+    except ValidationError as exc:
+        raise RequestError(422, f"invalid query: {_describe_validation(exc)}") from exc
+    return ParsedRequest([ImagePayload("the request body", body)], parameters.top_k, query.get("model"),
+                         parameters.function_to_apply or "softmax", hf_schema=True, single=True)

@@ -1,4 +1,4 @@
-"""Model runners: load a zoo model, make it fast for its device, warm it up, and turn batches into probabilities.
+"""Model runners: load a zoo model, make it fast for its device, warm it up, and turn batches into scaled logits.
 
 Probabilities are ``softmax(logit_scale * logits)``: a GCL cosine head's logits lie in [-1, 1] and the scale the
 model was trained with (the ``logit_scale`` buffer saved with its weights) makes the softmax meaningful.
@@ -170,8 +170,9 @@ class ModelRunner:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        """Class probabilities (float32, CPU) for a pre-processed NCHW batch."""
+    def scaled_logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """``logit_scale * cos`` (float32, CPU) for a pre-processed NCHW batch: softmax of it is the model's
+        probabilities; the response applies the function the client asked for."""
         n = batch.shape[0]
         if self.optimization == "compile":  # pad to the bucket the compiled graph was specialised for
             size = next(b for b in self.buckets if b >= n)
@@ -181,18 +182,18 @@ class ModelRunner:
             batch = batch.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
             logits = self.forward(batch)[:n].float()
-        return torch.softmax(logits * self.logit_scale, dim=1).cpu()
+        return (logits * self.logit_scale).cpu()
 
     def prepare(self, payload: ImagePayload, header: ImageHeader) -> Any:
         """Per-image work done before queueing (decode + transform on CPU; almost nothing on GPU)."""
         return self.pipeline.prepare(payload, header)
 
     def predict(self, items: Sequence[Any]) -> List[Union[torch.Tensor, RequestError]]:
-        """One probability row per prepared item, or the ``RequestError`` of an item that failed to decode."""
+        """One row of scaled logits per prepared item, or the ``RequestError`` of an item that failed to decode."""
         with torch.inference_mode():
             batch, failed = self.pipeline.collate(items, self.device)
-            probs = iter(self.probabilities(batch)) if batch is not None else iter(())
-        return [failed[i] if i in failed else next(probs) for i in range(len(items))]
+            rows = iter(self.scaled_logits(batch)) if batch is not None else iter(())
+        return [failed[i] if i in failed else next(rows) for i in range(len(items))]
 
     def warmup(self, rounds: int = 2) -> float:
         """Run every batch bucket ``rounds`` times and one real JPEG through the whole path (compiles, profiles,
@@ -200,7 +201,7 @@ class ModelRunner:
         start = time.perf_counter()
         for size in self.buckets:
             for _ in range(rounds):
-                self.probabilities(self._dummy(size))
+                self.scaled_logits(self._dummy(size))
         sample = self._sample_jpeg()
         self.predict([self.prepare(sample, inspect_image(sample, max_pixels=sys.maxsize))])
         if self.device.type == "cuda":

@@ -43,7 +43,8 @@ def classify(url: str, images: list, as_base64: bool) -> list:
                 response = http.post(f"{url}/predict", data={"top_k": "1"},
                                      files=[("files", (f"{i}.webp", d, "image/webp")) for i, d in enumerate(chunk)])
             assert response.status_code == 200, response.text
-            labels += [p[0]["label"] for p in response.json()["predictions"]]
+            answer = response.json()  # JSON: the Hugging Face task's list per image; multipart: the envelope
+            labels += [p[0]["label"] for p in (answer if as_base64 else answer["predictions"])]
     return labels
 
 

@@ -74,10 +74,11 @@ def offline(model10_id):
     model = timm.create_model(model10_id, pretrained=True).eval()
     transform = create_transform(**resolve_model_data_config(model))
 
-    def probabilities(blobs: List[bytes]) -> torch.Tensor:
+    def probabilities(blobs: List[bytes], function: str = "softmax") -> torch.Tensor:
         with torch.no_grad():
             x = torch.stack([transform(Image.open(io.BytesIO(data)).convert("RGB")) for data in blobs])
-            return torch.softmax(model.logit_scale * model(x), dim=1)
+            logits = model.logit_scale * model(x)
+        return {"softmax": lambda: logits.softmax(dim=1), "sigmoid": logits.sigmoid, "none": lambda: logits}[function]()
 
     return model.pretrained_cfg["label_names"], probabilities
 
@@ -130,11 +131,25 @@ def test_health_ready_models_docs(http, server, model10_id, model100_id):
     assert first["preprocessing"]["input_size"] == [3, 32, 32] and first["optimization"] == "trace"
     assert (first["inference_streams"], first["threads_per_stream"]) == inference_plan(None, torch.device("cpu"), "trace")
     assert listing["models"][1]["num_classes"] == 100
-    assert http.get(f"{server.url}/docs").status_code == 200
     spec = http.get(f"{server.url}/openapi.json").json()
     body = spec["paths"]["/predict"]["post"]["requestBody"]["content"]
-    assert set(body) == {"multipart/form-data", "application/json"}
+    assert set(body) == {"multipart/form-data", "application/json", "image/jpeg", "image/png", "image/webp",
+                         "application/octet-stream"}
+    assert spec["paths"]["/"]["post"]["requestBody"] == spec["paths"]["/predict"]["post"]["requestBody"]
     assert "PredictRequest" in spec["components"]["schemas"] and "PredictResponse" in spec["components"]["schemas"]
+
+
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_docs_pages_load_every_asset_from_the_server(http, server, page):
+    """No CDN: every script, style sheet and icon the page names is served by this server (works offline)."""
+    html = http.get(f"{server.url}{page}").text
+    assets = re.findall(r"""(?:src|href)=["']([^"']+)["']""", html)
+    assert any(a.endswith(".js") for a in assets)
+    for asset in assets:
+        assert asset.startswith("/"), f"{page} loads {asset} from elsewhere"
+        response = http.get(f"{server.url}{asset}")
+        assert response.status_code == 200 and len(response.content) > 100, asset
+    assert "/openapi.json" in html
 
 
 # ------------------------------------------------------------------------------------ predictions equal offline
@@ -143,10 +158,10 @@ def test_prediction_equals_offline_model(http, server, images, offline, fmt):
     labels, probabilities = offline
     blobs = [data if fmt == "WEBP" else reencode(data, fmt, quality=90) for _, data, _ in images[:6]]
     multipart = http.post(f"{server.url}/predict", files=files(*blobs), data={"top_k": "10"}).json()
-    as_json = http.post(f"{server.url}/predict", json={"inputs": [b64(b) for b in blobs],
-                                                         "parameters": {"top_k": 10}}).json()
-    assert multipart["model"] == as_json["model"] and len(multipart["predictions"]) == 6
-    for probs, answer, answer_json in zip(probabilities(blobs), multipart["predictions"], as_json["predictions"]):
+    response = http.post(f"{server.url}/predict", json={"inputs": [b64(b) for b in blobs], "parameters": {"top_k": 10}})
+    as_json = response.json()  # the Hugging Face task's shape: one [{label, score}] list per input
+    assert response.headers["x-model-id"] == multipart["model"] and len(multipart["predictions"]) == len(as_json) == 6
+    for probs, answer, answer_json in zip(probabilities(blobs), multipart["predictions"], as_json):
         assert_matches_offline(answer, probs, labels)
         assert_same(answer_json, answer)
         assert sum(p["score"] for p in answer) == pytest.approx(1.0, abs=1e-4)  # all 10 classes: a distribution
@@ -164,15 +179,54 @@ def test_resized_input_equals_offline_model(http, server, images, offline):
 def test_single_base64_input_data_uri_and_model_choice(http, server, images, model100_id):
     data = images[0][1]
     single = http.post(f"{server.url}/predict", json={"inputs": b64(data), "parameters": {"top_k": 3}}).json()
-    assert len(single["predictions"]) == 1 and len(single["predictions"][0]) == 3
-    scores = [p["score"] for p in single["predictions"][0]]
+    assert len(single) == 3 and set(single[0]) == {"label", "score"}  # one input string: one flat list
+    scores = [p["score"] for p in single]
     assert scores == sorted(scores, reverse=True)
     uri = http.post(f"{server.url}/predict", json={"inputs": "data:image/webp;base64," + b64(data),
                                                     "parameters": {"top_k": 3}}).json()
-    assert_same(uri["predictions"][0], single["predictions"][0])
+    assert_same(uri, single)
     other = http.post(f"{server.url}/predict", files=files(data), data={"model": model100_id}).json()
     assert other["model"] == model100_id
     assert all(p["label"] in gcl_zoo.data.CIFAR100_CLASSES for p in other["predictions"][0])
+
+
+# ------------------------------------------------------------------------------------ Hugging Face clients
+def test_hugging_face_inference_client_at_the_root_and_at_predict(server, images, offline, tmp_path):
+    """huggingface_hub's InferenceClient, unmodified, against the real server: raw bytes, a file path, JSON with
+    top_k and function_to_apply; the answers are the task's [{label, score}] list and equal the offline model."""
+    from huggingface_hub import InferenceClient
+
+    labels, probabilities = offline
+    jpeg = reencode(images[3][1], "JPEG", quality=92)
+    path = tmp_path / "image.jpg"
+    path.write_bytes(jpeg)
+    for url in (server.url, f"{server.url}/predict"):
+        client = InferenceClient(model=url)
+        for image in (jpeg, path):
+            answer = [{"label": e.label, "score": e.score} for e in client.image_classification(image)]
+            assert_matches_offline(answer, probabilities([jpeg])[0], labels)
+        for function in ("softmax", "sigmoid", "none"):
+            elements = client.image_classification(jpeg, top_k=3, function_to_apply=function)
+            answer = [{"label": e.label, "score": e.score} for e in elements]
+            assert len(answer) == 3
+            assert_matches_offline(answer, probabilities([jpeg], function)[0], labels)
+    called = InferenceClient().image_classification(jpeg, model=server.url)  # the endpoint given per call
+    assert [e.label for e in called] == [e.label for e in InferenceClient(model=server.url).image_classification(jpeg)]
+
+
+@pytest.mark.parametrize("kind", ["image/jpeg", "image/png", "image/webp", "application/octet-stream"])
+def test_raw_image_bodies_as_endpoints_and_torchserve_take_them(http, server, images, offline, kind):
+    labels, probabilities = offline
+    fmt = {"image/jpeg": "JPEG", "image/png": "PNG"}.get(kind)
+    blob = reencode(images[5][1], fmt, quality=90) if fmt else images[5][1]
+    response = http.post(f"{server.url}/predict", content=blob, headers={"content-type": kind},
+                         params={"top_k": 4, "function_to_apply": "softmax"})
+    assert response.status_code == 200, response.text
+    assert_matches_offline(response.json(), probabilities([blob])[0], labels)
+    refused = http.post(f"{server.url}/predict", content=blob, headers={"content-type": kind}, params={"topk": 4})
+    assert refused.status_code == 422 and "topk" in refused.json()["error"]
+    empty = http.post(f"{server.url}/predict", content=b"", headers={"content-type": kind})
+    assert empty.status_code == 422 and "empty" in empty.json()["error"]
 
 
 # -------------------------------------------------------------------------------------------------- concurrency
@@ -227,7 +281,7 @@ def bad_requests(images, model10_id) -> list:
         ("text part", dict(files=[("files", ("a.txt", webp, "text/plain"))]), 415, "text/plain"),
         ("ppm format", dict(files=[("files", ("a.ppm", reencode(webp, "PPM"), "image/x-portable-pixmap"))]), 415, "PPM"),
         ("text body", dict(content=b"hello", headers={"content-type": "text/plain"}), 415, "text/plain"),
-        ("no content type", dict(content=b"hello"), 415, "Content-Type"),
+        ("untyped body that is no image", dict(content=b"hello"), 422, "the request body is not an image"),
         ("body over 10 MB", dict(files=files(b"\0" * (11 * 2 ** 20))), 413, "10 MB"),
         ("chunked body over 10 MB", dict(content=iter([b"\0" * 2 ** 20] * 11),
                                          headers={"content-type": "application/json"}), 413, "10 MB"),
@@ -247,6 +301,10 @@ def bad_requests(images, model10_id) -> list:
         ("top_k not a number", dict(files=files(webp), data={"top_k": "many"}), 422, "top_k"),
         ("unknown form field", dict(files=files(webp), data={"topk": "3"}), 422, "topk"),
         ("unknown model", dict(json={"inputs": b64(webp), "model": "resnet9000"}), 404, "resnet9000"),
+        ("unknown output function", dict(json={"inputs": b64(webp), "parameters": {"function_to_apply": "max"}}), 422,
+         "function_to_apply"),
+        ("unknown output function in a form", dict(files=files(webp), data={"function_to_apply": "max"}), 422,
+         "function_to_apply"),
     ]
 
 

@@ -133,8 +133,11 @@ def test_base64_and_json_parsing():
     for bad in ("aGVsbG8", "a b c!", ""):
         with pytest.raises(RequestError, match="x"):
             decode_base64(bad, "x")
-    payloads, top_k, model = payloads_from_json(b'{"inputs": ["aGk=", "aGVsbG8="], "parameters": {"top_k": 2}}')
-    assert [p.name for p in payloads] == ["inputs[0]", "inputs[1]"] and (top_k, model) == (2, None)
+    parsed = payloads_from_json(b'{"inputs": ["aGk=", "aGVsbG8="], "parameters": {"top_k": 2}}')
+    assert [p.name for p in parsed.payloads] == ["inputs[0]", "inputs[1]"] and (parsed.top_k, parsed.model) == (2, None)
+    assert parsed.hf_schema and not parsed.single and parsed.function_to_apply == "softmax"
+    one = payloads_from_json(b'{"inputs": "aGk=", "parameters": {"function_to_apply": "sigmoid"}}')
+    assert one.single and one.function_to_apply == "sigmoid"
     with pytest.raises(RequestError, match="parameters.top_k"):
         payloads_from_json(b'{"inputs": "aGk=", "parameters": {"top_k": "all"}}')
     assert check_top_k(None, 3, default=5) == 3
@@ -178,14 +181,14 @@ def test_device_pipeline_batches_decodes_and_isolates_a_corrupt_file(images):
 
 
 # --------------------------------------------------------------------------------------------------------- runner
-def test_runner_probabilities_use_the_logit_scale(model):
+def test_runner_logits_use_the_logit_scale(model):
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
-        expected = torch.softmax(model.logit_scale * model(x), dim=1)
+        expected = model.logit_scale * model(x)
     for optimize in ("eager", "trace"):
         runner = ModelRunner("m", model, torch.device("cpu"), optimize=optimize, max_batch_size=8)
         assert runner.optimization == optimize
-        assert torch.allclose(runner.probabilities(x), expected, atol=1e-6)
+        assert torch.allclose(runner.scaled_logits(x), expected, atol=1e-5)
     assert batch_buckets(64) == [1, 2, 4, 8, 16, 32, 64] and batch_buckets(48) == [1, 2, 4, 8, 16, 32, 48]
 
 
@@ -197,8 +200,8 @@ def test_compiled_runner_pads_batches_to_warmed_buckets(model):
     runner.warmup(rounds=1)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        expected = torch.softmax(model.logit_scale * model(x), dim=1)
-    assert torch.allclose(runner.probabilities(x), expected, atol=1e-5)
+        expected = model.logit_scale * model(x)
+    assert torch.allclose(runner.scaled_logits(x), expected, atol=1e-4)
 
 
 # ------------------------------------------------------------------------------------------------------- batching
