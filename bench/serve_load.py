@@ -116,7 +116,7 @@ def raw_forwards(model_id: str, images: Sequence[bytes], batch_size: int,
                  with_compile: bool) -> Tuple[torch.Tensor, Dict[str, Callable[[torch.Tensor], Any]]]:
     """A batch of real, pre-processed images and the model's forward pass per optimisation."""
     model = timm.create_model(model_id, pretrained=True).eval()
-    pipeline = PilPipeline(data_config(model))
+    pipeline = PilPipeline(data_config(model), torch.device("cpu"))
     payloads = [ImagePayload(str(i), images[i % len(images)]) for i in range(batch_size)]
     items = [pipeline.prepare(payload, inspect_image(payload, max_pixels=sys.maxsize)) for payload in payloads]
     batch, _ = pipeline.collate(items, torch.device("cpu"))

@@ -270,16 +270,18 @@ def decode_jpegs_on_device(payloads: Sequence[ImagePayload],
     """
     from torchvision.io import ImageReadMode, decode_jpeg
 
+    if not payloads:  # torchvision refuses an empty list (ValueError): a PNG/WebP-only batch has no JPEG to decode
+        return []
     encoded = [torch.frombuffer(bytearray(p.data), dtype=torch.uint8) for p in payloads]
     try:
         return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:
+    except (RuntimeError, ValueError):
         pass
     images: List[Union[torch.Tensor, RequestError]] = []
     for payload, data in zip(payloads, encoded):
         try:
             images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
-        except RuntimeError:
+        except (RuntimeError, ValueError):
             try:
                 images.append(pil_to_uint8(decode_pil(payload)).to(device, non_blocking=True))
             except RequestError as exc:

@@ -25,9 +25,12 @@ from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 from torchvision.transforms import InterpolationMode
 
-from .decoding import ImageHeader, ImagePayload, RequestError, decode_jpegs_on_device, decode_pil, decode_uint8, pil_to_uint8
+from gcl_zoo.data.normalize import Normalize
 
-__all__ = ["data_config", "eval_transform", "uint8_transform", "normalize_batch", "resize_crop_normalize",
+from .decoding import (TENSOR_DECODABLE, ImageHeader, ImagePayload, RequestError, decode_jpegs_on_device, decode_pil,
+                       decode_uint8, pil_to_uint8)
+
+__all__ = ["data_config", "eval_transform", "uint8_transform", "resize_crop_normalize",
            "check_tensor_support", "PilPipeline", "DevicePipeline", "create_pipeline", "Pipeline"]
 
 JPEG_FORMATS = ("JPEG", "MPO")
@@ -50,13 +53,6 @@ def uint8_transform(config: Dict[str, Any]) -> Callable[[Image.Image], torch.Ten
     return create_transform(**config, is_training=False, use_prefetcher=True)
 
 
-def normalize_batch(batch: torch.Tensor, config: Dict[str, Any]) -> torch.Tensor:
-    """uint8 NCHW -> float, scaled to [0, 1] and normalised: the evaluation transform's last two stages."""
-    mean = torch.tensor(config["mean"], device=batch.device).view(1, -1, 1, 1)
-    std = torch.tensor(config["std"], device=batch.device).view(1, -1, 1, 1)
-    return batch.float().div(255).sub(mean).div(std)
-
-
 def _scale_size(config: Dict[str, Any]) -> Tuple[int, int]:
     crop_pct = config.get("crop_pct") or 0.875  # timm's DEFAULT_CROP_PCT
     return tuple(math.floor(x / crop_pct) for x in config["input_size"][1:])
@@ -73,11 +69,13 @@ def check_tensor_support(config: Dict[str, Any]) -> None:
         raise ValueError(f"crop_mode {mode!r} has no tensor equivalent")
 
 
-def resize_crop_normalize(images: Sequence[torch.Tensor], config: Dict[str, Any]) -> torch.Tensor:
+def resize_crop_normalize(images: Sequence[torch.Tensor], config: Dict[str, Any],
+                          normalize: Optional[Normalize] = None) -> torch.Tensor:
     """uint8 CHW images (any sizes, on any device) -> one normalised float NCHW batch on the same device.
 
     The same steps as timm's evaluation transform: resize (shorter edge to ``input_size / crop_pct``, or both
-    edges for 'squash', antialiased like PIL), centre crop to ``input_size``, scale to [0, 1], normalise.
+    edges for 'squash', antialiased like PIL), centre crop to ``input_size``, scale to [0, 1], normalise
+    (with ``normalize``'s constants when a pipeline made them once on the device).
     """
     check_tensor_support(config)
     scale = _scale_size(config)
@@ -86,7 +84,7 @@ def resize_crop_normalize(images: Sequence[torch.Tensor], config: Dict[str, Any]
     crop = list(config["input_size"][1:])
     batch = torch.stack([
         TF.center_crop(TF.resize(img, size, interpolation=interpolation, antialias=True), crop) for img in images])
-    return normalize_batch(batch, config)
+    return (normalize or Normalize(config["mean"], config["std"], batch.device))(batch)
 
 
 def _size_left_unchanged(transform: Callable[[Image.Image], torch.Tensor],
@@ -102,10 +100,11 @@ def _size_left_unchanged(transform: Callable[[Image.Image], torch.Tensor],
 class PilPipeline:
     """CPU pre-processing: decode, resize and crop each image in the thread pool; normalise per batch."""
 
-    def __init__(self, config: Dict[str, Any]):
+    def __init__(self, config: Dict[str, Any], device: torch.device):
         self.config = config
         self.transform = uint8_transform(config)
         self.unchanged_size = _size_left_unchanged(self.transform, config)
+        self.normalize = Normalize(config["mean"], config["std"], device)
 
     def prepare(self, payload: ImagePayload, header: ImageHeader) -> torch.Tensor:
         if header.size == self.unchanged_size:
@@ -115,19 +114,25 @@ class PilPipeline:
     def collate(self, items: Sequence[torch.Tensor],
                 device: torch.device) -> Tuple[torch.Tensor, Dict[int, RequestError]]:
         """The input batch, and the items that could not be decoded (none here: ``prepare`` decoded them)."""
-        return normalize_batch(torch.stack(list(items)).to(device), self.config), {}
+        return self.normalize(torch.stack(list(items)).to(device)), {}
 
 
 class DevicePipeline:
     """GPU pre-processing: JPEGs are decoded on ``device`` per batch (others on the CPU in the thread pool),
-    then resized, cropped and normalised on ``device``."""
+    then resized, cropped and normalised on ``device``.
 
-    def __init__(self, config: Dict[str, Any]):
+    Only the JPEGs whose pixels the GPU decoder gives as PIL does (RGB and greyscale) go to it; CMYK and YCCK
+    JPEGs are decoded by PIL, as on the CPU path, so both paths answer the same for the same file.
+    """
+
+    def __init__(self, config: Dict[str, Any], device: torch.device):
         check_tensor_support(config)
         self.config = config
+        self.normalize = Normalize(config["mean"], config["std"], device)
 
     def prepare(self, payload: ImagePayload, header: ImageHeader) -> Union[ImagePayload, torch.Tensor]:
-        return payload if header.format in JPEG_FORMATS else decode_uint8(payload, header)
+        on_device = header.format in JPEG_FORMATS and ("JPEG", header.mode) in TENSOR_DECODABLE
+        return payload if on_device else decode_uint8(payload, header)
 
     def collate(self, items: Sequence[Union[ImagePayload, torch.Tensor]],
                 device: torch.device) -> Tuple[Optional[torch.Tensor], Dict[int, RequestError]]:
@@ -138,7 +143,7 @@ class DevicePipeline:
             images[i] = decoded
         failed = {i: img for i, img in enumerate(images) if isinstance(img, RequestError)}
         good = [img.to(device, non_blocking=True) for img in images if not isinstance(img, RequestError)]
-        return (resize_crop_normalize(good, self.config) if good else None), failed
+        return (resize_crop_normalize(good, self.config, self.normalize) if good else None), failed
 
 
 Pipeline = Union[PilPipeline, DevicePipeline]
@@ -148,7 +153,7 @@ def create_pipeline(config: Dict[str, Any], device: torch.device) -> Pipeline:
     """The device pipeline on CUDA when the model's crop has a tensor equivalent, else the PIL pipeline."""
     if device.type == "cuda":
         try:
-            return DevicePipeline(config)
+            return DevicePipeline(config, device)
         except ValueError:
             pass
-    return PilPipeline(config)
+    return PilPipeline(config, device)

@@ -117,6 +117,22 @@ def _trace(model: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], 
             return torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, example)))
 
 
+def pads_to_buckets(device: torch.device, optimization: str) -> bool:
+    """Whether batches are padded up to a warmed batch size: compiled graphs are specialised per size, and on CUDA
+    ``cudnn.benchmark`` autotunes every new input shape (seconds, on live traffic) unless the shapes repeat."""
+    return optimization == "compile" or device.type == "cuda"
+
+
+def allow_graphs_per_bucket(buckets: int) -> None:
+    """Let Dynamo keep one compiled graph per batch bucket: past its recompile limit (8 by default) it silently
+    falls back to eager for the remaining sizes."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), buckets + 1))
+
+
 class ModelRunner:
     """One loaded model on one device: ``prepare`` images (thread pool), ``predict`` batches (inference thread)."""
 
@@ -130,6 +146,9 @@ class ModelRunner:
         self.pipeline: Pipeline = create_pipeline(self.config, device)
         self.buckets = batch_buckets(max_batch_size)
         self.optimization = resolve_optimization(optimize, device)
+        self.pads_to_buckets = pads_to_buckets(device, self.optimization)
+        if self.optimization == "compile":
+            allow_graphs_per_bucket(len(self.buckets))
         model = model.eval().to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
@@ -174,7 +193,7 @@ class ModelRunner:
         """``logit_scale * cos`` (float32, CPU) for a pre-processed NCHW batch: softmax of it is the model's
         probabilities; the response applies the function the client asked for."""
         n = batch.shape[0]
-        if self.optimization == "compile":  # pad to the bucket the compiled graph was specialised for
+        if self.pads_to_buckets:  # the shapes warm-up compiled or autotuned, never a new one on live traffic
             size = next(b for b in self.buckets if b >= n)
             if size > n:
                 batch = torch.cat([batch, batch.new_zeros((size - n, *batch.shape[1:]))])

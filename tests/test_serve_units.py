@@ -18,10 +18,10 @@ from pydantic import ValidationError
 import gcl_zoo  # noqa: F401  (registers the zoo)
 from serve.batching import BatchingEngine
 from serve.decoding import (TENSOR_DECODABLE, ImageHeader, ImagePayload, RequestError, check_top_k, decode_base64,
-                            decode_pil, decode_uint8, inspect_image, payloads_from_json)
+                            decode_jpegs_on_device, decode_pil, decode_uint8, inspect_image, payloads_from_json)
 from serve.metrics import ServerMetrics
 from serve.preprocess import DevicePipeline, PilPipeline, data_config, eval_transform, resize_crop_normalize, uint8_transform
-from serve.runner import ModelRunner, batch_buckets, inference_plan
+from serve.runner import ModelRunner, allow_graphs_per_bucket, batch_buckets, inference_plan, pads_to_buckets
 from serve.settings import ServeSettings
 from serve_images import cifar_test_images, png_header_only, reencode
 
@@ -118,7 +118,7 @@ def test_cpu_pipeline_skips_only_stages_that_change_nothing(images, name, unchan
     """Images of the input size skip the PIL resize and crop only when those are the identity (crop_pct 1);
     either way the prepared image is the evaluation transform's."""
     config = data_config(timm.create_model(name, pretrained=False))
-    pipeline = PilPipeline(config)
+    pipeline = PilPipeline(config, torch.device("cpu"))
     assert pipeline.unchanged_size == unchanged
     size = tuple(config["input_size"][:0:-1])
     for fmt in ("WEBP", "PNG", "JPEG"):
@@ -167,7 +167,7 @@ def test_device_pipeline_batches_decodes_and_isolates_a_corrupt_file(images):
     other formats are decoded in ``prepare``; a corrupt JPEG fails alone with 422 and the batch holds the rest,
     each equal to the evaluation transform (no resize at the input size)."""
     config = data_config(timm.create_model("gcl_resnet32_cifar10_lt", pretrained=False))
-    pipeline = DevicePipeline(config)
+    pipeline = DevicePipeline(config, torch.device("cpu"))
     cut = reencode(images[2][1], "JPEG")
     blobs = [reencode(images[0][1], "JPEG"), reencode(images[1][1], "PNG"), cut[:len(cut) * 3 // 4], images[3][1]]
     payloads = [ImagePayload(f"f{i}", blob) for i, blob in enumerate(blobs)]
@@ -202,6 +202,42 @@ def test_compiled_runner_pads_batches_to_warmed_buckets(model):
     with torch.no_grad():
         expected = model.logit_scale * model(x)
     assert torch.allclose(runner.scaled_logits(x), expected, atol=1e-4)
+
+
+def test_device_pipeline_takes_a_batch_without_jpegs_and_keeps_cmyk_for_pil(images, monkeypatch):
+    """The CUDA pipeline's branches on CPU tensors: a PNG/WebP-only batch (nothing for the JPEG decoder: it used to
+    raise), a CMYK JPEG decoded by PIL as on the CPU path, and no normalisation constants built per batch."""
+    config = data_config(timm.create_model("gcl_resnet32_cifar10_lt", pretrained=False))
+    pipeline = DevicePipeline(config, torch.device("cpu"))
+    cmyk = io.BytesIO()
+    Image.open(io.BytesIO(images[4][1])).convert("CMYK").save(cmyk, format="JPEG", quality=95)
+    blobs = [reencode(images[0][1], "PNG"), images[1][1], cmyk.getvalue()]
+    payloads = [ImagePayload(f"f{i}", blob) for i, blob in enumerate(blobs)]
+    items = [pipeline.prepare(p, inspect_image(p, max_pixels=10_000)) for p in payloads]
+    assert all(isinstance(item, torch.Tensor) for item in items)  # the CMYK JPEG was decoded here, by PIL
+    made = []
+    real_tensor = torch.tensor
+    monkeypatch.setattr(torch, "tensor", lambda *a, **kw: made.append(1) or real_tensor(*a, **kw))
+    batch, failed = pipeline.collate(items[:2], torch.device("cpu"))
+    assert failed == {} and batch.shape == (2, 3, 32, 32) and made == []
+    reference = torch.stack([eval_transform(config)(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
+    assert torch.allclose(pipeline.collate(items, torch.device("cpu"))[0], reference, atol=1e-5)
+    assert decode_jpegs_on_device([], torch.device("cpu")) == []
+
+
+def test_cuda_batches_are_padded_to_warmed_sizes_and_compile_keeps_every_bucket():
+    import torch._dynamo
+
+    assert pads_to_buckets(torch.device("cuda"), "eager") and pads_to_buckets(torch.device("cpu"), "compile")
+    assert not pads_to_buckets(torch.device("cpu"), "trace")
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    before = getattr(config, name)
+    try:
+        allow_graphs_per_bucket(len(batch_buckets(512)) + 20)
+        assert getattr(config, name) > len(batch_buckets(512)) + 20
+    finally:
+        setattr(config, name, before)
 
 
 # ------------------------------------------------------------------------------------------------------- batching

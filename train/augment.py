@@ -1,7 +1,7 @@
 """Batch augmentation on the training device, for data sets small enough to live there (CIFAR-size).
 
 The same operations as the DataLoader pipeline, with the same distributions: a 4-pixel zero-padded random
-crop and a horizontal flip with probability 1/2, then normalisation; and batch mixup (one lambda per batch,
+crop and a horizontal flip with probability 1/2 (then ``gcl_zoo.data.normalize.Normalize``); and batch mixup (one lambda per batch,
 the batch mixed with a random permutation of itself), shared by both pipelines.
 """
 from __future__ import annotations
@@ -27,18 +27,6 @@ def pad_crop_flip(images: torch.Tensor, padding: int = 4, generator: Optional[to
     batch = torch.arange(n, device=device)[:, None, None]
     out = padded[batch, :, rows[:, :, None], cols[:, None, :]]  # (n, h, w, c)
     return out.permute(0, 3, 1, 2)
-
-
-class Normalize:
-    """uint8 NCHW -> float normalised, as ToTensor + Normalize do; the constants live on the device, built once,
-    so no batch waits for a host-to-device copy."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device):
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float().div_(255.0) - self.mean) / self.std
 
 
 def mixup_lambdas(alpha: float, steps: int, seed: int) -> torch.Tensor:

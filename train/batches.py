@@ -10,9 +10,10 @@ from typing import Dict, Iterator, Optional, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from gcl_zoo.data.normalize import Normalize
 from gcl_zoo.sampling import LongTailSampler
 
-from .augment import Normalize, pad_crop_flip
+from .augment import pad_crop_flip
 
 Batch = Tuple[torch.Tensor, torch.Tensor]
 
