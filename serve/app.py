@@ -31,6 +31,7 @@ from .batching import BatchingEngine
 from .decoding import (FORM_FIELDS, OUTPUT_FUNCTIONS, ImagePayload, ParsedRequest, PredictRequest, RequestError,
                        check_top_k, inspect_image, parse_predict_request)
 from .memory import retain_freed_memory
+from .oip import register_routes as register_open_inference_routes
 from .metrics import CONTENT_TYPE, ServerMetrics
 from .runner import (ModelRunner, create_runner, inference_plan, resolve_device, resolve_optimization,
                      start_parallel_runtime)
@@ -97,6 +98,7 @@ class ServerState:
     metrics: ServerMetrics
     runners: Dict[str, ModelRunner] = field(default_factory=dict)
     engines: Dict[str, BatchingEngine] = field(default_factory=dict)
+    tensor_engines: Dict[str, BatchingEngine] = field(default_factory=dict)  # pre-processed inputs (v2 FP32)
     ready: bool = False
     load_error: Optional[str] = None
     decode_pool: Optional[ThreadPoolExecutor] = None
@@ -136,13 +138,15 @@ async def load_models(state: ServerState, on_failure: Optional[Callable[[str], N
         for model_id in settings.models:
             runner = await loop.run_in_executor(state.inference_pool, create_runner, model_id, device,
                                                 settings.optimize, settings.max_batch_size)
-            engine = BatchingEngine(
-                model_id, runner.predict, state.inference_pool, max_batch_size=settings.max_batch_size,
+            engine, tensor_engine = (BatchingEngine(
+                model_id, predict, state.inference_pool, max_batch_size=settings.max_batch_size,
                 max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue,
                 on_batch=lambda size, seconds, m=model_id: state.metrics.observe_batch(m, size, seconds),
-                streams=streams)
+                streams=streams) for predict in (runner.predict, runner.predict_tensors))
             engine.start()
+            tensor_engine.start()
             state.runners[model_id], state.engines[model_id] = runner, engine
+            state.tensor_engines[model_id] = tensor_engine
         state.ready = True
         log.info("ready: %s", ", ".join(state.runners))
     except Exception as exc:  # reported by /ready and /predict, and handed to on_failure (the CLI exits)
@@ -305,8 +309,8 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
             yield
         finally:
             loading.cancel()
-            await asyncio.gather(loading, *(engine.stop() for engine in state.engines.values()),
-                                 return_exceptions=True)
+            engines = [*state.engines.values(), *state.tensor_engines.values()]
+            await asyncio.gather(loading, *(engine.stop() for engine in engines), return_exceptions=True)
             for pool in (state.decode_pool, state.inference_pool):
                 if pool is not None:
                     pool.shutdown(wait=False, cancel_futures=True)
@@ -372,6 +376,8 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
         app.add_api_route(path, predict, methods=["POST"], responses={200: PREDICT_ANSWERS, **ERRORS},
                           openapi_extra=PREDICT_BODY, summary="classify one or many images",
                           operation_id="predict" if path == "/predict" else "predict_root")
+
+    register_open_inference_routes(app, state, require_api_key, prepare_images)
 
     @app.get("/health", response_model=StatusResponse, summary="liveness: the process answers")
     async def health() -> StatusResponse:

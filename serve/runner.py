@@ -214,6 +214,10 @@ class ModelRunner:
             rows = iter(self.scaled_logits(batch)) if batch is not None else iter(())
         return [failed[i] if i in failed else next(rows) for i in range(len(items))]
 
+    def predict_tensors(self, items: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """Scaled logits for already pre-processed CHW float images (the v2 protocol's FP32 input)."""
+        return list(self.scaled_logits(torch.stack(list(items)).to(self.device)))
+
     def warmup(self, rounds: int = 2) -> float:
         """Run every batch bucket ``rounds`` times and one real JPEG through the whole path (compiles, profiles,
         initialises the GPU decoder and allocates now, not on live traffic); returns the seconds it took."""

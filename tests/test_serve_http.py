@@ -21,6 +21,7 @@ from timm.data import create_transform, resolve_model_data_config
 
 import gcl_zoo
 from gcl_zoo.hub import save_model_folder
+from serve.oip import protocol_name
 from serve.runner import inference_plan
 from serve.testing import ServerProcess
 from serve_images import cifar_test_images, png_header_only, reencode
@@ -229,6 +230,75 @@ def test_raw_image_bodies_as_endpoints_and_torchserve_take_them(http, server, im
     assert empty.status_code == 422 and "empty" in empty.json()["error"]
 
 
+# ------------------------------------------------------------------------- KServe / Triton: Open Inference Protocol
+def test_open_inference_protocol_with_the_triton_client(server, images, offline, model10_id, model100_id):
+    """tritonclient[http], unmodified: health, metadata, and inference from encoded images (BYTES) and from
+    pre-processed tensors (FP32), in the binary tensor extension (its default) and in plain JSON."""
+    import numpy as np
+    import tritonclient.http as triton
+    from tritonclient.utils import InferenceServerException
+
+    labels, probabilities = offline
+    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    name = protocol_name(model10_id)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(name)
+    assert client.is_model_ready(protocol_name(model100_id))
+    meta = client.get_model_metadata(name)
+    assert [i["name"] for i in meta["inputs"]] == ["image", "input"] and meta["outputs"][0]["shape"] == [-1, 10]
+    blobs = [data for _, data, _ in images[:3]]
+    expected = probabilities(blobs)
+    model = timm.create_model(model10_id, pretrained=True)
+    transform = create_transform(**resolve_model_data_config(model))
+    tensor = torch.stack([transform(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs]).numpy()
+    for binary in (True, False):
+        image = triton.InferInput("image", [3], "BYTES")
+        image.set_data_from_numpy(np.array(blobs if binary else [b64(b) for b in blobs], dtype=object),
+                                  binary_data=binary)
+        pre = triton.InferInput("input", list(tensor.shape), "FP32")
+        pre.set_data_from_numpy(tensor, binary_data=binary)
+        outputs = [triton.InferRequestedOutput(n, binary_data=binary) for n in ("probabilities", "labels")]
+        for given in (image, pre):
+            result = client.infer(name, [given], outputs=outputs, parameters={"top_k": 3}, request_id="r1")
+            probs = result.as_numpy("probabilities")
+            assert probs.shape == (3, 10) and np.allclose(probs, expected.numpy(), atol=1e-5)
+            top = [[labels[i] for i in row] for row in expected.topk(3, dim=1).indices.tolist()]
+            as_text = [[v.decode() if isinstance(v, bytes) else v for v in row] for row in result.as_numpy("labels")]
+            assert as_text == top
+            assert result.get_response()["id"] == "r1"
+    with pytest.raises(InferenceServerException, match="unknown model"):
+        client.infer("resnet9000", [image])
+    wrong = triton.InferInput("input", [1, 3, 16, 16], "FP32")
+    wrong.set_data_from_numpy(np.zeros((1, 3, 16, 16), dtype=np.float32))
+    with pytest.raises(InferenceServerException, match=r"takes \[N, 3, 32, 32\]"):
+        client.infer(name, [wrong])
+
+
+def test_open_inference_protocol_errors_are_its_json_errors(http, server, images, model10_id):
+    url = f"{server.url}/v2/models/{protocol_name(model10_id)}/infer"
+    good = {"name": "image", "datatype": "BYTES", "shape": [1], "data": [b64(images[0][1])]}
+    cases = [
+        (dict(content=b"{", headers={"content-type": "application/json"}), 400, "not valid JSON"),
+        (dict(json={"inputs": []}), 400, "'inputs' list"),
+        (dict(json={"inputs": [good, good]}), 400, "exactly one input"),
+        (dict(json={"inputs": [{**good, "name": "pixels"}]}), 400, "unknown input 'pixels'"),
+        (dict(json={"inputs": [good], "outputs": [{"name": "logits"}]}), 400, "unknown output 'logits'"),
+        (dict(json={"inputs": [{**good, "data": ["%%%"]}]}), 422, "image[0] is not valid base64"),
+        (dict(json={"inputs": [{**good, "data": [b64(b"text")]}]}), 422, "not an image"),
+        (dict(json={"inputs": [good], "parameters": {"top_k": 11}}), 422, "1 to 10"),
+        (dict(json={"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0]}]}),
+         400, "holds 1 values"),
+        (dict(content=b'{"inputs": []}', headers={"content-type": "application/json",
+                                                 "Inference-Header-Content-Length": "999"}), 400, "does not fit"),
+    ]
+    failures = []
+    for kwargs, status, phrase in cases:
+        response = http.post(url, **kwargs)
+        if response.status_code != status or phrase not in response.json().get("error", ""):
+            failures.append(f"{kwargs}: {response.status_code} {response.text[:200]}")
+    assert not failures, "\n".join(failures)
+    assert http.post(f"{server.url}/v2/models/nope/infer", json={"inputs": [good]}).status_code == 404
+
+
 # -------------------------------------------------------------------------------------------------- concurrency
 def test_concurrent_clients_get_single_request_answers_in_batches(http, server, images):
     """32 clients x 10 requests: every request answered, equal to its single-request answer, batched."""
@@ -347,6 +417,12 @@ def test_api_key(http, small_server, images):
     assert http.post(url, files=body, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
     assert http.post(url, files=body, headers={"X-API-Key": API_KEY}).status_code == 200
     assert http.get(f"{small_server.url}/ready").status_code == 200  # probes stay open
+    models = http.get(f"{small_server.url}/models").json()["models"]
+    infer = f"{small_server.url}/v2/models/{protocol_name(models[0]['id'])}/infer"
+    request = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [b64(images[0][1])]}]}
+    assert http.post(infer, json=request).status_code == 401  # the v2 protocol takes the same key
+    assert http.post(infer, json=request, headers={"X-API-Key": API_KEY}).status_code == 200
+    assert http.get(f"{small_server.url}/v2/health/ready").json() == {"ready": True}
 
 
 def test_overload_answers_503_never_hangs_and_recovers(http, small_server, images):

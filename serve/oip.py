@@ -1,0 +1,246 @@
+"""The Open Inference Protocol ("v2", REST) as KServe and Triton define it, so their clients talk to the server.
+
+Routes: ``/v2/health/live``, ``/v2/health/ready``, ``/v2``, ``/v2/models/{name}``, ``/v2/models/{name}/ready``,
+``/v2/models/{name}/infer``. A model takes one of two inputs:
+  * ``image``: ``BYTES``, shape ``[N]``, encoded image files (decoded and pre-processed like ``/predict``'s);
+  * ``input``: ``FP32``, shape ``[N, 3, H, W]``, already pre-processed (the model's input size, mean and std);
+and answers ``probabilities`` (``FP32 [N, C]``, the softmax of the scaled logits) and ``labels`` (``BYTES [N, k]``,
+the top ``k`` class names, best first; ``k`` is the request parameter ``top_k``). Request and response tensors may
+use the binary tensor extension (``Inference-Header-Content-Length``), as ``tritonclient`` does by default; in
+plain JSON an ``image`` element is the file base64-encoded.
+Errors are the protocol's ``{"error": "..."}`` with the same status codes as ``/predict``.
+"""
+import json
+import re
+import struct
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+from .decoding import ImagePayload, RequestError, check_counts, check_top_k, decode_base64
+
+__all__ = ["InferRequest", "parse_infer_request", "infer_response", "model_metadata", "protocol_name",
+           "INPUT_IMAGE", "INPUT_TENSOR", "OUTPUTS"]
+
+INPUT_IMAGE, INPUT_TENSOR = "image", "input"
+OUTPUTS = ("probabilities", "labels")
+HEADER_LENGTH = "inference-header-content-length"
+
+
+def protocol_name(model_id: str) -> str:
+    """A model's name in ``/v2/models/{name}``: its id when URL-safe, else the id's last path component."""
+    if re.fullmatch(r"[A-Za-z0-9_.-]+", model_id):
+        return model_id
+    return re.split(r"[/:]", model_id.rstrip("/"))[-1]
+
+
+def model_metadata(name: str, input_size: Tuple[int, ...], num_classes: int) -> Dict[str, Any]:
+    return {
+        "name": name, "versions": ["1"], "platform": "pytorch",
+        "inputs": [{"name": INPUT_IMAGE, "datatype": "BYTES", "shape": [-1]},
+                   {"name": INPUT_TENSOR, "datatype": "FP32", "shape": [-1, *input_size]}],
+        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, num_classes]},
+                    {"name": "labels", "datatype": "BYTES", "shape": [-1, -1]}],
+    }
+
+
+@dataclass
+class InferRequest:
+    """One decoded inference request: encoded images or a pre-processed tensor, and what to answer."""
+
+    request_id: Optional[str]
+    images: Optional[List[ImagePayload]]
+    tensor: Optional[torch.Tensor]
+    top_k: Optional[int]
+    outputs: List[Tuple[str, bool]]  # (name, binary) in the order asked for
+
+    @property
+    def count(self) -> int:
+        return len(self.images) if self.images is not None else int(self.tensor.shape[0])
+
+
+def _split_body(body: bytes, header_length: Optional[str]) -> Tuple[Dict[str, Any], bytes]:
+    """The JSON header and the binary tail of a request (the whole body is JSON without the extension)."""
+    if header_length is None:
+        head, tail = body, b""
+    else:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise RequestError(400, f"Inference-Header-Content-Length {header_length!r} does not fit a body of "
+                                    f"{len(body)} bytes; send the JSON header's length in bytes")
+        head, tail = body[:int(header_length)], body[int(header_length):]
+    try:
+        request = json.loads(head)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RequestError(400, f"the inference request is not valid JSON ({exc}); send "
+                                '{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [...]}]}') from exc
+    if not isinstance(request, dict) or not isinstance(request.get("inputs"), list) or not request["inputs"]:
+        raise RequestError(400, "the inference request needs an 'inputs' list with one tensor "
+                                f"({INPUT_IMAGE!r} BYTES or {INPUT_TENSOR!r} FP32)")
+    return request, tail
+
+
+def _bytes_elements(tensor: Dict[str, Any], binary: Optional[bytes]) -> List[bytes]:
+    """The elements of a BYTES tensor: 4-byte little-endian lengths + data in binary form, base64 strings in JSON."""
+    if binary is None:  # JSON cannot carry raw file bytes: each element is the file, base64-encoded
+        data = tensor.get("data")
+        if not isinstance(data, list) or not all(isinstance(d, str) for d in data):
+            raise RequestError(400, f"input {INPUT_IMAGE!r} needs 'data' as a list of base64 strings (or binary data)")
+        return [decode_base64(d, f"image[{i}]") for i, d in enumerate(data)]
+    out, offset = [], 0
+    while offset < len(binary):
+        if offset + 4 > len(binary):
+            raise RequestError(400, f"input {INPUT_IMAGE!r}: truncated binary BYTES element")
+        (length,) = struct.unpack_from("<I", binary, offset)
+        out.append(binary[offset + 4:offset + 4 + length])
+        offset += 4 + length
+    if offset != len(binary):
+        raise RequestError(400, f"input {INPUT_IMAGE!r}: binary BYTES elements overrun their size")
+    return out
+
+
+def _fp32_tensor(tensor: Dict[str, Any], binary: Optional[bytes], input_size: Tuple[int, ...]) -> torch.Tensor:
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or len(shape) != 4 or tuple(shape[1:]) != tuple(input_size):
+        raise RequestError(400, f"input {INPUT_TENSOR!r} has shape {shape}; this model takes [N, "
+                                f"{', '.join(map(str, input_size))}] (pre-processed with its mean and std)")
+    if binary is not None:
+        values = np.frombuffer(binary, dtype="<f4")
+    else:
+        values = np.asarray(tensor.get("data"), dtype=np.float32).reshape(-1)
+    if values.size != int(np.prod(shape)):
+        raise RequestError(400, f"input {INPUT_TENSOR!r} holds {values.size} values; shape {shape} needs "
+                                f"{int(np.prod(shape))}")
+    return torch.from_numpy(values.astype(np.float32).reshape(shape).copy())
+
+
+def parse_infer_request(body: bytes, header_length: Optional[str], input_size: Tuple[int, ...],
+                        max_images: int) -> InferRequest:
+    """Check and decode a v2 inference request for a model with ``input_size`` (C, H, W)."""
+    request, tail = _split_body(body, header_length)
+    if len(request["inputs"]) != 1:
+        raise RequestError(400, f"send exactly one input tensor, {INPUT_IMAGE!r} or {INPUT_TENSOR!r}; got "
+                                f"{len(request['inputs'])}")
+    tensor = request["inputs"][0]
+    name, datatype = tensor.get("name"), tensor.get("datatype")
+    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    binary = tail[:size] if size is not None else None
+    if size is not None and len(binary) != size:
+        raise RequestError(400, f"input {name!r} declares {size} binary bytes but the body holds {len(tail)}")
+    images, batch = None, None
+    if name == INPUT_IMAGE and datatype == "BYTES":
+        images = [ImagePayload(f"image[{i}]", data) for i, data in enumerate(_bytes_elements(tensor, binary))]
+        check_counts(images, max_images)
+    elif name == INPUT_TENSOR and datatype == "FP32":
+        batch = _fp32_tensor(tensor, binary, input_size)
+        if not 1 <= batch.shape[0] <= max_images:
+            raise RequestError(413 if batch.shape[0] else 400, f"input {INPUT_TENSOR!r} holds {batch.shape[0]} "
+                                                               f"images; send 1 to {max_images}")
+    else:
+        raise RequestError(400, f"unknown input {name!r} ({datatype}); send {INPUT_IMAGE!r} (BYTES, encoded images)"
+                                f" or {INPUT_TENSOR!r} (FP32, pre-processed NCHW)")
+    asked = request.get("outputs") or [{"name": n} for n in OUTPUTS]
+    outputs = []
+    for output in asked:
+        if output.get("name") not in OUTPUTS:
+            raise RequestError(400, f"unknown output {output.get('name')!r}; this model answers {', '.join(OUTPUTS)}")
+        outputs.append((output["name"], bool((output.get("parameters") or {}).get("binary_data", False))))
+    top_k = (request.get("parameters") or {}).get("top_k")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
+        raise RequestError(400, f"parameter top_k must be an integer, got {top_k!r}")
+    return InferRequest(request.get("id"), images, batch, top_k, outputs)
+
+
+def infer_response(name: str, request: InferRequest, logits: torch.Tensor, labels: List[str],
+                   default_top_k: int) -> Tuple[bytes, Dict[str, str]]:
+    """The v2 response body and headers for scaled ``logits`` (binary outputs where the client asked for them)."""
+    top_k = check_top_k(request.top_k, len(labels), default_top_k)
+    probs = logits.softmax(dim=1)
+    outputs, blobs = [], []
+    for output, binary in request.outputs:
+        if output == "probabilities":
+            values = probs.numpy().astype("<f4")
+            entry = {"name": output, "datatype": "FP32", "shape": list(values.shape)}
+            payload = values.tobytes()
+            json_data: Any = values.reshape(-1).tolist()
+        else:
+            top = probs.topk(top_k, dim=1).indices.tolist()
+            names = [labels[i] for row in top for i in row]
+            entry = {"name": output, "datatype": "BYTES", "shape": [len(top), top_k]}
+            payload = b"".join(struct.pack("<I", len(n.encode())) + n.encode() for n in names)
+            json_data = names
+        if binary:
+            entry["parameters"] = {"binary_data_size": len(payload)}
+            blobs.append(payload)
+        else:
+            entry["data"] = json_data
+        outputs.append(entry)
+    head = {"model_name": name, "model_version": "1", "outputs": outputs}
+    if request.request_id is not None:
+        head["id"] = request.request_id
+    header = json.dumps(head, separators=(",", ":")).encode()
+    if not blobs:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(blobs), {"content-type": "application/octet-stream",
+                                      "Inference-Header-Content-Length": str(len(header))}
+
+
+def register_routes(app: Any, state: Any, auth: Any, prepare: Any) -> None:
+    """Add the v2 routes to ``app``; ``state`` is the server's, ``auth`` its API-key dependency and ``prepare`` its
+    image decoding (run in the decode pool), so limits, batching, keys and metrics are those of ``/predict``."""
+    import asyncio
+
+    from fastapi import Request, Security
+    from fastapi.responses import JSONResponse, Response
+
+    from . import __version__
+
+    def runner_named(name: str) -> Any:
+        for runner in state.runners.values():
+            if protocol_name(runner.model_id) == name:
+                return runner
+        raise RequestError(404, f"unknown model {name!r}; this server has "
+                                f"{', '.join(protocol_name(m) for m in state.runners)} (see GET /v2/models/NAME)")
+
+    @app.get("/v2/health/live", summary="v2: the process answers", tags=["open inference protocol"])
+    async def live() -> Dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", summary="v2: every model serves", tags=["open inference protocol"])
+    async def ready() -> JSONResponse:
+        return JSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
+
+    @app.get("/v2", summary="v2: server metadata", tags=["open inference protocol"])
+    async def server_metadata() -> Dict[str, Any]:
+        return {"name": "gcl-zoo", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/models/{name}", summary="v2: model metadata", tags=["open inference protocol"])
+    async def metadata(name: str) -> Dict[str, Any]:
+        state.check_ready()
+        runner = runner_named(name)
+        return model_metadata(name, tuple(runner.config["input_size"]), runner.num_classes)
+
+    @app.get("/v2/models/{name}/ready", summary="v2: the model serves", tags=["open inference protocol"])
+    async def model_ready(name: str) -> Dict[str, Any]:
+        state.check_ready()
+        runner_named(name)
+        return {"name": name, "ready": True}
+
+    @app.post("/v2/models/{name}/infer", summary="v2: classify images or pre-processed tensors",
+              tags=["open inference protocol"])
+    async def infer(name: str, request: Request, _auth: None = Security(auth)) -> Response:
+        state.check_ready()
+        runner = runner_named(name)
+        parsed = parse_infer_request(await request.body(), request.headers.get(HEADER_LENGTH),
+                                     tuple(runner.config["input_size"]), state.settings.max_images)
+        timeout = state.settings.request_timeout_s
+        if parsed.images is not None:
+            items = await asyncio.get_running_loop().run_in_executor(
+                state.decode_pool, prepare, runner, parsed.images, state.settings.max_pixels)
+            rows = await state.engines[runner.model_id].submit(items, timeout)
+        else:
+            rows = await state.tensor_engines[runner.model_id].submit(list(parsed.tensor), timeout)
+        body, headers = infer_response(name, parsed, torch.stack(list(rows)), runner.labels,
+                                       state.settings.default_top_k)
+        return Response(body, headers=headers)
