@@ -1,0 +1,45 @@
+"""The shipped zoo checkpoints: timm lists exactly them, and each one, evaluated here independently on the full
+CIFAR test set, scores what the JSON beside it (and so its model card) states."""
+import json
+
+import pytest
+import timm
+import torch
+
+import gcl_zoo  # noqa: F401
+from gcl_zoo.data import CIFARLongTail
+from gcl_zoo.data.normalize import Normalize
+from gcl_zoo.metrics import accuracy_report
+from gcl_zoo.models.zoo import WEIGHTS_DIR
+
+SHIPPED = sorted(p.name[: -len(".safetensors")] for p in WEIGHTS_DIR.glob("*.safetensors"))
+
+
+def test_timm_lists_exactly_the_shipped_checkpoints():
+    assert sorted(timm.list_pretrained("gcl_*")) == SHIPPED
+    assert {"gcl_resnet32_cifar10_lt.ir100", "gcl_resnet32_cifar10_lt.ir200"} <= set(SHIPPED)
+    for name in SHIPPED:
+        assert (WEIGHTS_DIR / f"{name}.json").is_file(), f"{name} ships without its evaluation JSON"
+
+
+@pytest.fixture(scope="module")
+def cifar10_test(cifar10_zip):
+    return CIFARLongTail(cifar10_zip, train=False)
+
+
+@pytest.mark.parametrize("name", [n for n in SHIPPED if n.startswith("gcl_resnet32_cifar10_lt")])
+def test_independent_evaluation_gives_the_stated_accuracy(name, cifar10_test, cifar10_zip):
+    stated = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
+    model = timm.create_model(name, pretrained=True).eval()
+    images, labels = cifar10_test.as_tensors()
+    normalize = Normalize(model.pretrained_cfg["mean"], model.pretrained_cfg["std"], torch.device("cpu"))
+    with torch.no_grad():
+        logits = torch.cat([model(normalize(images[i:i + 1000])) for i in range(0, len(images), 1000)])
+    train = CIFARLongTail(cifar10_zip, imb_ratio=stated["imb_ratio"])  # its class counts define many/medium/few
+    report = accuracy_report(logits, labels, train.cls_num_list)
+    assert report["num_samples"] == stated["num_samples"] == 10_000
+    for key in ("top1", "top5", "many", "medium", "few"):
+        if stated[key] is None:
+            assert report[key] is None, key
+        else:
+            assert report[key] == pytest.approx(stated[key], abs=0.02), key
