@@ -30,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gcl_zoo.devices import resolve_device  # noqa: E402
 from train import cli as train_cli  # noqa: E402
 from train.distributed import DistInfo  # noqa: E402
 from train.engine import RunOptions, Trainer  # noqa: E402
@@ -129,8 +130,7 @@ def main() -> int:
     parser.add_argument("--full-recipe", action="store_true", help="also run the whole 200 + 30 epoch recipe (GPU)")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/train_speed_<device>.json)")
     args = parser.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = resolve_device(args.device)
     recipe = load_recipe("cifar10_lt", {"data_root": args.data_root, "workers": args.workers})
     amp = device.type == "cuda" if args.amp == "auto" else args.amp == "on"
     results: Dict[str, Any] = {"benchmark": "stage-1 seconds per epoch, CIFAR-10-LT r100, ResNet-32, batch 64",

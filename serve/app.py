@@ -26,6 +26,8 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gcl_zoo.devices import resolve_device
+
 from . import __version__
 from .batching import BatchingEngine
 from .decoding import (FORM_FIELDS, OUTPUT_FUNCTIONS, ImagePayload, ParsedRequest, PredictRequest, RequestError,
@@ -33,7 +35,7 @@ from .decoding import (FORM_FIELDS, OUTPUT_FUNCTIONS, ImagePayload, ParsedReques
 from .memory import retain_freed_memory
 from .oip import register_routes as register_open_inference_routes
 from .metrics import CONTENT_TYPE, ServerMetrics
-from .runner import (ModelRunner, create_runner, inference_plan, resolve_device, resolve_optimization,
+from .runner import (ModelRunner, create_runner, inference_plan, resolve_optimization,
                      start_parallel_runtime)
 from .settings import ServeSettings
 

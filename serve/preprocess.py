@@ -25,12 +25,12 @@ from PIL import Image
 from timm.data import create_transform, resolve_model_data_config
 from torchvision.transforms import InterpolationMode
 
-from gcl_zoo.data.normalize import Normalize
+from gcl_zoo.data.preprocessing import Normalize
 
 from .decoding import (TENSOR_DECODABLE, ImageHeader, ImagePayload, RequestError, decode_jpegs_on_device, decode_pil,
                        decode_uint8, pil_to_uint8)
 
-__all__ = ["data_config", "eval_transform", "uint8_transform", "resize_crop_normalize",
+__all__ = ["data_config", "uint8_transform", "resize_crop_normalize",
            "check_tensor_support", "PilPipeline", "DevicePipeline", "create_pipeline", "Pipeline"]
 
 JPEG_FORMATS = ("JPEG", "MPO")
@@ -41,11 +41,6 @@ _INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": Interpolati
 def data_config(model: nn.Module) -> Dict[str, Any]:
     """The evaluation data config (input size, crop, interpolation, mean/std) timm resolves for ``model``."""
     return resolve_model_data_config(model)
-
-
-def eval_transform(config: Dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
-    """timm's evaluation transform for ``config``: the reference every server answer is checked against."""
-    return create_transform(**config, is_training=False)
 
 
 def uint8_transform(config: Dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:

@@ -32,19 +32,10 @@ from PIL import Image
 from .decoding import ImageHeader, ImagePayload, RequestError, inspect_image
 from .preprocess import DevicePipeline, Pipeline, create_pipeline, data_config
 
-__all__ = ["ModelRunner", "create_runner", "start_parallel_runtime", "resolve_device", "resolve_optimization",
+__all__ = ["ModelRunner", "create_runner", "start_parallel_runtime", "resolve_optimization",
            "inference_plan", "load_model", "batch_buckets", "logit_scale_of", "label_names_of"]
 
 log = logging.getLogger("serve.runner")
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present; asking for CUDA without it is a start-up error that says so."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but PyTorch sees no CUDA device; use --device cpu or auto")
-    return torch.device(name)
 
 
 def resolve_optimization(optimize: str, device: torch.device) -> str:

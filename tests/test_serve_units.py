@@ -20,7 +20,8 @@ from serve.batching import BatchingEngine
 from serve.decoding import (TENSOR_DECODABLE, ImageHeader, ImagePayload, RequestError, check_top_k, decode_base64,
                             decode_jpegs_on_device, decode_pil, decode_uint8, inspect_image, payloads_from_json)
 from serve.metrics import ServerMetrics
-from serve.preprocess import DevicePipeline, PilPipeline, data_config, eval_transform, resize_crop_normalize, uint8_transform
+from gcl_zoo.data.preprocessing import eval_transform
+from serve.preprocess import DevicePipeline, PilPipeline, data_config, resize_crop_normalize, uint8_transform
 from serve.runner import ModelRunner, allow_graphs_per_bucket, batch_buckets, inference_plan, pads_to_buckets
 from serve.settings import ServeSettings
 from serve_images import cifar_test_images, png_header_only, reencode

@@ -8,7 +8,7 @@ import torch
 
 import gcl_zoo  # noqa: F401
 from gcl_zoo.data import CIFARLongTail
-from gcl_zoo.data.normalize import Normalize
+from gcl_zoo.data.preprocessing import Normalize
 from gcl_zoo.metrics import accuracy_report
 from gcl_zoo.models.zoo import WEIGHTS_DIR
 

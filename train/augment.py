@@ -1,7 +1,7 @@
 """Batch augmentation on the training device, for data sets small enough to live there (CIFAR-size).
 
 The same operations as the DataLoader pipeline, with the same distributions: a 4-pixel zero-padded random
-crop and a horizontal flip with probability 1/2 (then ``gcl_zoo.data.normalize.Normalize``); and batch mixup (one lambda per batch,
+crop and a horizontal flip with probability 1/2 (then ``gcl_zoo.data.preprocessing.Normalize``); and batch mixup (one lambda per batch,
 the batch mixed with a random permutation of itself), shared by both pipelines.
 """
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Dict, Iterator, Optional, Tuple
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from gcl_zoo.data.normalize import Normalize
+from gcl_zoo.data.preprocessing import Normalize
 from gcl_zoo.sampling import LongTailSampler
 
 from .augment import pad_crop_flip

@@ -13,12 +13,13 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import yaml
 
+from gcl_zoo.devices import resolve_device
+
 from .checkpoint import CHECKPOINT_NAME, check_writable, load_checkpoint
 from .distributed import DistInfo, broadcast_error, init_distributed, local_rank
 from .engine import RunOptions, Trainer, TrainingError
-from .recipes import RecipeError, add_override_flags, available_recipes, dump_recipe, load_recipe, overrides_from_args
+from .recipes import RECIPE_FILE, RecipeError, add_override_flags, available_recipes, dump_recipe, load_recipe, overrides_from_args
 
-RECIPE_FILE = "recipe.yaml"
 RUN_FILE = "run.json"
 # runtime options that a resumed run takes from run.json
 RUNTIME_KEYS = ("stage", "device", "seed", "deterministic", "fast", "compile", "amp", "channels_last",
@@ -48,19 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_override_flags(parser)
     return parser
-
-
-def resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-    return device
 
 
 def setup_process(device_name: str) -> Tuple[torch.device, DistInfo]:

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from gcl_zoo.data import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD, CIFARLongTail, ImageFolderLT, ListFileDataset
+from gcl_zoo.data.preprocessing import eval_transform
 
 STANDARD_LISTS = {
     "imagenet_lt": ("ImageNet_LT_train.txt", "ImageNet_LT_test.txt"),
@@ -74,13 +75,6 @@ def train_transform(recipe: Dict[str, Any], data_cfg: Dict[str, Any]):
                           T.Normalize(data_cfg["mean"], data_cfg["std"])])
     return create_transform(data_cfg["input_size"], is_training=True, interpolation=data_cfg["interpolation"],
                             mean=data_cfg["mean"], std=data_cfg["std"], hflip=0.5, color_jitter=None)
-
-
-def eval_transform(data_cfg: Dict[str, Any]):
-    """Evaluation preprocessing: timm's eval transform for the model's data config (the server uses the same)."""
-    return create_transform(**{k: v for k, v in data_cfg.items() if k in
-                               ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")},
-                            is_training=False)
 
 
 def _cifar_root(recipe: Dict[str, Any]) -> Path:

@@ -17,14 +17,14 @@ import torch
 import yaml
 
 import gcl_zoo  # noqa: F401  (registers the architectures)
+from gcl_zoo.devices import resolve_device
 from gcl_zoo.hub import CONFIG_NAME, WEIGHTS_NAME
 from gcl_zoo.metrics import FEW_SHOT_MAX, MANY_SHOT_MIN, accuracy_report
 
 from .data import DataBundle, build_data
 from .predict import predict
-from .recipes import RecipeError, validate
+from .recipes import RECIPE_FILE, RecipeError, validate
 
-RECIPE_FILE = "recipe.yaml"
 
 
 def load_run_model(run: Path) -> torch.nn.Module:
@@ -102,8 +102,7 @@ def evaluate_run(run: Path, data_root: Optional[str] = None, device: str = "auto
     raw["workers"] = workers
     recipe = validate(raw)
     model = load_run_model(run)
-    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                       ("cpu" if device == "auto" else device))
+    dev = resolve_device(device)
     model.to(dev)
     bundle: DataBundle = build_data(recipe, model)
     out = predict(model, bundle, dev, workers=workers, with_embeddings=tsne_samples > 0)

@@ -7,7 +7,7 @@ shifted between releases; these few lines give the same numbers on every version
 from __future__ import annotations
 
 import math
-from typing import Dict, List
+from typing import Dict
 
 
 def lr_at(section: Dict, epoch: int) -> float:
@@ -22,7 +22,3 @@ def lr_at(section: Dict, epoch: int) -> float:
         span = max(section["epochs"] - warmup, 1)
         return base * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / span))
     return base
-
-
-def schedule(section: Dict) -> List[float]:
-    return [lr_at(section, e) for e in range(section["epochs"])]

@@ -1,9 +1,18 @@
-"""uint8 images to the normalised float input a model expects: one home for training's and serving's copy."""
-from typing import Sequence
+"""A model's evaluation pre-processing, shared by training, evaluation and the server (one copy of each step)."""
+from typing import Any, Callable, Dict, Sequence
 
 import torch
+from timm.data import create_transform
 
-__all__ = ["Normalize"]
+__all__ = ["Normalize", "eval_transform"]
+
+# the data-config fields timm's transform factory reads
+TRANSFORM_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+
+
+def eval_transform(data_cfg: Dict[str, Any]) -> Callable:
+    """timm's evaluation transform for a model's data config: PIL image -> normalised float CHW tensor."""
+    return create_transform(**{k: v for k, v in data_cfg.items() if k in TRANSFORM_KEYS}, is_training=False)
 
 
 class Normalize:
