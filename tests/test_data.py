@@ -118,8 +118,11 @@ def test_missing_and_corrupt_images_are_named(tmp_path):
         ds[1]
     with pytest.raises(FileNotFoundError, match="gone.jpg"):
         ds[2]
-    with pytest.raises(FileNotFoundError, match="gone.jpg"):
-        ds.check_files()
+    bad = ds.unreadable_images(workers=2, progress=False)  # every bad file at once, with its reason
+    assert [path for path, _ in bad] == ["cls/broken.jpg", "cls/gone.jpg"]
+    assert "cannot read image" in bad[0][1] and "missing" in bad[1][1]
+    ds.drop([path for path, _ in bad])
+    assert ds.cls_num_list == [1, 0] and len(ds) == 1 and ds.targets == [0]
 
 
 def test_image_folder_lt(tmp_path):

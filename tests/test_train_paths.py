@@ -191,3 +191,29 @@ def test_large_image_datasets_end_to_end(tmp_path, lt_splits, cifar10_zip, datas
     assert report["num_samples"] == len(set(test_paths)) and report["dataset"] == dataset
     config = json.loads((out / "config.json").read_text())
     assert config["num_classes"] == classes and config["pretrained_cfg"]["input_size"] == [3, 32, 32]
+
+
+def test_unreadable_images_are_all_listed_before_training_or_skipped(tmp_path, lt_splits, cifar10_zip):
+    """Two broken training files: the run stops before training naming both; --bad-images skip trains without them."""
+    train_paths = _tiny_split(lt_splits / "Places_LT_train.txt", tmp_path / "train.txt", 3, 4)
+    test_paths = _tiny_split(lt_splits / "Places_LT_test.txt", tmp_path / "test.txt", 1, 4)
+    root = tmp_path / "images"
+    with zipfile.ZipFile(cifar10_zip) as archive:
+        photo = archive.read(next(n for n in archive.namelist() if n.endswith(".webp")))
+    for rel in sorted(set(train_paths + test_paths)):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.open(__import__("io").BytesIO(photo)).convert("RGB").save(root / rel, "JPEG")
+    (root / train_paths[1]).write_bytes(b"")                                      # empty file
+    (root / train_paths[4]).write_bytes((root / train_paths[4]).read_bytes()[:40])  # truncated JPEG
+    base = [sys.executable, "-m", "train", "--recipe", "places_lt", "--data-root", str(root),
+            "--train-list", str(tmp_path / "train.txt"), "--test-list", str(tmp_path / "test.txt"), "--num-classes",
+            "4", "--model", "resnet10t", "--pretrained-backbone", "false", "--img-size", "32", "--epochs", "1",
+            "--stage", "1", "--batch-size", "4", "--workers", "0", "--no-progress"]
+    failed = subprocess.run([*base, "--out", str(tmp_path / "a")], cwd=REPO, env=_env(), capture_output=True,
+                            text=True, timeout=600)
+    assert failed.returncode == 2 and "2 unreadable image(s) (2 training, 0 test)" in failed.stderr
+    assert train_paths[1] in failed.stderr and train_paths[4] in failed.stderr and "--bad-images skip" in failed.stderr
+    skipped = subprocess.run([*base, "--out", str(tmp_path / "b"), "--bad-images", "skip"], cwd=REPO, env=_env(),
+                             capture_output=True, text=True, timeout=600)
+    assert skipped.returncode == 0, skipped.stderr[-3000:]
+    assert "skipped 2 unreadable training image(s)" in skipped.stdout

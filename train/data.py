@@ -84,6 +84,27 @@ def _cifar_root(recipe: Dict[str, Any]) -> Path:
     return _default_path("data_root", relative)
 
 
+def screen_images(train: Any, test: Any, policy: str, workers: int) -> None:
+    """Read every image once before training (``bad_images``: ``fail`` lists every unreadable file and stops;
+    ``skip`` leaves bad training images out and says how many; ``unchecked`` reads nothing ahead).
+    The test set is never thinned: accuracy is reported on all of it, so a bad test image always stops the run."""
+    if policy == "unchecked":
+        return
+    bad_train = train.unreadable_images(workers=max(workers, 4))
+    bad_test = test.unreadable_images(workers=max(workers, 4))
+    if bad_test or (bad_train and policy == "fail"):
+        listed = [f"  {train.source.describe(p)}: {why}" for p, why in bad_train] + \
+                 [f"  {test.source.describe(p)}: {why}" for p, why in bad_test]
+        fix = ("replace or remove them" + ("" if bad_test else ", or pass --bad-images skip to train without them"))
+        raise ValueError(f"{len(listed)} unreadable image(s) ({len(bad_train)} training, {len(bad_test)} test); "
+                         f"{fix}:\n" + "\n".join(listed[:50]) + ("\n  ..." if len(listed) > 50 else ""))
+    if bad_train:
+        train.drop([p for p, _ in bad_train])
+        print(f"skipped {len(bad_train)} unreadable training image(s) (--bad-images skip): "
+              + ", ".join(train.source.describe(p) for p, _ in bad_train[:5]) + (" ..." if len(bad_train) > 5 else ""),
+              flush=True)
+
+
 def build_data(recipe: Dict[str, Any], model: torch.nn.Module) -> DataBundle:
     """Training and test sets for a recipe, with transforms set for the DataLoader path."""
     kind = recipe["dataset"]
@@ -121,8 +142,7 @@ def build_data(recipe: Dict[str, Any], model: torch.nn.Module) -> DataBundle:
                                 num_classes=num_classes)
         test = ListFileDataset(recipe["data_root"], test_list, transform=eval_transform(data_cfg),
                                num_classes=train.num_classes, classes=train.classes)
-        train.check_files()
-        test.check_files()
+    screen_images(train, test, recipe["bad_images"], recipe["workers"])
     if min(train.cls_num_list) == 0:
         empty = [c for c, n in enumerate(train.cls_num_list) if n == 0][:5]
         raise ValueError(f"classes {empty} have no training images; every class needs at least one")

@@ -78,6 +78,9 @@ FIELDS: Dict[str, Field] = {
     "decay_rate": Field(float, "step schedule factor"),
     "cloud": Field(str, "GCL cloud-size strategy", CLOUD_STRATEGIES),
     "drw_epoch": Field(int, "deferred re-weighting starts at this epoch (LDAM-DRW); null: never", nullable=True),
+    "bad_images": Field(str, "folder and list-file data: read every image before training and stop listing the "
+                             "unreadable ones (fail), leave bad training images out (skip), or read nothing ahead "
+                             "(unchecked)", ("fail", "skip", "unchecked")),
 }
 
 STAGE2_FIELDS: Dict[str, Field] = {
@@ -92,7 +95,7 @@ STAGE2_FIELDS: Dict[str, Field] = {
 DEFAULTS = {"max_per_class": None, "test_per_class": None, "drw_epoch": None, "imb_ratio": 100.0,
             "imb_profile": "exp", "imb_seed": 0, "data_root": None, "train_list": None, "test_list": None,
             "train_dir": None, "test_dir": None, "num_classes": None, "decay_epochs": [], "decay_rate": 0.1, "cloud": "log",
-            "drop_last": False}
+            "drop_last": False, "bad_images": "fail"}
 STAGE2_DEFAULTS = {"drop_last": False, "fresh_head": False, "cben_a": 0.9999, "cben_b": 1e-5, "tau": 1.0}
 
 
