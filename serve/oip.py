@@ -10,6 +10,7 @@ use the binary tensor extension (``Inference-Header-Content-Length``), as ``trit
 plain JSON an ``image`` element is the file base64-encoded.
 Errors are the protocol's ``{"error": "..."}`` with the same status codes as ``/predict``.
 """
+import asyncio
 import json
 import re
 import struct
@@ -18,10 +19,13 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+from fastapi import Request, Security
+from fastapi.responses import JSONResponse, Response
 
+from . import __version__
 from .decoding import ImagePayload, RequestError, check_counts, check_top_k, decode_base64
 
-__all__ = ["InferRequest", "parse_infer_request", "infer_response", "model_metadata", "protocol_name",
+__all__ = ["InferRequest", "parse_infer_request", "infer_response", "model_metadata", "protocol_name", "register_routes",
            "INPUT_IMAGE", "INPUT_TENSOR", "OUTPUTS"]
 
 INPUT_IMAGE, INPUT_TENSOR = "image", "input"
@@ -189,13 +193,6 @@ def infer_response(name: str, request: InferRequest, logits: torch.Tensor, label
 def register_routes(app: Any, state: Any, auth: Any, prepare: Any) -> None:
     """Add the v2 routes to ``app``; ``state`` is the server's, ``auth`` its API-key dependency and ``prepare`` its
     image decoding (run in the decode pool), so limits, batching, keys and metrics are those of ``/predict``."""
-    import asyncio
-
-    from fastapi import Request, Security
-    from fastapi.responses import JSONResponse, Response
-
-    from . import __version__
-
     def runner_named(name: str) -> Any:
         for runner in state.runners.values():
             if protocol_name(runner.model_id) == name:

@@ -100,6 +100,7 @@ def evaluate_run(run: Path, data_root: Optional[str] = None, device: str = "auto
     if data_root:
         raw["data_root"] = data_root
     raw["workers"] = workers
+    raw["bad_images"] = "unchecked"  # no read-ahead of the training set: evaluation reads (and checks) the test set
     recipe = validate(raw)
     model = load_run_model(run)
     dev = resolve_device(device)
