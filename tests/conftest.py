@@ -13,22 +13,36 @@ def data_root() -> Path:
     return Path(os.environ.get("GCL_ZOO_DATA", REPO.parent / "shared" / "data"))
 
 
+def _require(path: Path) -> Path:
+    """Skip a test whose real data is missing, with the reason shown (``-ra``); where the data must be there
+    (``GCL_ZOO_REQUIRE_DATA=1``, as CI sets it) a missing file fails the test instead of hiding it."""
+    if not path.exists():
+        message = (f"real data not found: {path}; set GCL_ZOO_DATA to the folder holding cifar10/, cifar100/ and "
+                   "lt_splits/")
+        if os.environ.get("GCL_ZOO_REQUIRE_DATA") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    root = data_root()
-    if not (root / "cifar10" / "cifar10.zip").is_file():
-        pytest.skip(f"real data not found at {root}; set GCL_ZOO_DATA to the folder holding cifar10/ and lt_splits/")
-    return root
+    return _require(data_root())
 
 
 @pytest.fixture(scope="session")
 def cifar10_zip(shared_data: Path) -> Path:
-    return shared_data / "cifar10" / "cifar10.zip"
+    return _require(shared_data / "cifar10" / "cifar10.zip")
+
+
+@pytest.fixture(scope="session")
+def cifar100_zip(shared_data: Path) -> Path:
+    return _require(shared_data / "cifar100" / "cifar100.zip")
 
 
 @pytest.fixture(scope="session")
 def lt_splits(shared_data: Path) -> Path:
-    return shared_data / "lt_splits"
+    return _require(shared_data / "lt_splits")
 
 
 # -- Hub publishing: training run folders as the trainer writes them --------------------------------------------

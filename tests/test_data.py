@@ -10,15 +10,15 @@ from gcl_zoo.metrics import shot_groups
 STANDARD_R100 = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 
 
-def cao_reference_positions(counts, seed=0):
-    """The selection of Cao et al.'s IMBALANCECIFAR10, written independently: global seed, per-class shuffle."""
+def cao_reference_positions(counts, per_class=5000, seed=0):
+    """The selection of Cao et al.'s IMBALANCECIFAR10/100, written independently: global seed, per-class shuffle."""
     np.random.seed(seed)
-    targets = np.repeat(np.arange(10), 5000)  # positions within each class in original order
+    targets = np.repeat(np.arange(len(counts)), per_class)  # positions within each class in original order
     kept = []
     for c, n in enumerate(counts):
         idx = np.where(targets == c)[0]
         np.random.shuffle(idx)
-        kept.append(idx[:n] - 5000 * c)
+        kept.append(idx[:n] - per_class * c)
     return kept
 
 
@@ -64,6 +64,46 @@ def test_cifar10_test_split_is_balanced(cifar10_zip):
     assert ds.cls_num_list == [1000] * 10 and len(ds) == 10000
     mean = ds.data.reshape(-1, 3).mean(0) / 255
     assert np.allclose(mean, [0.4942, 0.4851, 0.4504], atol=0.003)  # the test set's known channel means
+
+
+@pytest.mark.parametrize("ratio,total", [(100, 10847), (50, 12608), (200, 9502)])
+def test_cifar100_lt_from_shared_zip_has_standard_subsets(cifar100_zip, ratio, total):
+    ds = CIFARLongTail(cifar100_zip, num_classes=100, train=True, imb_ratio=ratio)
+    assert len(ds) == total and ds.cls_num_list == long_tail_counts(500, 100, ratio)
+    assert ds.cls_num_list[0] == 500 and ds.cls_num_list[-1] == int(500 / ratio)
+    reference = cao_reference_positions(ds.cls_num_list, per_class=500)
+    targets = np.asarray(ds.targets)
+    for c in range(100):
+        assert np.array_equal(ds.positions[targets == c], reference[c])
+    with zipfile.ZipFile(cifar100_zip) as z:  # the last kept image of the rarest class is the archive's file
+        i = len(ds) - 1
+        with z.open(f"train/worm/{ds.positions[i]:05d}.webp") as f:
+            assert np.array_equal(ds.data[i], np.asarray(Image.open(f).convert("RGB")))
+
+
+def test_cifar100_classes_are_the_standard_fine_labels_in_order(cifar100_zip):
+    """The label order is the archive's sorted class folders, which is the fine-label order of the original
+    ``meta`` file (apple=0 ... worm=99); a few fixed points of that order guard the table itself."""
+    ds = CIFARLongTail(cifar100_zip, num_classes=100, train=False)
+    with zipfile.ZipFile(cifar100_zip) as z:
+        folders = sorted({n.split("/")[1] for n in z.namelist() if n.startswith("test/") and n.count("/") == 2})
+    assert list(ds.classes) == folders and len(set(ds.classes)) == 100
+    assert {0: "apple", 1: "aquarium_fish", 19: "cattle", 58: "pickup_truck", 99: "worm"} == \
+        {i: ds.classes[i] for i in (0, 1, 19, 58, 99)}
+    assert ds.cls_num_list == [100] * 100 and len(ds) == 10000
+    mean = ds.data.reshape(-1, 3).mean(0) / 255
+    assert np.allclose(mean, [0.5088, 0.4874, 0.4419], atol=0.003)  # the CIFAR-100 test set's known channel means
+
+
+def test_cifar100_recipe_reads_the_zip_by_default(cifar100_zip, monkeypatch):
+    from train.data import build_data
+    from train.recipes import load_recipe
+
+    monkeypatch.setenv("GCL_ZOO_DATA", str(cifar100_zip.parent.parent))
+    recipe = load_recipe("cifar100_lt", {"max_per_class": 20, "test_per_class": 2})
+    bundle = build_data(recipe, model=None)  # CIFAR's data config does not depend on the model
+    assert bundle.num_classes == 100 and bundle.classes[-1] == "worm" and len(bundle.test) == 200
+    assert bundle.cls_num_list[0] == 20 and sum(bundle.cls_num_list) < 100 * 20
 
 
 def test_cifar_missing_root_and_wrong_layout(tmp_path):

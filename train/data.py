@@ -80,7 +80,7 @@ def train_transform(recipe: Dict[str, Any], data_cfg: Dict[str, Any]):
 def _cifar_root(recipe: Dict[str, Any]) -> Path:
     if recipe["data_root"]:
         return Path(recipe["data_root"])
-    relative = "cifar10/cifar10.zip" if recipe["dataset"] == "cifar10_lt" else "cifar100"
+    relative = "cifar10/cifar10.zip" if recipe["dataset"] == "cifar10_lt" else "cifar100/cifar100.zip"
     return _default_path("data_root", relative)
 
 
