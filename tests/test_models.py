@@ -41,9 +41,24 @@ def test_every_zoo_name_creates_and_runs(name, classes, size):
         assert len(cfg["label_names"]) == classes
 
 
-def test_pretrained_without_weights_explains_how_to_get_them():
-    with pytest.raises(RuntimeError, match="gcl-zoo train --recipe imagenet_lt"):
-        timm.create_model("gcl_resnet50_imagenet_lt", pretrained=True)
+@pytest.mark.parametrize("name, needed", [
+    ("gcl_resnet50_imagenet_lt", {"--recipe": "imagenet_lt", "--train-list": "TRAIN_LIST.txt"}),
+    ("gcl_resnet32_cifar100_lt.ir200", {"--recipe": "cifar100_lt", "--imb-ratio": "200"}),
+])
+def test_pretrained_without_weights_prints_a_training_command_that_parses(name, needed):
+    """The suggested command is complete: the trainer's own parser accepts it and it trains the asked-for entry."""
+    import re
+    import shlex
+
+    from train.cli import build_parser
+
+    with pytest.raises(RuntimeError, match="no weights are published") as info:
+        timm.create_model(name, pretrained=True)
+    command = shlex.split(re.search(r"`gcl-zoo train ([^`]+)`", str(info.value)).group(1))
+    args = build_parser().parse_args(command)
+    for flag, value in needed.items():
+        assert command[command.index(flag) + 1] == value
+    assert args.out and f"local-dir:{args.out}" in str(info.value)
 
 
 def test_resnet32_parameter_count():

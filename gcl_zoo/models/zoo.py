@@ -20,7 +20,7 @@ from ..data.labels import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD, ima
 from .gcl import GCLModel
 from .weights import explain_load_errors, safe_hub_overlay, with_hub_repos
 
-__all__ = ["WEIGHTS_DIR", "embedded_weights", "RECIPE_FOR_ENTRY"]
+__all__ = ["WEIGHTS_DIR", "embedded_weights", "RECIPE_FOR_ENTRY", "training_command"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 PAPER_ID = "arXiv:2305.11733"
@@ -44,16 +44,30 @@ def embedded_weights(name: str) -> Optional[str]:
     return str(path) if path.is_file() else None
 
 
+def training_command(variant: str, tag: Optional[str]) -> str:
+    """The ``gcl-zoo train`` command that reproduces a zoo entry, complete as printed (placeholders in capitals)."""
+    recipe = RECIPE_FOR_ENTRY.get(variant, "RECIPE")
+    out = f"runs/{variant}" + (f".{tag}" if tag else "")
+    if variant.startswith("gcl_resnet32_cifar"):
+        ratio = f" --imb-ratio {tag[2:]}" if tag and tag.startswith("ir") and tag[2:].isdigit() else ""
+        archive = "cifar10/cifar10.zip" if "cifar10_" in variant else "cifar100/cifar100.zip"
+        return f"gcl-zoo train --recipe {recipe}{ratio} --data-root DATA/{archive} --out {out}"
+    if recipe == "RECIPE":
+        return f"gcl-zoo train --dataset imagefolder --train-dir TRAIN_DIR --test-dir TEST_DIR --out {out}"
+    return (f"gcl-zoo train --recipe {recipe} --data-root IMAGES_DIR --train-list TRAIN_LIST.txt "
+            f"--test-list TEST_LIST.txt --out {out}")
+
+
 def _create_gcl(variant: str, pretrained: bool = False, **kwargs: Any) -> GCLModel:
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
                                  pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
     name = variant + (f".{cfg.tag}" if cfg.tag else "")
     if pretrained and not (cfg.has_weights or cfg.state_dict is not None or cfg.source == "local-dir"):
-        recipe = RECIPE_FOR_ENTRY.get(variant, "<recipe>")
+        out = training_command(variant, cfg.tag).rsplit(" --out ", 1)[1]
         raise RuntimeError(
             f"no weights are published for {name!r} yet. Train them with "
-            f"`gcl-zoo train --recipe {recipe} --out runs/{variant}` and load the run with "
-            f"timm.create_model('local-dir:runs/{variant}', pretrained=True), or load a Hub copy with "
+            f"`{training_command(variant, cfg.tag)}` and load the run with "
+            f"timm.create_model('local-dir:{out}', pretrained=True), or load a Hub copy with "
             f"timm.create_model('hf-hub:ORG/NAME', pretrained=True); pretrained=False gives random weights.")
     if pretrained:
         kwargs["pretrained_cfg_overlay"] = safe_hub_overlay(cfg, kwargs.get("pretrained_cfg_overlay"))
