@@ -8,7 +8,6 @@ files load with ``timm.create_model("hf-hub:<org>/<name>", pretrained=True)``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 from timm.models import save_for_hf
+
+from .files import replace_file
 
 __all__ = [
     "save_model_folder", "validate_folder", "export_run", "export_embedded", "write_shipped_cards", "push_folder",
@@ -38,15 +39,6 @@ PathLike = Union[str, Path]
 
 class InvalidModelFolder(ValueError):
     """A model folder that would not load (or should not be published); the message names the file and field."""
-
-
-def replace_file(src: PathLike, dest: PathLike) -> None:
-    """Atomically move a finished temporary file into place, with the permissions a plain file would get
-    (temporary files are created private, 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(src, 0o666 & ~umask)
-    os.replace(src, dest)
 
 
 def save_model_folder(model: nn.Module, folder: PathLike, extra_config: Optional[Dict[str, Any]] = None) -> Path:
@@ -164,6 +156,9 @@ def validate_folder(folder: PathLike) -> nn.Module:
                                  f" (gcl-zoo writes and reads safetensors only)")
     config = _read_json(config_path)
     arch, _ = _check_config(config, config_path)
+    onnx_file = (config.get("onnx") or {}).get("file") if isinstance(config.get("onnx"), dict) else None
+    if onnx_file and not (folder / onnx_file).is_file():
+        raise InvalidModelFolder(f"{config_path}: field 'onnx' names {onnx_file}, which is missing; re-export the folder")
     _check_classifier(config, _tensor_shapes(weights), folder)
     try:
         return timm.create_model(f"local-dir:{folder}", pretrained=True)
@@ -214,14 +209,38 @@ def _write_card(folder: Path, model: nn.Module, name: str, evaluation: Optional[
     (folder / CARD_NAME).write_text(render_card(inputs), encoding="utf-8")
 
 
+def _write_onnx(model: nn.Module, out_dir: Path, wanted: Optional[bool]) -> Optional[Dict[str, Any]]:
+    """``model.onnx`` beside the weights, checked against PyTorch; its ``config.json`` entry, or None when not written.
+
+    ``wanted``: True insists (an error names the packages to install), False skips, None exports when the
+    exporter is installed. A graph not written now never stays behind from an earlier export of another model.
+    """
+    from .onnx_export import ONNX_NAME, export_onnx, onnx_exporter_missing
+
+    target = out_dir / ONNX_NAME
+    if wanted is False or (wanted is None and onnx_exporter_missing()):
+        target.unlink(missing_ok=True)
+        return None
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return export_onnx(model, target)
+
+
+def _save_with_onnx(model: nn.Module, out_dir: Path, extras: Dict[str, Any], onnx: Optional[bool]) -> None:
+    from .onnx_export import ONNX_CONFIG_KEY
+
+    extras = {k: v for k, v in extras.items() if k != ONNX_CONFIG_KEY}
+    entry = _write_onnx(model, out_dir, onnx)
+    save_model_folder(model, out_dir, extra_config={**extras, **({ONNX_CONFIG_KEY: entry} if entry else {})})
+
+
 def export_run(run_dir: PathLike, out_dir: PathLike, zoo_name: Optional[str] = None,
-               repo_id: Optional[str] = None) -> Path:
+               repo_id: Optional[str] = None, onnx: Optional[bool] = None) -> Path:
     """Turn a training run folder into a Hub-ready folder: weights, config, recipe, evaluation and model card.
 
     Only ``model.safetensors`` and ``config.json`` are required in the run; a missing ``recipe.yaml``,
     ``eval.json`` or ``run.json`` is said in the card. ``zoo_name`` (default: run.json's, else inferred from the
     architecture and ``imb_ratio``) titles the card and picks the paper's number; ``repo_id`` goes in its usage
-    snippet. The output is validated by loading it back.
+    snippet. ``onnx`` adds ``model.onnx`` (see ``_write_onnx``). The output is validated by loading it back.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.resolve() == run_dir.resolve():
@@ -233,8 +252,7 @@ def export_run(run_dir: PathLike, out_dir: PathLike, zoo_name: Optional[str] = N
     run = _read_optional(run_dir / "run.json")
     missing = [n for n, d in (("eval.json", evaluation), ("recipe.yaml", recipe), ("run.json", run)) if d is None]
 
-    extras = {k: v for k, v in config.items() if k not in TIMM_CONFIG_KEYS}
-    save_model_folder(model, out_dir, extra_config=extras)
+    _save_with_onnx(model, out_dir, {k: v for k, v in config.items() if k not in TIMM_CONFIG_KEYS}, onnx)
     for target, source in ((RECIPE_NAME, "recipe.yaml"), (EVAL_NAME, EVAL_NAME)):
         if (run_dir / source).is_file():
             shutil.copyfile(run_dir / source, out_dir / target)
@@ -247,7 +265,7 @@ def export_run(run_dir: PathLike, out_dir: PathLike, zoo_name: Optional[str] = N
 
 
 def export_embedded(name: str, out_dir: PathLike, repo_id: Optional[str] = None,
-                    weights_dir: Optional[PathLike] = None) -> Path:
+                    weights_dir: Optional[PathLike] = None, onnx: Optional[bool] = None) -> Path:
     """Export a checkpoint shipped in the package (``<weights_dir>/<name>.safetensors`` + ``<name>.json``).
 
     ``weights_dir`` defaults to ``gcl_zoo/weights``. The JSON beside the weights is read like a run's
@@ -265,7 +283,7 @@ def export_embedded(name: str, out_dir: PathLike, repo_id: Optional[str] = None,
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
     info = _read_optional(weights_dir / f"{name}.json")
     out_dir = Path(out_dir)
-    save_model_folder(model, out_dir)
+    _save_with_onnx(model, out_dir, {}, onnx)
     recipe = info.get("recipe") if info and isinstance(info.get("recipe"), dict) else None
     run = {k: info[k] for k in ("command", "device", "notes") if info and info.get(k)} or None
     if info is not None:
@@ -289,7 +307,7 @@ def write_shipped_cards(cards_dir: PathLike = "model_cards", weights_dir: Option
     for weights in sorted(weights_dir.glob("*.safetensors")):
         name = weights.name[: -len(".safetensors")]
         with tempfile.TemporaryDirectory() as tmp:
-            folder = export_embedded(name, Path(tmp) / name, weights_dir=weights_dir)
+            folder = export_embedded(name, Path(tmp) / name, weights_dir=weights_dir, onnx=False)
             target = cards_dir / f"{name}.md"
             shutil.copyfile(folder / CARD_NAME, target)
         written.append(target)

@@ -17,13 +17,17 @@ __all__ = ["main"]
 
 def _export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gcl-zoo export", description=(
-        "Write a Hub-ready folder (model.safetensors, config.json, train_hparams.yaml, eval.json, README.md) from a"
+        "Write a Hub-ready folder (model.safetensors, config.json, model.onnx, train_hparams.yaml, eval.json, README.md)"
+        " from a"
         " training run folder, or from a zoo name whose weights ship in the package."))
     p.add_argument("source", nargs="?", help="training run folder, or a zoo name with shipped weights")
     p.add_argument("out", nargs="?", help="folder to write (created; files in it are replaced)")
     p.add_argument("--zoo-name", help="zoo name with tag for the card (default: run.json's, else inferred)")
     p.add_argument("--repo-id", help="Hub repo the folder will be pushed to, used in the card's usage snippet")
     p.add_argument("--shipped-cards", metavar="DIR", help="regenerate DIR/<name>.md for every shipped checkpoint")
+    p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
+                   help="write model.onnx (checked against PyTorch) for OpenVINO / ONNX Runtime servers; default: when"
+                        " the exporter (the [openvino] or [onnxruntime] extra) is installed")
     return p
 
 
@@ -42,6 +46,7 @@ def _push_parser() -> argparse.ArgumentParser:
 
 def _export(argv: List[str]) -> int:
     from . import hub
+    from .onnx_export import ONNX_NAME, onnx_exporter_missing
 
     parser = _export_parser()
     args = parser.parse_args(argv)
@@ -57,10 +62,14 @@ def _export(argv: List[str]) -> int:
     if not Path(args.source).is_dir() and any(sep in args.source for sep in ("/", "\\")):
         raise FileNotFoundError(f"{args.source}: no such run folder")
     if Path(args.source).is_dir():
-        out = hub.export_run(args.source, args.out, zoo_name=args.zoo_name, repo_id=args.repo_id)
+        out = hub.export_run(args.source, args.out, zoo_name=args.zoo_name, repo_id=args.repo_id, onnx=args.onnx)
     else:
-        out = hub.export_embedded(args.source, args.out, repo_id=args.repo_id)
+        out = hub.export_embedded(args.source, args.out, repo_id=args.repo_id, onnx=args.onnx)
     print(f"exported {out}: load it with timm.create_model('local-dir:{out}', pretrained=True)")
+    if (out / ONNX_NAME).is_file():
+        print(f"  with {ONNX_NAME} for `gcl-zoo serve --runtime openvino|onnxruntime`")
+    elif args.onnx is None:
+        print(f"  without {ONNX_NAME}: {onnx_exporter_missing()}")
     return 0
 
 
@@ -78,9 +87,11 @@ def main(argv: List[str], command: str) -> int:
     """Run ``gcl-zoo export`` or ``gcl-zoo push`` (``command``) with ``argv``; clear errors exit with status 1."""
     from huggingface_hub.errors import HfHubHTTPError
 
+    from .onnx_export import ExportUnavailable
+
     run = {"export": _export, "push": _push}[command]
     try:
         return run(argv)
-    except (ValueError, PermissionError, FileNotFoundError, HfHubHTTPError) as exc:  # InvalidModelFolder too
+    except (ValueError, PermissionError, FileNotFoundError, HfHubHTTPError, ExportUnavailable) as exc:  # InvalidModelFolder too
         print(f"gcl-zoo {command}: error: {exc}", file=sys.stderr)
         return 1

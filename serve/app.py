@@ -35,7 +35,7 @@ from .decoding import (FORM_FIELDS, OUTPUT_FUNCTIONS, ImagePayload, ParsedReques
 from .memory import retain_freed_memory
 from .oip import register_routes as register_open_inference_routes
 from .metrics import CONTENT_TYPE, ServerMetrics
-from .runner import (ModelRunner, create_runner, inference_plan, resolve_optimization,
+from .runner import (Execution, ModelRunner, create_runner, inference_plan, resolve_optimization,
                      start_parallel_runtime)
 from .settings import ServeSettings
 
@@ -71,7 +71,10 @@ class ModelDescription(BaseModel):
     labels: List[str]
     logit_scale: float
     device: str
-    optimization: str
+    runtime: str = Field(..., description="torch, openvino or onnxruntime")
+    precision: str = Field(..., description="what the runtime computes in: f32 or bf16")
+    graph: Optional[str] = Field(None, description="where an ONNX runtime's graph came from")
+    optimization: Optional[str] = Field(None, description="PyTorch runtime only: trace, eager or compile")
     autocast: Optional[str]
     inference_streams: int = Field(..., description="batches computed at once")
     threads_per_stream: int = Field(..., description="intra-op CPU threads of each stream")
@@ -137,9 +140,10 @@ async def load_models(state: ServerState, on_failure: Optional[Callable[[str], N
         state.inference_pool = ThreadPoolExecutor(streams, thread_name_prefix="inference",
                                                   initializer=torch.set_num_threads, initargs=(threads,))
         state.inference = {"inference_streams": streams, "threads_per_stream": threads}
+        execution = Execution(settings.runtime, settings.precision, streams, threads)
         for model_id in settings.models:
             runner = await loop.run_in_executor(state.inference_pool, create_runner, model_id, device,
-                                                settings.optimize, settings.max_batch_size)
+                                                settings.optimize, settings.max_batch_size, execution)
             engine, tensor_engine = (BatchingEngine(
                 model_id, predict, state.inference_pool, max_batch_size=settings.max_batch_size,
                 max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue,
@@ -383,7 +387,7 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
 
     @app.get("/health", response_model=StatusResponse, summary="liveness: the process answers")
     async def health() -> StatusResponse:
-        return StatusResponse(status="alive")
+        return StatusResponse(status="alive", models=list(state.runners))
 
     @app.get("/ready", response_model=StatusResponse, responses={503: ERRORS[503]},
              summary="readiness: every model loaded and warmed up")

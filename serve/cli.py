@@ -47,6 +47,12 @@ def build_parser(prog: str = "gcl-zoo serve") -> argparse.ArgumentParser:
     add("--optimize", choices=["auto", "eager", "trace", "compile"],
         help="auto (default): TorchScript trace on CPU, eager bf16 on CUDA; compile: torch.compile per batch bucket")
     add("--compile", dest="optimize", action="store_const", const="compile", help="same as --optimize compile")
+    add("--runtime", choices=["auto", "torch", "openvino", "onnxruntime"],
+        help="auto (default): OpenVINO on CPU when installed (pip install 'gcl-zoo[openvino]'), else PyTorch; "
+             "onnxruntime: ONNX Runtime (the [onnxruntime] extra); both run the model's ONNX graph on the CPU")
+    add("--precision", choices=["auto", "f32"],
+        help="auto (default): the runtime's choice (OpenVINO: bf16 where the CPU has it; CUDA: bf16 autocast); "
+             "f32: exact float32")
     add("--inference-streams", type=int,
         help="batches computed at once, each on an equal share of the cores (default: 2 on CPU, 1 with "
              "--compile or on CUDA)")

@@ -14,6 +14,8 @@ Speed per device (``optimize="auto"``):
 * CUDA: channels_last weights and inputs, bf16 autocast, pre-processing on the GPU; ``compile`` adds
   ``torch.compile`` warmed at start-up for fixed batch-size buckets (a batch is padded up to its bucket, so no
   request ever waits for a recompilation).
+* ``runtime="openvino"`` or ``"onnxruntime"`` (CPU): the model's ONNX graph in that runtime (``serve.runtimes``),
+  checked against the PyTorch model once at start-up; pre-processing, batching and answers are the same.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ import logging
 import sys
 import time
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -31,8 +34,9 @@ from PIL import Image
 
 from .decoding import ImageHeader, ImagePayload, RequestError, inspect_image
 from .preprocess import DevicePipeline, Pipeline, create_pipeline, data_config
+from .runtimes import create_onnx_forward, resolve_runtime
 
-__all__ = ["ModelRunner", "create_runner", "start_parallel_runtime", "resolve_optimization",
+__all__ = ["ModelRunner", "Execution", "create_runner", "start_parallel_runtime", "resolve_optimization",
            "inference_plan", "load_model", "batch_buckets", "logit_scale_of", "label_names_of"]
 
 log = logging.getLogger("serve.runner")
@@ -124,11 +128,26 @@ def allow_graphs_per_bucket(buckets: int) -> None:
     setattr(config, name, max(getattr(config, name), buckets + 1))
 
 
+# cosine logits of an ONNX runtime vs the PyTorch model on a random batch, checked once at start-up: float32 agrees
+# to about 3e-7 and OpenVINO's bf16 to about 5e-3; a graph of another model is off by far more than either limit
+AGREEMENT = {"f32": 1e-4, "bf16": 2e-2}
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a runner computes: the runtime, its precision setting, and the inference threads it is called from."""
+
+    runtime: str = "torch"
+    precision: str = "auto"
+    streams: int = 1
+    threads: int = 1
+
+
 class ModelRunner:
     """One loaded model on one device: ``prepare`` images (thread pool), ``predict`` batches (inference thread)."""
 
     def __init__(self, model_id: str, model: nn.Module, device: torch.device, optimize: str = "auto",
-                 max_batch_size: int = 64):
+                 max_batch_size: int = 64, execution: Execution = Execution()):
         self.model_id = model_id
         self.device = device
         self.labels = label_names_of(model)
@@ -136,15 +155,40 @@ class ModelRunner:
         self.config = data_config(model)
         self.pipeline: Pipeline = create_pipeline(self.config, device)
         self.buckets = batch_buckets(max_batch_size)
+        self.runtime = resolve_runtime(execution.runtime, device, optimize)
+        self.graph_origin: Optional[str] = None
+        model = model.eval().to(device)
+        if self.runtime != "torch":
+            if optimize != "auto":
+                raise ValueError(f"--optimize {optimize} is for --runtime torch; {self.runtime} optimises the graph itself")
+            self.optimization = None
+            self.pads_to_buckets = False
+            self.autocast_dtype = None
+            self.forward, self.graph_origin = create_onnx_forward(
+                self.runtime, model_id, model, execution.streams, execution.threads, execution.precision)
+            self.precision = self.forward.precision
+            self._check_agreement(model)
+            return
         self.optimization = resolve_optimization(optimize, device)
         self.pads_to_buckets = pads_to_buckets(device, self.optimization)
+        self.autocast_dtype = torch.bfloat16 if device.type == "cuda" and execution.precision != "f32" else None
+        self.precision = "bf16" if self.autocast_dtype is not None else "f32"
         if self.optimization == "compile":
             allow_graphs_per_bucket(len(self.buckets))
-        model = model.eval().to(device)
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True  # batch shapes repeat, so the autotuned kernels pay off
         self.forward = self._optimized(model)
+
+    def _check_agreement(self, model: nn.Module) -> None:
+        """Refuse to serve a graph that does not compute what the model does (a stale or foreign model.onnx)."""
+        batch = torch.randn((4, *self.config["input_size"]), generator=torch.Generator().manual_seed(0))
+        with torch.inference_mode():
+            diff = float((self.forward(batch) - model(batch).float()).abs().max())
+        limit = AGREEMENT.get(self.precision, AGREEMENT["bf16"])
+        if not diff <= limit:
+            raise ValueError(f"the ONNX graph of {self.model_id} ({self.graph_origin}) differs from its weights by "
+                             f"{diff:.3g} (limit {limit:g} at {self.precision}); re-export the folder with gcl-zoo export")
 
     def _optimized(self, model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         if self.optimization == "trace":
@@ -161,8 +205,9 @@ class ModelRunner:
         """What ``/models`` reports: classes, pre-processing and how the model runs."""
         return {
             "id": self.model_id, "num_classes": self.num_classes, "labels": self.labels,
-            "logit_scale": self.logit_scale, "device": str(self.device), "optimization": self.optimization,
-            "autocast": "bfloat16" if self.device.type == "cuda" else None,
+            "logit_scale": self.logit_scale, "device": str(self.device), "runtime": self.runtime,
+            "precision": self.precision, "graph": self.graph_origin, "optimization": self.optimization,
+            "autocast": "bfloat16" if self.autocast_dtype is not None else None,
             "preprocessing": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in self.config.items()},
                               "where": "gpu" if isinstance(self.pipeline, DevicePipeline) else "cpu"},
         }
@@ -176,8 +221,8 @@ class ModelRunner:
         return ImagePayload("warm-up image", out.getvalue())
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.autocast_dtype is not None:
+            return torch.autocast(self.device.type, dtype=self.autocast_dtype)
         return contextlib.nullcontext()
 
     def scaled_logits(self, batch: torch.Tensor) -> torch.Tensor:
@@ -221,13 +266,14 @@ class ModelRunner:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start
-        log.info("warmed up %s (%s on %s, batch sizes %s) in %.1f s", self.model_id, self.optimization,
-                 self.device, self.buckets, seconds)
+        log.info("warmed up %s (%s %s, %s on %s, batch sizes %s) in %.1f s", self.model_id, self.runtime,
+                 self.precision, self.optimization, self.device, self.buckets, seconds)
         return seconds
 
 
-def create_runner(model_id: str, device: torch.device, optimize: str, max_batch_size: int) -> ModelRunner:
+def create_runner(model_id: str, device: torch.device, optimize: str, max_batch_size: int,
+                  execution: Execution = Execution()) -> ModelRunner:
     """Load ``model_id`` and wrap it in a warmed-up runner."""
-    runner = ModelRunner(model_id, load_model(model_id), device, optimize, max_batch_size)
+    runner = ModelRunner(model_id, load_model(model_id), device, optimize, max_batch_size, execution)
     runner.warmup()
     return runner

@@ -37,6 +37,11 @@ class ServeSettings(BaseModel):
     api_key_env: Optional[str] = Field("GCL_ZOO_API_KEY", description="environment variable holding the API key")
     optimize: Literal["auto", "eager", "trace", "compile"] = Field(
         "auto", description="auto: TorchScript trace on CPU, eager (bf16 autocast) on CUDA")
+    runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
+        "auto", description="auto: OpenVINO on CPU when installed (the [openvino] extra), else PyTorch; PyTorch on CUDA")
+    precision: Literal["auto", "f32"] = Field(
+        "auto", description="auto: the runtime's choice (bf16 for OpenVINO on CPUs with bf16 instructions, bf16 "
+                            "autocast on CUDA); f32: float32 throughout")
     inference_streams: Optional[int] = Field(
         None, ge=1, description="batches computed at once, each on an equal share of the CPU cores; "
                                 "default 2 on CPU (1 with compile), 1 on CUDA")

@@ -36,9 +36,10 @@ def _copy(folder: Path, tmp_path: Path) -> Path:
 
 def test_export_writes_exactly_what_timm_reads(exported):
     _, out = exported
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "eval.json", "model.safetensors",
-                                                      "train_hparams.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "eval.json", "model.onnx",
+                                                      "model.safetensors", "train_hparams.yaml"]
     config = json.loads((out / "config.json").read_text())
+    assert config["onnx"]["file"] == "model.onnx" and config["onnx"]["dynamic_batch"] is True
     assert config["architecture"] == "gcl_resnet32_cifar10_lt" and config["num_classes"] == 10
     assert config["label_names"][:2] == ["airplane", "automobile"] and len(config["label_names"]) == 10
     cfg = config["pretrained_cfg"]
@@ -83,8 +84,10 @@ def test_model_card_metadata_and_content(exported):
 
 def test_export_without_optional_files_says_what_is_missing(make_run, tmp_path):
     run = make_run(optional=())
-    out = export_run(run, tmp_path / "bare")
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "model.onnx").write_bytes(b"a graph from an earlier export")
+    out = export_run(run, tmp_path / "bare", onnx=False)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]  # none stale
     card = ModelCard.load(out / "README.md")
     assert card.data.eval_results is None and card.data.library_name == "timm"
     for name in ("eval.json", "recipe.yaml", "run.json"):
@@ -95,7 +98,7 @@ def test_export_without_optional_files_says_what_is_missing(make_run, tmp_path):
 def test_generic_wrapper_exports_with_its_backbone_preprocessing(tmp_path):
     model = gcl_zoo.create_gcl_model("resnet18", num_classes=3, label_names=["cat", "dog", "eel"]).eval()
     hub.save_model_folder(model, tmp_path / "run")
-    out = export_run(tmp_path / "run", tmp_path / "pets")
+    out = export_run(tmp_path / "run", tmp_path / "pets", onnx=False)
     config = json.loads((out / "config.json").read_text())
     backbone_cfg = timm.create_model("resnet18").pretrained_cfg
     assert config["architecture"] == "gcl_timm" and config["model_args"]["backbone"] == "resnet18"
@@ -112,7 +115,7 @@ def test_generic_wrapper_exports_with_its_backbone_preprocessing(tmp_path):
 
 def test_cli_export(make_run, tmp_path, capsys):
     run = make_run(optional=("recipe.yaml",))
-    assert hub_cli([str(run), str(tmp_path / "out")], command="export") == 0
+    assert hub_cli([str(run), str(tmp_path / "out")], command="export") == 0  # model.onnx too: the exporter is installed
     assert "local-dir:" in capsys.readouterr().out
     assert ModelCard.load(tmp_path / "out" / "README.md").data.model_name == "gcl_resnet32_cifar10_lt.ir100"
     assert hub_cli([str(tmp_path / "no" / "such-run"), str(tmp_path / "x")], command="export") == 1
@@ -132,7 +135,7 @@ def test_shipped_checkpoint_export_and_card(exported, tmp_path):
     card = ModelCard.load(written[0])
     assert card.data.model_name == zoo and card.data.eval_results[0].metric_value == 81.25
     assert f'timm.create_model("{zoo}", pretrained=True)' in card.text and RUN_INFO["command"] in card.text
-    out = hub.export_embedded(zoo, tmp_path / "out", weights_dir=weights_dir)
+    out = hub.export_embedded(zoo, tmp_path / "out", weights_dir=weights_dir, onnx=False)
     with torch.no_grad():
         assert torch.equal(timm.create_model(f"local-dir:{out}", pretrained=True).eval()(X),
                            timm.create_model(f"local-dir:{run}", pretrained=True).eval()(X))

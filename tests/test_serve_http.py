@@ -51,9 +51,10 @@ def model100_id(model_dirs) -> str:
 
 @pytest.fixture(scope="module")
 def server(model10_id, model100_id):
-    """The production configuration (default optimisation: TorchScript on CPU), two models, a wait long enough
-    for concurrent requests to meet in batches."""
-    with ServerProcess(["--model", model10_id, model100_id, "--max-wait-ms", "20"], env=NO_KEY) as proc:
+    """The PyTorch runtime's production configuration (TorchScript on CPU), two models, a wait long enough for
+    concurrent requests to meet in batches (the ONNX runtimes: test_serve_runtimes.py)."""
+    with ServerProcess(["--model", model10_id, model100_id, "--max-wait-ms", "20", "--runtime", "torch"],
+                       env=NO_KEY) as proc:
         yield proc
 
 
@@ -123,7 +124,7 @@ def batch_histogram(text: str) -> Dict[str, float]:
 
 # ------------------------------------------------------------------------------------------------ basic routes
 def test_health_ready_models_docs(http, server, model10_id, model100_id):
-    assert http.get(f"{server.url}/health").json() == {"status": "alive", "models": []}
+    assert http.get(f"{server.url}/health").json() == {"status": "alive", "models": [model10_id, model100_id]}
     assert http.get(f"{server.url}/ready").json() == {"status": "ready", "models": [model10_id, model100_id]}
     listing = http.get(f"{server.url}/models").json()
     assert listing["default"] == model10_id

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Union
 import numpy as np
 import torch
 
-from gcl_zoo.hub import replace_file
+from gcl_zoo.files import replace_file
 
 from .distributed import gather_objects
 

@@ -1,0 +1,159 @@
+"""Inference runtimes for CPU serving: OpenVINO and ONNX Runtime run the model's ONNX graph.
+
+Each runtime turns a pre-processed float32 NCHW batch (a CPU tensor) into the model's raw outputs (cosine
+logits) and is called from the server's inference threads, several at once (one per stream):
+
+* ``openvino``: one compiled model with ``NUM_STREAMS`` streams and an infer request per inference thread; the
+  precision is the CPU plugin's default (bf16 on CPUs with bf16 instructions, which roughly doubled throughput on
+  the 2-core benchmark machine) unless ``precision="f32"`` pins float32.
+* ``onnxruntime``: one session per inference thread, each with its own intra-op threads and no spin-waiting (a
+  spinning pool takes the cores that HTTP parsing and decoding need); the CPU execution provider computes float32.
+
+The graph is the exported folder's ``model.onnx`` when the model comes from one (``local-dir:`` or ``hf-hub:``),
+otherwise it is exported from the loaded model at start-up (``gcl_zoo.onnx_export``, checked against PyTorch).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import tempfile
+import threading
+from pathlib import Path
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+__all__ = ["RUNTIMES", "PRECISIONS", "EXTRA_FOR", "runtime_installed", "resolve_runtime", "onnx_graph",
+           "OpenVINOForward", "OnnxRuntimeForward", "create_onnx_forward"]
+
+log = logging.getLogger("serve.runtimes")
+
+RUNTIMES = ("torch", "openvino", "onnxruntime")
+PRECISIONS = ("auto", "f32")
+EXTRA_FOR = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
+
+
+def runtime_installed(runtime: str) -> bool:
+    """Whether ``runtime`` imports here (a broken install counts as missing)."""
+    if runtime == "torch":
+        return True
+    try:
+        importlib.import_module(runtime)
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_runtime(runtime: str, device: torch.device, optimize: str = "auto") -> str:
+    """``auto``: OpenVINO on CPU when installed (the fastest here, see the serving benchmark), else PyTorch;
+    PyTorch on CUDA, or when a PyTorch optimisation (``--optimize``) is asked for. An ONNX runtime asked for on
+    CUDA, or one not installed, is refused with the fix."""
+    if runtime == "auto":
+        wants_torch = device.type != "cpu" or optimize != "auto"
+        return "openvino" if not wants_torch and runtime_installed("openvino") else "torch"
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; choose auto, {', '.join(RUNTIMES)}")
+    if runtime != "torch" and device.type != "cpu":
+        raise ValueError(f"--runtime {runtime} serves on the CPU; on {device.type.upper()} use --runtime torch "
+                         "(or --device cpu)")
+    if not runtime_installed(runtime):
+        raise ValueError(f"--runtime {runtime} needs the {runtime} package: pip install 'gcl-zoo[{EXTRA_FOR[runtime]}]'")
+    return runtime
+
+
+def onnx_graph(model_id: str, model: nn.Module, workdir: Path) -> Tuple[Path, str]:
+    """The model's ONNX file and where it came from: the folder's or Hub repo's ``model.onnx``, else a fresh
+    export into ``workdir``."""
+    from gcl_zoo.onnx_export import ONNX_NAME, export_onnx
+
+    if model_id.startswith("local-dir:"):
+        path = Path(model_id.split(":", 1)[1]) / ONNX_NAME
+        if path.is_file():
+            return path, str(path)
+    elif model_id.startswith("hf-hub:"):
+        found = _hub_file(model_id.split(":", 1)[1], ONNX_NAME)
+        if found is not None:
+            return found, f"{model_id}/{ONNX_NAME}"
+    path = workdir / ONNX_NAME
+    export_onnx(model, path)
+    return path, "exported at start-up"
+
+
+def _hub_file(repo: str, filename: str) -> Optional[Path]:
+    """``filename`` of Hub repo ``ORG/NAME[@revision]`` (downloaded or cached); None when the repo has none."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    repo_id, _, revision = repo.partition("@")
+    try:
+        return Path(hf_hub_download(repo_id, filename, revision=revision or None))
+    except EntryNotFoundError:
+        return None
+
+
+class OpenVINOForward:
+    """An ONNX graph compiled by OpenVINO for the CPU, callable from ``streams`` threads at once."""
+
+    runtime = "openvino"
+
+    def __init__(self, path: Path, streams: int, threads: int, precision: str):
+        import openvino
+
+        config = {"NUM_STREAMS": str(streams), "INFERENCE_NUM_THREADS": str(streams * threads)}
+        if precision == "f32":
+            config["INFERENCE_PRECISION_HINT"] = "f32"
+        self.compiled = openvino.Core().compile_model(str(path), "CPU", config)
+        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self._local = threading.local()
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        request = getattr(self._local, "request", None)
+        if request is None:
+            request = self._local.request = self.compiled.create_infer_request()
+        request.infer({0: batch.numpy()}, share_inputs=True)
+        return torch.from_numpy(np.array(request.get_output_tensor(0).data, dtype=np.float32))
+
+
+class OnnxRuntimeForward:
+    """An ONNX Runtime CPU session per calling thread, each with ``threads`` intra-op threads."""
+
+    runtime = "onnxruntime"
+    precision = "f32"
+
+    def __init__(self, path: Path, streams: int, threads: int, precision: str):
+        import onnxruntime
+
+        self.model_bytes = Path(path).read_bytes()  # sessions are made in the inference threads, after the file may be gone
+        self.options = onnxruntime.SessionOptions()
+        self.options.intra_op_num_threads = threads
+        self.options.inter_op_num_threads = 1
+        self.options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.streams = streams
+        self._local = threading.local()
+        self._session()  # fail at start-up, not on the first request
+
+    def _session(self):
+        session = getattr(self._local, "session", None)
+        if session is None:
+            import onnxruntime
+
+            session = self._local.session = onnxruntime.InferenceSession(
+                self.model_bytes, self.options, providers=["CPUExecutionProvider"])
+        return session
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        session = self._session()
+        return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: batch.numpy()})[0])
+
+
+def create_onnx_forward(runtime: str, model_id: str, model: nn.Module, streams: int, threads: int,
+                        precision: str) -> Tuple[Callable[[torch.Tensor], torch.Tensor], str]:
+    """The model's ONNX graph loaded into ``runtime``; also says where the graph came from."""
+    forward_cls = {"openvino": OpenVINOForward, "onnxruntime": OnnxRuntimeForward}[runtime]
+    with tempfile.TemporaryDirectory(prefix="gcl-zoo-onnx-") as tmp:
+        path, origin = onnx_graph(model_id, model, Path(tmp))
+        forward = forward_cls(path, streams, threads, precision)
+    log.info("%s runs %s (%s, %s precision)", runtime, model_id, origin, forward.precision)
+    return forward, origin

@@ -1,0 +1,166 @@
+"""CPU runtimes for serving (OpenVINO, ONNX Runtime): the exported graph, its agreement with PyTorch on real
+CIFAR-10 test images, and real servers that run it.
+
+Tolerances, on probabilities (softmax of the scaled logits) of the shipped ResNet-32: float32 runtimes agree with
+PyTorch within 1e-5; OpenVINO's default bf16 within 0.05 per probability, with at least 99% of top-1 labels the
+same on real test images (bf16 rounds the cosine logits by about 5e-3, which moves only near-ties).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+import timm
+import torch
+
+import gcl_zoo  # noqa: F401
+from gcl_zoo.hub import save_model_folder
+from serve.decoding import ImagePayload, inspect_image
+from serve.runner import ModelRunner, Execution
+from serve.runtimes import resolve_runtime
+from serve.testing import ServerProcess
+from serve_images import cifar_test_images
+
+REPO = Path(__file__).resolve().parent.parent
+ZOO_NAME = "gcl_resnet32_cifar10_lt.ir100"
+F32_PROB_TOL = 1e-5
+BF16_PROB_TOL = 5e-2
+BF16_TOP1_AGREEMENT = 0.99
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return timm.create_model(ZOO_NAME, pretrained=True).eval()
+
+
+@pytest.fixture(scope="module")
+def test_images(cifar10_zip):
+    return cifar_test_images(cifar10_zip, per_class=40)
+
+
+@pytest.fixture(scope="module")
+def torch_probs(trained, test_images):
+    runner = ModelRunner(ZOO_NAME, trained, torch.device("cpu"), optimize="eager")
+    return _probs(runner, test_images)
+
+
+def _probs(runner: ModelRunner, images) -> torch.Tensor:
+    payloads = [ImagePayload(name, data) for name, data, _ in images]
+    items = [runner.prepare(p, inspect_image(p, max_pixels=10_000)) for p in payloads]
+    rows = []
+    for start in range(0, len(items), 64):
+        rows += runner.predict(items[start:start + 64])
+    return torch.stack(rows).softmax(dim=1)
+
+
+def test_runtime_choice_and_refusals():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_runtime("auto", cpu) == "openvino" and resolve_runtime("auto", cuda) == "torch"
+    assert resolve_runtime("onnxruntime", cpu) == "onnxruntime" and resolve_runtime("auto", cpu, "eager") == "torch"
+    with pytest.raises(ValueError, match="serves on the CPU; on CUDA use --runtime torch"):
+        resolve_runtime("onnxruntime", cuda)
+    # without the package (imports of it blocked in a fresh interpreter): auto falls back, asking for it explains
+    probe = ("import sys, importlib.abc\n"
+             "class Block(importlib.abc.MetaPathFinder):\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             "        if name.split('.')[0] == 'openvino': raise ModuleNotFoundError(name)\n"
+             "sys.meta_path.insert(0, Block())\n"
+             "import torch; from serve.runtimes import resolve_runtime\n"
+             "print(resolve_runtime('auto', torch.device('cpu')))\n"
+             "try:\n    resolve_runtime('openvino', torch.device('cpu'))\n"
+             "except ValueError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines()[0] == "torch" and "pip install 'gcl-zoo[openvino]'" in out.stdout
+
+
+@pytest.mark.parametrize("runtime, precision", [("openvino", "f32"), ("onnxruntime", "auto"), ("openvino", "auto")])
+def test_onnx_runtimes_answer_what_pytorch_answers_on_real_images(trained, test_images, torch_probs, runtime,
+                                                                  precision):
+    runner = ModelRunner(ZOO_NAME, trained, torch.device("cpu"), execution=Execution(runtime, precision, 2, 1))
+    assert runner.runtime == runtime and runner.graph_origin == "exported at start-up"
+    probs = _probs(runner, test_images)
+    diff = float((probs - torch_probs).abs().max())
+    agreement = float((probs.argmax(1) == torch_probs.argmax(1)).float().mean())
+    if runner.precision == "f32":
+        assert diff <= F32_PROB_TOL and agreement == 1.0
+    else:
+        assert runner.precision == "bf16" and diff <= BF16_PROB_TOL and agreement >= BF16_TOP1_AGREEMENT
+    assert (runtime, precision) != ("onnxruntime", "auto") or runner.precision == "f32"
+    # two inference threads at once (one request or session each) give what one thread gives
+    batch = torch.randn(8, 3, 32, 32)
+    alone = runner.scaled_logits(batch)
+    together = [None, None]
+
+    def run(i):
+        together[i] = runner.scaled_logits(batch)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(t, alone) for t in together)
+    assert runner.describe()["runtime"] == runtime and runner.describe()["optimization"] is None
+
+
+def test_a_graph_of_another_model_is_refused(tmp_path, trained):
+    """A folder whose model.onnx does not compute what its weights do (a stale export) does not serve."""
+    folder = tmp_path / "stale"
+    save_model_folder(trained, folder)
+    from gcl_zoo.onnx_export import export_onnx
+
+    torch.manual_seed(1)
+    export_onnx(timm.create_model("gcl_resnet32_cifar10_lt").eval(), folder / "model.onnx")
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    with pytest.raises(ValueError, match="differs from its weights .* re-export the folder"):
+        ModelRunner(f"local-dir:{folder}", loaded, torch.device("cpu"), execution=Execution("onnxruntime", "f32"))
+    with pytest.raises(ValueError, match="--optimize trace is for --runtime torch"):
+        ModelRunner(f"local-dir:{folder}", loaded, torch.device("cpu"), optimize="trace",
+                    execution=Execution("openvino"))
+
+
+def test_export_writes_a_checked_graph_that_the_server_runs(tmp_path, test_images, torch_probs):
+    """`gcl-zoo export` writes model.onnx (opset and dynamic batch in config.json); a server given the folder runs
+    that file in ONNX Runtime and answers what PyTorch answers; /models says how it serves."""
+    out = tmp_path / ZOO_NAME
+    done = subprocess.run([sys.executable, "-m", "gcl_zoo.cli", "export", ZOO_NAME, str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "with model.onnx" in done.stdout and (out / "model.onnx").stat().st_size > 1_000_000
+    entry = json.loads((out / "config.json").read_text())["onnx"]
+    assert entry["file"] == "model.onnx" and entry["opset"] >= 17 and entry["dynamic_batch"] is True
+    assert entry["input_shape"] == ["batch", 3, 32, 32] and entry["max_abs_diff_vs_pytorch"] < 1e-4
+    images = test_images[:64]
+    with ServerProcess(["--model", f"local-dir:{out}", "--runtime", "onnxruntime"], env={"GCL_ZOO_API_KEY": ""}) as server:
+        with httpx.Client(timeout=60) as http:
+            described = http.get(f"{server.url}/models").json()["models"][0]
+            response = http.post(f"{server.url}/predict", data={"top_k": "10"},
+                                 files=[("files", (f"{i}.webp", data, "image/webp"))
+                                        for i, (_, data, _) in enumerate(images)])
+    assert described["runtime"] == "onnxruntime" and described["precision"] == "f32"
+    assert described["graph"] == str(out / "model.onnx") and described["optimization"] is None
+    assert response.status_code == 200, response.text
+    classes = timm.create_model(ZOO_NAME).pretrained_cfg["label_names"]
+    for row, answer in zip(torch_probs[:64], response.json()["predictions"]):
+        got = {p["label"]: p["score"] for p in answer}
+        assert max(abs(got[name] - float(row[i])) for i, name in enumerate(classes)) <= F32_PROB_TOL
+
+
+def test_default_cpu_server_runs_openvino(test_images):
+    """With the [openvino] extra installed the default CPU server runs OpenVINO at its own precision, and /health
+    names the loaded model."""
+    with ServerProcess([], env={"GCL_ZOO_API_KEY": ""}) as server:
+        with httpx.Client(timeout=60) as http:
+            described = http.get(f"{server.url}/models").json()["models"][0]
+            health = http.get(f"{server.url}/health").json()
+            name, data, label = test_images[8]  # a ship the model gets right
+            answer = http.post(f"{server.url}/predict", content=data, headers={"Content-Type": "image/webp"})
+    assert described["runtime"] == "openvino" and described["precision"] in ("bf16", "f32")
+    assert described["graph"] == "exported at start-up" and health["models"] == ["gcl_resnet32_cifar10_lt"]
+    assert answer.status_code == 200 and answer.json()[0]["label"] == "ship" == described["labels"][label]
