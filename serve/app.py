@@ -32,6 +32,7 @@ from . import __version__
 from .batching import BatchingEngine
 from .decoding import (FORM_FIELDS, OUTPUT_FUNCTIONS, ImagePayload, ParsedRequest, PredictRequest, RequestError,
                        check_top_k, inspect_image, parse_predict_request)
+from .limits import BodyBudget, BodyLimitMiddleware, DrainMiddleware
 from .memory import retain_freed_memory
 from .oip import register_routes as register_open_inference_routes
 from .metrics import CONTENT_TYPE, ServerMetrics
@@ -109,8 +110,12 @@ class ServerState:
     decode_pool: Optional[ThreadPoolExecutor] = None
     inference_pool: Optional[ThreadPoolExecutor] = None
     inference: Dict[str, int] = field(default_factory=dict)  # inference_streams, threads_per_stream
+    in_flight: int = 0  # HTTP requests being answered (serve.limits.DrainMiddleware)
+    draining: bool = False  # shutting down: /ready and new work answer 503 (serve.lifecycle)
 
     def check_ready(self) -> None:
+        if self.draining:
+            raise RequestError(503, "the server is shutting down", headers={"Retry-After": "1"})
         if self.load_error:
             raise RequestError(503, f"the server failed to load its models: {self.load_error}")
         if not self.ready:
@@ -194,37 +199,6 @@ def predict_response(model_id: str, rows: Sequence[torch.Tensor], labels: Sequen
 
 def error_response(status: int, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-class BodyLimitMiddleware:
-    """Refuse bodies over ``max_bytes`` with 413: at once from Content-Length, or while a chunked body streams."""
-
-    def __init__(self, app: Any, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    def _too_large(self) -> RequestError:
-        return RequestError(413, f"the request body is larger than {self.max_bytes / 2**20:g} MB; send fewer or "
-                                 "smaller images per request (or raise --max-body-mb)")
-
-    async def __call__(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            error = self._too_large()
-            return await error_response(error.status, error.message, {"Connection": "close"})(scope, receive, send)
-        received = 0
-
-        async def limited_receive() -> Dict[str, Any]:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                raise self._too_large()
-            return message
-
-        await self.app(scope, limited_receive, send)
 
 
 class MetricsMiddleware:
@@ -326,7 +300,9 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
                          description="Long-tailed image classification with GCL zoo models: dynamic batching, "
                                      "the Hugging Face image-classification task, Prometheus metrics.")
     app.state.server = state
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       budget=BodyBudget(settings.max_inflight_bytes), body_timeout_s=settings.body_timeout_s)
+    app.add_middleware(DrainMiddleware, state=state)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, routes=app.routes)
     _install_openapi(app)
 

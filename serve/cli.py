@@ -39,6 +39,14 @@ def build_parser(prog: str = "gcl-zoo serve") -> argparse.ArgumentParser:
     add("--max-body-mb", type=float, help=f"largest request body in MB (default: {fields['max_body_mb'].default})")
     add("--max-images", type=int, help=f"most images per request (default: {fields['max_images'].default})")
     add("--max-pixels", type=int, help=f"most pixels per image (default: {fields['max_pixels'].default:,})")
+    add("--max-inflight-mb", type=float, help="most MB of request bodies held at once; beyond, 503 with Retry-After "
+                                              f"(default: {fields['max_inflight_mb'].default:g})")
+    add("--header-timeout-s", type=float, help="408 and close when a request's headers take longer "
+                                               f"(default: {fields['header_timeout_s'].default:g})")
+    add("--body-timeout-s", type=float, help="408 when a request's body takes longer "
+                                             f"(default: {fields['body_timeout_s'].default:g})")
+    add("--shutdown-grace-s", type=float, help="on SIGTERM, how long requests in flight may still finish "
+                                               f"(default: {fields['shutdown_grace_s'].default:g})")
     add("--default-top-k", type=int, help=f"labels per image when a request names no top_k "
                                           f"(default: {fields['default_top_k'].default})")
     add("--api-key-env", metavar="VAR",
@@ -74,6 +82,8 @@ def main(argv: Optional[List[str]] = None, command: str = "serve") -> int:
     import uvicorn
 
     from .app import create_app
+    from .lifecycle import DrainingServer
+    from .limits import header_timeout_protocol
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server: Optional[uvicorn.Server] = None
@@ -83,8 +93,9 @@ def main(argv: Optional[List[str]] = None, command: str = "serve") -> int:
             server.should_exit = True
 
     app = create_app(settings, on_load_failure=stop)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                                           timeout_graceful_shutdown=5))
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                            timeout_graceful_shutdown=5, http=header_timeout_protocol(settings.header_timeout_s))
+    server = DrainingServer(config, app.state.server, settings.shutdown_grace_s)
     server.run()
     if app.state.server.load_error:
         print(f"gcl-zoo {command}: could not load the models: {app.state.server.load_error}", file=sys.stderr)

@@ -33,6 +33,10 @@ class ServeSettings(BaseModel):
     max_body_mb: float = Field(10.0, gt=0, description="largest request body")
     max_images: int = Field(64, ge=1, description="most images in one request")
     max_pixels: int = Field(40_000_000, ge=1, description="most pixels in one image (decompression-bomb guard)")
+    max_inflight_mb: float = Field(256.0, gt=0, description="most bytes of request bodies held at once; more answer 503")
+    header_timeout_s: float = Field(10.0, gt=0, description="a request's line and headers must arrive within this")
+    body_timeout_s: float = Field(30.0, gt=0, description="a request's body must arrive within this of its start")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="on SIGTERM, how long requests in flight may finish")
     default_top_k: int = Field(5, ge=1)
     api_key_env: Optional[str] = Field("GCL_ZOO_API_KEY", description="environment variable holding the API key")
     optimize: Literal["auto", "eager", "trace", "compile"] = Field(
@@ -62,9 +66,20 @@ class ServeSettings(BaseModel):
                              "or a full-size request could never be queued")
         return self
 
+    @model_validator(mode="after")
+    def _budget_holds_a_body(self) -> "ServeSettings":
+        if self.max_inflight_mb < self.max_body_mb:
+            raise ValueError(f"max_inflight_mb ({self.max_inflight_mb:g}) must be at least max_body_mb "
+                             f"({self.max_body_mb:g}), or a full-size request could never be read")
+        return self
+
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def max_inflight_bytes(self) -> int:
+        return int(self.max_inflight_mb * 1024 * 1024)
 
     @property
     def api_key(self) -> Optional[str]:

@@ -1,0 +1,197 @@
+"""The server's CPU runtimes side by side: raw forward pass and served throughput per runtime, in one run.
+
+    python bench/serve_runtimes.py                                   # shipped default model, 64 images a request
+    python bench/serve_runtimes.py --rounds 5 --seconds 4 --concurrency 8
+
+For each runtime configuration (PyTorch TorchScript, OpenVINO at its default precision, OpenVINO float32, ONNX
+Runtime) the benchmark
+1. measures the raw figure: the runtime's forward pass in this process on a batch of real pre-processed CIFAR-10
+   test images, laid out as the server runs it (two streams of one thread on two cores);
+2. starts a real server (``gcl-zoo serve --runtime ...``); all servers are up at once and idle while another is
+   measured;
+3. alternates rounds: each configuration's raw window, then its served window (multipart requests of
+   ``--images-per-request`` images from ``--concurrency`` clients), so every configuration meets the same
+   machine load; ratios are taken within a round and their median reported;
+4. profiles where a served image's CPU time goes: the server process's CPU seconds per image (from /proc),
+   split into the model (this runtime's single-thread forward), decode + resize (``prepare``), batching and
+   normalisation (``collate``), and the rest (HTTP, multipart parsing, the event loop, answers); and the load
+   generator's own CPU seconds per image, which shares the machine;
+5. reports top-1 agreement with PyTorch float32 on real test images, and the largest probability difference.
+
+Results: a table on stdout, ``bench/results/serve_runtimes.json`` and ``serve_runtimes.log``.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Sequence, Tuple
+
+import httpx
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
+
+import timm  # noqa: E402
+
+import gcl_zoo  # noqa: E402,F401
+from serve.decoding import ImagePayload, inspect_image  # noqa: E402
+from serve.memory import retain_freed_memory  # noqa: E402
+from serve.runner import Execution, ModelRunner  # noqa: E402
+from serve.runtimes import runtime_installed  # noqa: E402
+from serve.testing import ServerProcess  # noqa: E402
+from serve_load import load_cell, load_images, machine, multipart_body, throughput  # noqa: E402
+
+# name -> (runtime, precision)
+CONFIGS = {"torch (TorchScript)": ("torch", "auto"), "openvino (default precision)": ("openvino", "auto"),
+           "openvino f32": ("openvino", "f32"), "onnxruntime": ("onnxruntime", "auto")}
+BASELINE = "torch (TorchScript)"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def prepared(runner: ModelRunner, images: Sequence[bytes]) -> Tuple[List[Any], float, float]:
+    """The images prepared by the runner's pipeline, and the single-thread seconds per image that ``prepare``
+    (header check, decode, resize) and ``collate`` (batching, normalisation) took."""
+    payloads = [ImagePayload(str(i), data) for i, data in enumerate(images)]
+    start = time.perf_counter()
+    for _ in range(5):
+        items = [runner.prepare(p, inspect_image(p, max_pixels=sys.maxsize)) for p in payloads]
+    prepare_s = (time.perf_counter() - start) / (5 * len(images))
+    start = time.perf_counter()
+    for _ in range(20):
+        runner.pipeline.collate(items, runner.device)
+    collate_s = (time.perf_counter() - start) / (20 * len(images))
+    return items, prepare_s, collate_s
+
+
+def probabilities(runner: ModelRunner, items: Sequence[Any]) -> torch.Tensor:
+    rows = []
+    for start in range(0, len(items), 64):
+        rows += runner.predict(items[start:start + 64])
+    return torch.stack(rows).softmax(dim=1)
+
+
+def served_window(server: ServerProcess, body: Tuple[bytes, str], per_request: int, concurrency: int,
+                  warmup: float, seconds: float) -> Dict[str, Any]:
+    """One served window, with the CPU seconds per image of the server and of this load generator."""
+    server_before, client_before = cpu_seconds(server.proc.pid), time.process_time()
+    cell = asyncio.run(load_cell(server.url, *body, per_request, concurrency, warmup, seconds))
+    images = max(1, cell["images_per_s"] * seconds + cell["images_per_s"] * warmup)  # warm-up requests count too
+    cell["server_cpu_ms_per_image"] = 1000 * (cpu_seconds(server.proc.pid) - server_before) / images
+    cell["client_cpu_ms_per_image"] = 1000 * (time.process_time() - client_before) / images
+    return cell
+
+
+def main(argv: List[str] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="gcl_resnet32_cifar10_lt", help="zoo name, hf-hub: or local-dir:")
+    parser.add_argument("--images-per-request", type=int, default=64)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per window")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each served window")
+    parser.add_argument("--agreement-images", type=int, default=2000, help="real test images for top-1 agreement")
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("GCL_ZOO_DATA", REPO.parent / "shared" / "data")))
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    args = parser.parse_args(argv)
+    lines: List[str] = []
+
+    def say(text: str = "") -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    info = machine()
+    info["retain_freed_memory"] = retain_freed_memory()
+    say(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, load average "
+        f"{info['load_average_at_start']}")
+    configs = {name: spec for name, spec in CONFIGS.items() if runtime_installed(spec[0])}
+    images = load_images(args.data, max(args.images_per_request, args.agreement_images))
+    model = timm.create_model(args.model, pretrained=True).eval()
+    cpu = torch.device("cpu")
+    runners = {name: ModelRunner(args.model, model, cpu, execution=Execution(runtime, precision, 2, 1))
+               for name, (runtime, precision) in configs.items()}
+    reference = ModelRunner(args.model, model, cpu, optimize="eager", execution=Execution("torch", "f32"))
+    items, prepare_s, collate_s = prepared(reference, images[:args.images_per_request])
+    batch, _ = reference.pipeline.collate(items, cpu)
+    all_items = prepared(reference, images[:args.agreement_images])[0]
+    expected = probabilities(reference, all_items)
+    per_config: Dict[str, Dict[str, Any]] = {}
+    for name, runner in runners.items():
+        probs = probabilities(runner, all_items)
+        per_config[name] = {
+            "runtime": runner.runtime, "precision": runner.precision,
+            "top1_agreement_vs_pytorch_f32": float((probs.argmax(1) == expected.argmax(1)).float().mean()),
+            "max_abs_prob_diff": float((probs - expected).abs().max()),
+            "model_ms_per_image_1_thread": 1000 / throughput(runner.forward, batch, args.seconds / 2, 1, 1),
+            "raw_images_per_s": [], "served": []}
+    body = multipart_body(images[:args.images_per_request])
+    servers = {}
+    try:
+        for name, (runtime, precision) in configs.items():
+            servers[name] = ServerProcess(["--model", args.model, "--runtime", runtime, "--precision", precision,
+                                           "--log-level", "warning"], env={"GCL_ZOO_API_KEY": ""}).start()
+        for round_ in range(args.rounds):
+            for name, runner in runners.items():
+                raw = throughput(runner.forward, batch, args.seconds, streams=2, threads=1)
+                cell = served_window(servers[name], body, args.images_per_request, args.concurrency, args.warmup,
+                                     args.seconds)
+                per_config[name]["raw_images_per_s"].append(raw)
+                per_config[name]["served"].append(cell)
+                say(f"round {round_ + 1} {name:30s} raw {raw:7.0f}/s  served {cell['images_per_s']:7.0f}/s "
+                    f"(p50 {cell['p50_ms']:.0f} ms, batch {cell['mean_batch']:.1f}, 503s {cell['rejected_503']})")
+    finally:
+        for server in servers.values():
+            server.stop()
+
+    for name, result in per_config.items():
+        served = [c["images_per_s"] for c in result["served"]]
+        baseline = [c["images_per_s"] for c in per_config[BASELINE]["served"]] if BASELINE in per_config else served
+        result["served_images_per_s_median"] = statistics.median(served)
+        result["raw_images_per_s_median"] = statistics.median(result["raw_images_per_s"])
+        result["served_share_of_raw"] = statistics.median(s / r for s, r in zip(served, result["raw_images_per_s"]))
+        result["served_vs_torchscript_served"] = statistics.median(s / b for s, b in zip(served, baseline))
+        server_ms = statistics.median(c["server_cpu_ms_per_image"] for c in result["served"])
+        model_ms = result["model_ms_per_image_1_thread"]
+        result["server_cpu_ms_per_image"] = {
+            "total": server_ms, "model": model_ms, "decode_resize": 1000 * prepare_s, "collate_normalize": 1000 * collate_s,
+            "http_multipart_loop_answers": server_ms - model_ms - 1000 * (prepare_s + collate_s)}
+        result["client_cpu_ms_per_image"] = statistics.median(c["client_cpu_ms_per_image"] for c in result["served"])
+
+    say()
+    say(f"{args.images_per_request} images a request, {args.concurrency} clients, {args.rounds} alternating rounds of "
+        f"{args.seconds:g} s; medians. CPU ms per served image: server (model / decode+resize / collate / rest) and "
+        "load generator")
+    say(f"{'runtime':30s} {'precision':>9} {'raw/s':>7} {'served/s':>9} {'vs TS served':>12} {'of raw':>7} "
+        f"{'agree':>7} {'server ms':>27} {'client ms':>9}")
+    for name, r in per_config.items():
+        ms = r["server_cpu_ms_per_image"]
+        split = f"{ms['total']:.3f} ({ms['model']:.3f}/{ms['decode_resize']:.3f}/{ms['collate_normalize']:.3f}/" \
+                f"{ms['http_multipart_loop_answers']:.3f})"
+        say(f"{name:30s} {r['precision']:>9} {r['raw_images_per_s_median']:7.0f} {r['served_images_per_s_median']:9.0f} "
+            f"{r['served_vs_torchscript_served']:11.2f}x {r['served_share_of_raw']:7.0%} "
+            f"{r['top1_agreement_vs_pytorch_f32']:7.2%} {split:>27} {r['client_cpu_ms_per_image']:9.3f}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = {"machine": info, "model": args.model, "images_per_request": args.images_per_request,
+              "concurrency": args.concurrency, "rounds": args.rounds, "seconds_per_window": args.seconds,
+              "agreement_images": len(all_items), "configs": per_config,
+              "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    (args.out / "serve_runtimes.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "serve_runtimes.log").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out / 'serve_runtimes.json'} and serve_runtimes.log")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
