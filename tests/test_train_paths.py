@@ -217,3 +217,77 @@ def test_unreadable_images_are_all_listed_before_training_or_skipped(tmp_path, l
                              capture_output=True, text=True, timeout=600)
     assert skipped.returncode == 0, skipped.stderr[-3000:]
     assert "skipped 2 unreadable training image(s)" in skipped.stdout
+
+
+def _wait_for_epochs(proc: subprocess.Popen, metrics: Path, epochs: int, timeout_s: float = 300) -> None:
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and proc.poll() is None:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= epochs:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the run ended (or stalled) before it could be signalled")
+
+
+def _same_weights(a_dir: Path, b_dir: Path) -> None:
+    a, b = load_file(str(a_dir / "model.safetensors")), load_file(str(b_dir / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+SIGTERM_ARGS = ("--epochs", "2", "--stage2.epochs", "1", "--deterministic", "--seed", "7", "--max-per-class", "250",
+                "--batch-size", "16")
+
+
+def test_sigterm_stops_at_a_step_and_resume_reaches_the_uninterrupted_result(tmp_path, cifar10_zip):
+    """SIGTERM in epoch 2: a checkpoint at the next step, exit status 143 with the resume command; --resume then
+    ends with the weights and per-epoch losses of a run never interrupted."""
+    reference = tmp_path / "reference"
+    subprocess.run(_train_cmd(reference, cifar10_zip, *SIGTERM_ARGS), cwd=REPO, env=_env(), check=True,
+                   capture_output=True, timeout=600)
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen(_train_cmd(stopped, cifar10_zip, *SIGTERM_ARGS), cwd=REPO, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_epochs(proc, stopped / "metrics.jsonl", 1)
+    time.sleep(0.3)  # well inside epoch 2
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "stopped on request at stage 1, epoch 2, step" in stderr and f"--resume {stopped}" in stderr
+    assert "Traceback" not in stderr
+    state = torch.load(stopped / "checkpoint.pt", weights_only=True)
+    assert state["stage"] == 1 and state["epoch"] == 1 and 0 < state["step"]
+    resumed = subprocess.run([sys.executable, "-m", "train", "--resume", str(stopped), "--no-progress"], cwd=REPO,
+                             env=_env(), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _same_weights(reference, stopped)
+    rows = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    want = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["epoch"], r["loss"]) for r in rows] == [(r["stage"], r["epoch"], r["loss"]) for r in want]
+
+
+def _torchrun(*args: str) -> list:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+            "-m", "train", *args]
+
+
+def test_sigterm_under_ddp_stops_every_rank_at_one_step_and_resumes_to_the_same_result(tmp_path, cifar10_zip):
+    """torchrun forwards SIGTERM to its processes; they agree on one step, rank 0 writes the checkpoint with
+    every rank's random state, and a torchrun --resume ends where an uninterrupted DDP run ends."""
+    reference = tmp_path / "reference"
+    subprocess.run(_torchrun(*_train_cmd(reference, cifar10_zip, *SIGTERM_ARGS)[3:]), cwd=REPO, env=_env(),
+                   check=True, capture_output=True, timeout=600)
+    stopped = tmp_path / "stopped"
+    proc = subprocess.Popen(_torchrun(*_train_cmd(stopped, cifar10_zip, *SIGTERM_ARGS)[3:]), cwd=REPO, env=_env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_epochs(proc, stopped / "metrics.jsonl", 1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=180)
+    assert stderr.count("stopped on request at stage") == 2, stderr[-3000:]  # both ranks, the same step
+    state = torch.load(stopped / "checkpoint.pt", weights_only=True)
+    assert 0 < state["step"] and state["step"] % 10 == 0 and len(state["rng"]) == 2
+    resumed = subprocess.run(_torchrun("--resume", str(stopped), "--no-progress"), cwd=REPO, env=_env(),
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _same_weights(reference, stopped)

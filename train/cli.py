@@ -18,6 +18,7 @@ from gcl_zoo.devices import resolve_device
 from .checkpoint import CHECKPOINT_NAME, check_writable, load_checkpoint
 from .distributed import DistInfo, broadcast_error, init_distributed, local_rank
 from .engine import RunOptions, Trainer, TrainingError
+from .preemption import EXIT_STOPPED, StopRequested, StopSignal
 from .recipes import RECIPE_FILE, RecipeError, add_override_flags, available_recipes, dump_recipe, load_recipe, overrides_from_args
 
 RUN_FILE = "run.json"
@@ -139,7 +140,9 @@ def run(args: argparse.Namespace, argv: List[str]) -> Dict[str, Any]:
             (out / RUN_FILE).write_text(json.dumps(run_info, indent=2))
         else:
             _rewrite_metrics(out, state["history"])
-    final = trainer.run(resume=state)
+    with StopSignal(dist_info, device) as stop:
+        trainer.stop = stop
+        final = trainer.run(resume=state)
     if dist_info.is_main:
         final.update({"dataset": recipe["dataset"], "split": "test", "final_epoch": True,
                       "stages": stages, "checkpoint": "model.safetensors"})
@@ -163,6 +166,9 @@ def main(argv: Optional[List[str]] = None, command: str = "train") -> int:
     args = build_parser().parse_args(argv)
     try:
         run(args, argv)
+    except StopRequested as stopped:
+        print(f"gcl-zoo train: {stopped}", file=sys.stderr)
+        return EXIT_STOPPED
     except (RecipeError, FileNotFoundError, FileExistsError, PermissionError, OSError, TrainingError, ValueError) as exc:
         print(f"gcl-zoo train: error: {exc}", file=sys.stderr)
         return 2

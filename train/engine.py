@@ -30,6 +30,7 @@ from .checkpoint import CHECKPOINT_NAME, atomic_torch_save, rng_states_of_all_ra
 from .data import DataBundle, build_data, is_small_image_data
 from .distributed import DistInfo, all_reduce_sum, barrier
 from .predict import autocast_for, predict
+from .preemption import StopRequested, StopSignal
 from .schedule import lr_at
 
 STAGE1_DIR = "stage1"
@@ -37,6 +38,15 @@ STAGE1_DIR = "stage1"
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, missing or mismatched stage-1 checkpoint)."""
+
+
+class _StoppedAt(Exception):
+    """Raised out of an epoch when every process agreed to stop: after ``step`` steps, with the loss so far."""
+
+    def __init__(self, step: int, loss_sum: float):
+        super().__init__(step)
+        self.step = step
+        self.loss_sum = loss_sum
 
 
 @dataclass
@@ -124,6 +134,7 @@ class Trainer:
             test_images, test_labels = self.data.test.as_tensors()
             self.test_images, self.test_labels = test_images.to(self.device), test_labels.to(self.device)
         self.history: List[Dict[str, Any]] = []
+        self.stop: Optional[StopSignal] = None  # set by the CLI: a SIGTERM stops the run at a step boundary
         self.writer = self._tensorboard() if options.tensorboard and dist_info.is_main else None
 
     def _tensorboard(self):
@@ -223,11 +234,12 @@ class Trainer:
         batches = self.make_batches(stage, sampler)
         loss_fn = self.make_loss(stage)
         optimizer = self.make_optimizer(model, stage)
-        start = 0
+        start, mid_epoch = 0, None
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
             sampler.load_state_dict(state["sampler"])
-            start = state["epoch"] + 1
+            mid_epoch = state if state.get("step") else None  # stopped on request inside that epoch
+            start = state["epoch"] + (0 if mid_epoch else 1)
         net = self.wrap(model)
         for epoch in range(start, section["epochs"]):
             lr = lr_at(section, epoch)
@@ -239,12 +251,23 @@ class Trainer:
             sampler.set_epoch(epoch)
             self.set_train_mode(stage)
             began = time.perf_counter()
-            mean_loss = self.train_epoch(net, loss_fn, optimizer, batches, stage, epoch)
+            try:
+                mean_loss = self.train_epoch(net, loss_fn, optimizer, batches, stage, epoch, mid_epoch)
+            except _StoppedAt as stopped:
+                self.save_checkpoint(stage, epoch, optimizer, sampler, stopped.step, stopped.loss_sum)
+                raise StopRequested(f"stopped on request at stage {stage}, epoch {epoch + 1}, step {stopped.step} "
+                                    f"of {len(batches)}; continue with --resume {self.opt.out}") from None
+            mid_epoch = None
             seconds = time.perf_counter() - began
             self.finish_epoch(stage, epoch, {"loss": mean_loss, "lr": lr, "seconds": seconds}, optimizer, sampler)
 
-    def train_epoch(self, net: Forward, loss_fn: nn.Module, optimizer, batches, stage: int, epoch: int) -> float:
-        """One epoch; the loss stays on the device and is read once, after the last step (no per-step host sync)."""
+    def train_epoch(self, net: Forward, loss_fn: nn.Module, optimizer, batches, stage: int, epoch: int,
+                    mid_epoch: Optional[Dict[str, Any]] = None) -> float:
+        """One epoch; the loss stays on the device and is read once, after the last step (no per-step host sync).
+
+        ``mid_epoch``: a checkpoint written when a stop was requested inside this epoch; its steps are skipped
+        (the batches drawn and dropped, so the data order and the random streams continue exactly there).
+        """
         section = self.section(stage)
         lams = mixup_lambdas(section["mixup_alpha"], len(batches),
                              seed=self.opt.seed * 100_003 + stage * 1009 + epoch + self.dist.rank * 7_919)
@@ -254,7 +277,14 @@ class Trainer:
         steps = 0
         bar = tqdm(batches, total=len(batches), desc=f"stage {stage} epoch {epoch + 1}/{section['epochs']}",
                    disable=not (self.opt.progress and self.dist.is_main), leave=False, dynamic_ncols=True)
-        for step, (x, y) in enumerate(bar):
+        batch_iter = iter(bar)
+        if mid_epoch is not None:
+            steps = int(mid_epoch["step"])
+            for _ in range(steps):
+                next(batch_iter)
+            total += float(mid_epoch["loss_sum"])
+            set_rng_state(self.rank_rng_state(mid_epoch["rng"]))  # the generators as they were after that step
+        for step, (x, y) in enumerate(batch_iter, start=steps):
             if self.opt.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             target = y
@@ -270,7 +300,16 @@ class Trainer:
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(detached), step, first_bad)
             total += detached
             steps += 1
-        # one collective for the mean loss and for "did any rank see a non-finite loss", so every rank stops together
+            if self.stop is not None and steps < len(batches) and self.stop.agreed(step):
+                self._check_finite(total, steps, first_bad, stage, epoch)
+                raise _StoppedAt(steps, float(total))
+        summed = self._check_finite(total, steps, first_bad, stage, epoch)
+        return float(summed[0] / summed[1].clamp_min(1))
+
+    def _check_finite(self, total: torch.Tensor, steps: int, first_bad: torch.Tensor, stage: int,
+                      epoch: int) -> torch.Tensor:
+        """One collective for the loss sums and for "did any rank see a non-finite loss", so every rank stops
+        together; returns (loss sum, steps, ranks that saw one) over all ranks."""
         summed = all_reduce_sum(torch.stack([total, torch.tensor(float(steps), device=self.device),
                                              (first_bad >= 0).float()]))
         if float(summed[2]) > 0:
@@ -279,7 +318,7 @@ class Trainer:
             ranks = f" (on {int(summed[2])} of {self.dist.world} processes)" if self.dist.enabled else ""
             raise TrainingError(f"the loss became NaN/inf at stage {stage}, epoch {epoch + 1}{where}{ranks}; "
                                 "lower the learning rate (--lr) or check the data; the last good checkpoint is kept")
-        return float(summed[0] / summed[1].clamp_min(1))
+        return summed
 
     def finish_epoch(self, stage: int, epoch: int, stats: Dict[str, Any], optimizer, sampler) -> None:
         """Evaluate when due, checkpoint atomically, then log (rank 0 writes)."""
@@ -290,14 +329,9 @@ class Trainer:
             report = self.evaluate(self.model)
             record.update({k: report.get(k) for k in ("top1", "top5", "many", "medium", "few")})
         self.history.append(record)
-        rng = rng_states_of_all_ranks() if optimizer is not None else None  # a collective: every rank calls it
+        if optimizer is not None:
+            self.save_checkpoint(stage, epoch, optimizer, sampler)
         if self.dist.is_main:
-            if optimizer is not None:
-                atomic_torch_save({
-                    "stage": stage, "epoch": epoch, "model": unwrap(self.model).state_dict(),
-                    "optimizer": optimizer.state_dict(), "sampler": sampler.state_dict(), "rng": rng,
-                    "history": self.history,
-                }, self.opt.out / CHECKPOINT_NAME)
             with (self.opt.out / "metrics.jsonl").open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
             if self.writer is not None:
@@ -309,6 +343,19 @@ class Trainer:
             tqdm.write(message)
         if last:
             self.save_stage_result(stage)
+        barrier()
+
+    def save_checkpoint(self, stage: int, epoch: int, optimizer, sampler, step: int = 0,
+                        loss_sum: float = 0.0) -> None:
+        """The full training state, atomically (rank 0 writes; every rank calls: the RNG gather is a collective).
+        ``step`` > 0: stopped inside ``epoch`` after that many steps (with the epoch's loss so far)."""
+        rng = rng_states_of_all_ranks()
+        if self.dist.is_main:
+            atomic_torch_save({
+                "stage": stage, "epoch": epoch, "step": step, "loss_sum": loss_sum,
+                "model": unwrap(self.model).state_dict(), "optimizer": optimizer.state_dict(),
+                "sampler": sampler.state_dict(), "rng": rng, "history": self.history,
+            }, self.opt.out / CHECKPOINT_NAME)
         barrier()
 
     def save_stage_result(self, stage: int) -> None:
@@ -370,7 +417,7 @@ class Trainer:
             set_rng_state(self.rank_rng_state(resume["rng"]))
             self.history = list(resume["history"])
             first, have_stage1 = resume["stage"], True
-            if resume["epoch"] + 1 >= self.section(first)["epochs"]:  # that stage had finished
+            if not resume.get("step") and resume["epoch"] + 1 >= self.section(first)["epochs"]:  # that stage had finished
                 self.save_stage_result(first)  # the crash may have come before its result was written
                 resume, first = None, first + 1
         for stage in [s for s in stages if s >= first]:
