@@ -40,7 +40,7 @@ import httpx
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "tests")]  # tests/server_process.py: the real-server harness
 
 import timm  # noqa: E402
 
@@ -51,7 +51,7 @@ from gcl_zoo.models.zoo import embedded_weights  # noqa: E402
 from serve.decoding import ImagePayload, inspect_image  # noqa: E402
 from serve.preprocess import PilPipeline, data_config  # noqa: E402
 from serve.runner import ModelRunner  # noqa: E402
-from serve.testing import ServerProcess  # noqa: E402
+from server_process import ServerProcess  # noqa: E402
 
 DEFAULT_MODEL = "gcl_resnet32_cifar10_lt"
 

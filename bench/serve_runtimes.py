@@ -36,7 +36,7 @@ import httpx
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(REPO), str(REPO / "bench")]
+sys.path[:0] = [str(REPO), str(REPO / "bench"), str(REPO / "tests")]
 
 import timm  # noqa: E402
 
@@ -45,7 +45,7 @@ from serve.decoding import ImagePayload, inspect_image  # noqa: E402
 from serve.memory import retain_freed_memory  # noqa: E402
 from serve.runner import Execution, ModelRunner  # noqa: E402
 from serve.runtimes import runtime_installed  # noqa: E402
-from serve.testing import ServerProcess  # noqa: E402
+from server_process import ServerProcess  # noqa: E402
 from serve_load import load_cell, load_images, machine, multipart_body, throughput  # noqa: E402
 
 # name -> (runtime, precision)

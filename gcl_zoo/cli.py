@@ -1,34 +1,52 @@
 """The ``gcl-zoo`` console script: one entry point, one subcommand per job.
 
-Subcommands live with the code they drive (``train/``, ``serve/``, ``gcl_zoo.hub``) and are imported only when
-invoked, so the library never imports the applications built on it.
+The library's own subcommands (``export``, ``push``) live in ``gcl_zoo.hub_cli``; the applications built on the
+library register theirs under the ``gcl_zoo.commands`` entry-point group (the trainer installs as
+``gcl_zoo_train``: ``train``, ``eval``; the server as ``gcl_zoo_serve``: ``serve``). A subcommand's module is
+imported only when it runs, and the library never names an application's module.
 """
 from __future__ import annotations
 
 import importlib
 import runpy
 import sys
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional
 
-# subcommand -> (module providing ``main(argv, command)``, one-line help); ``bench`` is handled here
-SUBCOMMANDS = {
-    "train": ("train.cli", "train a model (stage 1 GCL, stage 2 classifier re-training)"),
-    "eval": ("train.evaluate", "evaluate a run or checkpoint: eval.json and plots"),
-    "export": ("gcl_zoo.hub_cli", "export a run as a Hub-ready folder (safetensors, config.json, model card)"),
-    "push": ("gcl_zoo.hub_cli", "push an exported folder to the Hugging Face Hub"),
-    "serve": ("serve.cli", "serve models over HTTP (FastAPI + uvicorn)"),
-    "bench": (None, "run a script from bench/ in a source checkout (gcl-zoo bench --help lists them)"),
+ENTRY_POINT_GROUP = "gcl_zoo.commands"
+# the library's own subcommands (``main(argv, command)`` in the named module); ``bench`` is handled here
+OWN = {"export": "gcl_zoo.hub_cli", "push": "gcl_zoo.hub_cli"}
+HELP = {
+    "train": "train a model (stage 1 GCL, stage 2 classifier re-training)",
+    "eval": "evaluate a run or checkpoint: eval.json and plots",
+    "export": "export a run as a Hub-ready folder (safetensors, ONNX, config.json, model card)",
+    "push": "push an exported folder to the Hugging Face Hub",
+    "serve": "serve models over HTTP (FastAPI + uvicorn)",
+    "bench": "run a script from bench/ in a source checkout (gcl-zoo bench --help lists them)",
 }
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 
 
+def registered() -> Dict[str, EntryPoint]:
+    """The subcommands installed applications registered, by name."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def _usage() -> str:
-    width = max(map(len, SUBCOMMANDS))
+    names = list(dict.fromkeys([*HELP, *registered()]))
+    width = max(map(len, names))
     lines = ["usage: gcl-zoo <command> [options]", "", "commands:"]
-    lines += [f"  {name:<{width}}  {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    lines += [f"  {name:<{width}}  {HELP.get(name, '')}" for name in names]
     lines += ["", "Run 'gcl-zoo <command> --help' for a command's options."]
     return "\n".join(lines)
+
+
+def _command_main(command: str) -> Optional[Callable[..., int]]:
+    if command in OWN:
+        return importlib.import_module(OWN[command]).main
+    entry = registered().get(command)
+    return entry.load() if entry is not None else None
 
 
 def run_bench(argv: List[str], command: str = "bench") -> int:
@@ -56,20 +74,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(_usage())
         return 0
     command, rest = argv[0], argv[1:]
-    if command not in SUBCOMMANDS:
-        print(f"gcl-zoo: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
-        return 2
     if command == "bench":
         return run_bench(rest)
-    module_name = SUBCOMMANDS[command][0]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            print(f"gcl-zoo: command {command!r} is not available in this installation ({exc})", file=sys.stderr)
-            return 2
-        raise
-    return int(module.main(rest, command=command) or 0)
+    run = _command_main(command)
+    if run is None:
+        if command in HELP:  # a standard command whose application is not installed (a bare source checkout)
+            print(f"gcl-zoo: command {command!r} is not installed here; `pip install -e .` in the source checkout "
+                  f"(or run `python -m {'serve' if command == 'serve' else 'train'}` from it)", file=sys.stderr)
+        else:
+            print(f"gcl-zoo: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    return int(run(rest, command=command) or 0)
 
 
 if __name__ == "__main__":

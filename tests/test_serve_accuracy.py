@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from gcl_zoo.models.zoo import WEIGHTS_DIR
-from serve.testing import ServerProcess
+from server_process import ServerProcess
 from serve_images import CLASSES, cifar_test_images
 
 CARD = WEIGHTS_DIR / "gcl_resnet32_cifar10_lt.ir100.json"

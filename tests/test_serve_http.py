@@ -23,7 +23,7 @@ import gcl_zoo
 from gcl_zoo.hub import save_model_folder
 from serve.oip import protocol_name
 from serve.runner import inference_plan
-from serve.testing import ServerProcess
+from server_process import ServerProcess
 from serve_images import cifar_test_images, png_header_only, reencode
 
 API_KEY = "test-key-123"

@@ -22,7 +22,7 @@ from PIL import Image
 import gcl_zoo  # noqa: F401
 from gcl_zoo.hub import save_model_folder
 from serve.settings import ServeSettings
-from serve.testing import ServerProcess
+from server_process import ServerProcess
 
 NO_KEY = {"GCL_ZOO_API_KEY": ""}
 

@@ -23,7 +23,7 @@ from gcl_zoo.hub import save_model_folder
 from serve.decoding import ImagePayload, inspect_image
 from serve.runner import ModelRunner, Execution
 from serve.runtimes import resolve_runtime
-from serve.testing import ServerProcess
+from server_process import ServerProcess
 from serve_images import cifar_test_images
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,5 @@
-"""``python -m train ...`` and ``torchrun --nproc-per-node N -m train ...``: the same as ``gcl-zoo train``."""
+"""``python -m gcl_zoo_train ...`` and ``torchrun --nproc-per-node N -m gcl_zoo_train ...`` (installed; ``-m train``
+in a source checkout): the same as ``gcl-zoo train``."""
 import sys
 
 from .cli import main

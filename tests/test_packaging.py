@@ -1,0 +1,54 @@
+"""What `pip install .` puts into site-packages: the library and the two applications under names of their own
+(no top-level `train` or `serve`), the recipes and shipped weights, no test harness; and every console command
+works from that install, outside the source tree."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_wheel_installs_no_generic_names_and_its_commands_run(tmp_path):
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path / "dist"), str(REPO)], capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    wheel = next((tmp_path / "dist").glob("gcl_zoo-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    top = {name.split("/")[0] for name in names}
+    assert {t for t in top if not t.endswith(".dist-info")} == {"gcl_zoo", "gcl_zoo_train", "gcl_zoo_serve"}
+    assert "gcl_zoo_train/recipes/cifar100_lt.yaml" in names and "gcl_zoo_serve/__main__.py" in names
+    assert any(n.startswith("gcl_zoo/weights/") and n.endswith(".safetensors") for n in names)
+    assert not any(n.endswith("testing.py") or n.startswith("tests/") for n in names)
+    entry_points = next(zipfile.ZipFile(wheel).read(n).decode() for n in names if n.endswith("entry_points.txt"))
+    assert "gcl_zoo_train.cli:main" in entry_points and "gcl_zoo_serve.cli:main" in entry_points
+
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(target), "OMP_NUM_THREADS": "1"}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, *args], cwd=outside, env=env, capture_output=True, text=True, timeout=300)
+
+    # every subcommand through the console script's dispatcher, in one interpreter (each --help exits)
+    probe = ("import runpy, sys\nfrom gcl_zoo.cli import main\n"
+             "for command in ('train', 'eval', 'export', 'push', 'serve'):\n"
+             "    try:\n        main([command, '--help'])\n    except SystemExit as exit_:\n"
+             "        assert not exit_.code, command\n"
+             "for module in ('gcl_zoo_train', 'gcl_zoo_serve'):  # what `python -m` and `torchrun -m` run\n"
+             "    sys.argv = [module, '--help']\n    try:\n        runpy.run_module(module, run_name='__main__')\n"
+             "    except SystemExit as exit_:\n        assert not exit_.code, module\n"
+             "import gcl_zoo_train, gcl_zoo_serve, importlib.util as u\n"
+             "print('FILES', gcl_zoo_train.__file__, gcl_zoo_serve.__file__, u.find_spec('train'), u.find_spec('serve'))\n")
+    done = run("-c", probe)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for command in ("train", "eval", "export", "push", "serve"):
+        assert f"usage: gcl-zoo {command}" in done.stdout, command
+    files = done.stdout.split("FILES ", 1)[1].split()
+    assert files[0].startswith(str(target)) and files[1].startswith(str(target)) and files[2:] == ["None", "None"]
