@@ -258,7 +258,7 @@ def export_run(run_dir: PathLike, out_dir: PathLike, zoo_name: Optional[str] = N
             shutil.copyfile(run_dir / source, out_dir / target)
         else:
             (out_dir / target).unlink(missing_ok=True)  # never leave a stale file from an earlier export
-    name = zoo_name or _zoo_name(config, recipe, run) or out_dir.name
+    name = zoo_name or _zoo_name(config, recipe, run) or (repo_id.split("/")[-1] if repo_id else out_dir.name)
     _write_card(out_dir, model, name, evaluation, recipe, run, missing, f"hf-hub:{repo_id}" if repo_id else None)
     validate_folder(out_dir)
     return out_dir

@@ -111,6 +111,8 @@ def test_generic_wrapper_exports_with_its_backbone_preprocessing(tmp_path):
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
     assert "\n# pets\n" in (out / "README.md").read_text()
+    named = export_run(tmp_path / "run", tmp_path / "pets2", repo_id="org/pet-classifier", onnx=False)
+    assert "\n# pet-classifier\n" in (named / "README.md").read_text()  # titled after the repo it goes to
 
 
 def test_cli_export(make_run, tmp_path, capsys):

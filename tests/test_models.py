@@ -100,7 +100,8 @@ def test_channels_last_and_autocast_match_eager():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             low = model(x)
     assert torch.allclose(ref, cl, atol=1e-5)
-    assert torch.allclose(ref, low.float(), atol=0.05)
+    assert low.dtype == torch.float32  # the cosine is taken in float32 even under autocast (measured error 3e-3)
+    assert torch.allclose(ref, low, atol=0.01)
 
 
 def test_unknown_backbone_and_label_count_errors():

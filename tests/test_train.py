@@ -121,6 +121,7 @@ def test_bad_input_is_a_clear_error(tmp_path, cifar10_zip, capsys):
     assert "imb_ratio" in capsys.readouterr().err
     assert cli.main(["--recipe", "cifar10_lt", "--out", str(tmp_path / "b"), "--data-root", str(tmp_path / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()  # refused before training: no empty run folder left behind
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert cli.main([*base, "--out", str(blocker / "run")]) == 2

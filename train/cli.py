@@ -104,6 +104,17 @@ def prepare_run(args: argparse.Namespace) -> tuple:
 
 def run(args: argparse.Namespace, argv: List[str]) -> Dict[str, Any]:
     recipe, runtime, out, state = prepare_run(args)
+    created = not out.exists()
+    try:
+        return _train(args, argv, recipe, runtime, out, state)
+    except Exception:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # refused before anything was written (missing data, bad settings): leave no empty folder
+        raise
+
+
+def _train(args: argparse.Namespace, argv: List[str], recipe: Dict[str, Any], runtime: Dict[str, Any], out: Path,
+           state: Optional[Dict[str, Any]]) -> Dict[str, Any]:
     device, dist_info = setup_process(runtime["device"])
     set_determinism(runtime["deterministic"])
     error = ""

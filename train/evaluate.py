@@ -7,6 +7,7 @@ for tail classes).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -126,12 +127,14 @@ def main(argv: Optional[List[str]] = None, command: str = "eval") -> int:
     parser.add_argument("--tsne-samples", type=int, default=2000, help="test images in the t-SNE plot (0: no t-SNE)")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args(argv)
+    missing = [name for name in ("matplotlib", *(("sklearn",) if args.tsne_samples > 0 else ()))
+               if importlib.util.find_spec(name) is None]
+    if missing:  # said before a minute of evaluation, not after
+        print(f"gcl-zoo eval: the plots need {', '.join(missing)}: pip install 'gcl-zoo[report]'"
+              + (" (or --tsne-samples 0 to skip the t-SNE plot)" if missing == ["sklearn"] else ""), file=sys.stderr)
+        return 2
     try:
         report = evaluate_run(args.run, args.data_root, args.device, args.tsne_samples, args.workers)
-    except ImportError as exc:
-        print(f"gcl-zoo eval: plots need matplotlib and scikit-learn: pip install 'gcl-zoo[report]' ({exc})",
-              file=sys.stderr)
-        return 2
     except (FileNotFoundError, RecipeError, ValueError, RuntimeError) as exc:
         print(f"gcl-zoo eval: error: {exc}", file=sys.stderr)
         return 2
