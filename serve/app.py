@@ -19,79 +19,30 @@ from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence
 import torch
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from fastapi_offline import FastAPIOffline
-from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gcl_zoo.devices import resolve_device
 
 from . import __version__
 from .batching import BatchingEngine
-from .decoding import (FORM_FIELDS, OUTPUT_FUNCTIONS, ImagePayload, ParsedRequest, PredictRequest, RequestError,
-                       check_top_k, inspect_image, parse_predict_request)
+from .decoding import ImagePayload, ParsedRequest, RequestError, check_top_k, inspect_image, parse_predict_request
 from .limits import BodyBudget, BodyLimitMiddleware, DrainMiddleware
 from .memory import retain_freed_memory
-from .oip import register_routes as register_open_inference_routes
 from .metrics import CONTENT_TYPE, ServerMetrics
+from .oip import protocol_name
+from .oip import register_routes as register_open_inference_routes
 from .runner import (Execution, ModelRunner, create_runner, inference_plan, resolve_optimization,
                      start_parallel_runtime)
+from .schemas import (ERRORS, NOT_READY, PREDICT_ANSWERS, ModelDescription, ModelsResponse, StatusResponse,
+                      install_openapi, predict_body)
 from .settings import ServeSettings
 
 __all__ = ["create_app", "ServerState"]
 
 log = logging.getLogger("serve.app")
-
-
-# ----------------------------------------------------------------------------------------------- response models
-class LabelScore(BaseModel):
-    label: str
-    score: float = Field(..., description="softmax probability of the label (scaled cosine logits)")
-
-
-class PredictResponse(BaseModel):
-    model: str = Field(..., description="id of the model that answered")
-    predictions: List[List[LabelScore]] = Field(
-        ..., description="per input image, in request order: the top_k labels sorted by score")
-
-
-class ErrorResponse(BaseModel):
-    error: str = Field(..., description="what is wrong with the request and how to fix it")
-
-
-class StatusResponse(BaseModel):
-    status: str
-    models: List[str] = []
-
-
-class ModelDescription(BaseModel):
-    id: str
-    num_classes: int
-    labels: List[str]
-    logit_scale: float
-    device: str
-    runtime: str = Field(..., description="torch, openvino or onnxruntime")
-    precision: str = Field(..., description="what the runtime computes in: f32 or bf16")
-    graph: Optional[str] = Field(None, description="where an ONNX runtime's graph came from")
-    optimization: Optional[str] = Field(None, description="PyTorch runtime only: trace, eager or compile")
-    autocast: Optional[str]
-    inference_streams: int = Field(..., description="batches computed at once")
-    threads_per_stream: int = Field(..., description="intra-op CPU threads of each stream")
-    preprocessing: Dict[str, Any]
-
-
-class ModelsResponse(BaseModel):
-    default: Optional[str]
-    models: List[ModelDescription]
-
-
-ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in {
-    401: "missing or wrong API key", 404: "unknown model", 413: "payload, image count or pixel count too large",
-    415: "unsupported content or image type", 422: "not an image, corrupt image, bad base64/JSON or top_k",
-    503: "models still loading, or queue full (see Retry-After)", 504: "not answered within the request timeout",
-}.items()}
 
 
 # --------------------------------------------------------------------------------------------------- server state
@@ -230,47 +181,6 @@ class MetricsMiddleware:
             self.metrics.observe_request(endpoint, status, time.perf_counter() - start)
 
 
-def _install_openapi(app: FastAPI) -> None:
-    """OpenAPI with every /predict body (multipart files, the JSON schema of ``PredictRequest``, a raw image) and
-    both answer shapes."""
-
-    def openapi() -> Dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            for model in (PredictRequest, PredictResponse):  # the bodies the /predict route reads and writes
-                model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(model_schema.pop("$defs", {}))
-                components[model.__name__] = model_schema
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
-_FORM_FIELD_SCHEMAS = {"model": {"type": "string"}, "top_k": {"type": "integer", "minimum": 1},
-                       "function_to_apply": {"type": "string", "enum": list(OUTPUT_FUNCTIONS)}}
-_RAW_IMAGE = {"schema": {"type": "string", "format": "binary", "description": "one image file as the whole body"}}
-PREDICT_BODY = {
-    "requestBody": {"required": True, "content": {
-        "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
-            "files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                      "description": "one or more image files (JPEG, PNG, WebP, ...)"},
-            **{name: _FORM_FIELD_SCHEMAS[name] for name in FORM_FIELDS}}}},
-        "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
-        **{kind: _RAW_IMAGE for kind in ("image/jpeg", "image/png", "image/webp", "application/octet-stream")},
-    }},
-    "parameters": [{"name": name, "in": "query", "required": False, "schema": _FORM_FIELD_SCHEMAS[name],
-                    "description": "with a raw image body only"} for name in FORM_FIELDS],
-}
-_LABEL_SCORES = {"type": "array", "items": {"$ref": "#/components/schemas/LabelScore"}}
-PREDICT_ANSWERS = {"description": "JSON and raw-image requests: the Hugging Face task's list of {label, score} "
-                                  "(one list per image when inputs is a list); multipart: the envelope",
-                   "content": {"application/json": {"schema": {"anyOf": [
-                       _LABEL_SCORES, {"type": "array", "items": _LABEL_SCORES},
-                       {"$ref": "#/components/schemas/PredictResponse"}]}}}}
-
-
 # ---------------------------------------------------------------------------------------------------------- app
 def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str], None]] = None) -> FastAPI:
     """The server for ``settings``; ``on_load_failure(message)`` is called if the models cannot be loaded."""
@@ -304,7 +214,7 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
                        budget=BodyBudget(settings.max_inflight_bytes), body_timeout_s=settings.body_timeout_s)
     app.add_middleware(DrainMiddleware, state=state)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, routes=app.routes)
-    _install_openapi(app)
+    install_openapi(app, settings.max_images, [protocol_name(m) for m in settings.models], state.api_key is not None)
 
     @app.exception_handler(RequestError)
     async def on_request_error(request: Request, exc: RequestError) -> JSONResponse:
@@ -356,7 +266,7 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
 
     for path in ("/predict", "/"):  # the root too: Hugging Face clients post to the endpoint URL itself
         app.add_api_route(path, predict, methods=["POST"], responses={200: PREDICT_ANSWERS, **ERRORS},
-                          openapi_extra=PREDICT_BODY, summary="classify one or many images",
+                          openapi_extra=predict_body(settings.max_images), summary="classify one or many images",
                           operation_id="predict" if path == "/predict" else "predict_root")
 
     register_open_inference_routes(app, state, require_api_key, prepare_images)
@@ -365,7 +275,7 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
     async def health() -> StatusResponse:
         return StatusResponse(status="alive", models=list(state.runners))
 
-    @app.get("/ready", response_model=StatusResponse, responses={503: ERRORS[503]},
+    @app.get("/ready", response_model=StatusResponse, responses=NOT_READY,
              summary="readiness: every model loaded and warmed up")
     async def ready() -> StatusResponse:
         state.check_ready()

@@ -12,8 +12,8 @@ import binascii
 import io
 import json
 import re
-from dataclasses import dataclass
-from typing import Any, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, replace
+from typing import Annotated, Any, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -24,7 +24,7 @@ from gcl_zoo.data.sources import torchvision_rgb
 __all__ = ["RequestError", "ImagePayload", "ImageHeader", "PredictRequest", "PredictParameters", "SUPPORTED_FORMATS",
            "TENSOR_DECODABLE", "payloads_from_json", "payloads_from_form", "check_counts", "check_top_k",
            "inspect_image", "decode_pil", "decode_uint8", "decode_jpegs_on_device", "pil_to_uint8",
-           "parse_predict_request", "ParsedRequest", "OUTPUT_FUNCTIONS", "RAW_BODY_TYPES"]
+           "parse_predict_request", "query_parameters", "ParsedRequest", "OUTPUT_FUNCTIONS", "RAW_BODY_TYPES"]
 
 # what Pillow calls the formats the server accepts (MPO: the multi-picture JPEG that phone cameras write)
 SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
@@ -73,7 +73,8 @@ class PredictParameters(BaseModel):
     """The Hugging Face image-classification task's parameters."""
 
     model_config = ConfigDict(extra="forbid")
-    top_k: Optional[int] = Field(None, description="how many labels to return per image (1 to the class count)")
+    top_k: Optional[int] = Field(None, ge=1, description="how many labels to return per image, best first (more "
+                                                       "than the class count gives all)")
     function_to_apply: Optional[Literal["softmax", "sigmoid", "none"]] = Field(
         None, description="how scores come from the scaled cosine logits: softmax (the default), sigmoid, or none "
                           "(the logits themselves)")
@@ -91,16 +92,21 @@ class ParsedRequest:
     payloads: List[ImagePayload]
     top_k: Optional[int] = None
     model: Optional[str] = None
-    function_to_apply: str = "softmax"
+    function_to_apply: Optional[str] = None  # None: softmax
     hf_schema: bool = True
     single: bool = True
+
+
+Base64Image = Annotated[str, Field(min_length=1, json_schema_extra={"format": "byte"},
+                                   description="an image file, base64-encoded (a data: URI prefix is allowed)")]
 
 
 class PredictRequest(BaseModel):
     """The Hugging Face image-classification request: base64 image(s) plus parameters."""
 
     model_config = ConfigDict(extra="forbid")
-    inputs: Union[str, List[str]] = Field(..., description="one base64-encoded image, or a list of them")
+    inputs: Union[Base64Image, List[Base64Image]] = Field(..., description="one base64-encoded image, or a list "
+                                                                           "of them (1 to --max-images)")
     parameters: Optional[PredictParameters] = None
     model: Optional[str] = Field(None, description="which loaded model answers; the first one when omitted")
 
@@ -142,7 +148,7 @@ def payloads_from_json(body: bytes) -> ParsedRequest:
     names = ["inputs"] if isinstance(request.inputs, str) else [f"inputs[{i}]" for i in range(len(texts))]
     payloads = [ImagePayload(name, decode_base64(text, name)) for name, text in zip(names, texts)]
     parameters = request.parameters or PredictParameters()
-    return ParsedRequest(payloads, parameters.top_k, request.model, parameters.function_to_apply or "softmax",
+    return ParsedRequest(payloads, parameters.top_k, request.model, parameters.function_to_apply,
                          hf_schema=True, single=isinstance(request.inputs, str))
 
 
@@ -170,8 +176,8 @@ async def payloads_from_form(form: Any) -> ParsedRequest:
             top_k = int(fields["top_k"])
         except ValueError:
             raise RequestError(422, f"top_k must be an integer, got {fields['top_k']!r}") from None
-    function = fields.get("function_to_apply", "softmax")
-    if function not in OUTPUT_FUNCTIONS:
+    function = fields.get("function_to_apply")
+    if function is not None and function not in OUTPUT_FUNCTIONS:
         raise RequestError(422, f"function_to_apply={function!r} is not one of {', '.join(OUTPUT_FUNCTIONS)}")
     return ParsedRequest(payloads, top_k, fields.get("model"), function, hf_schema=False, single=False)
 
@@ -190,12 +196,12 @@ def check_counts(payloads: Sequence[ImagePayload], max_images: int) -> None:
 
 
 def check_top_k(top_k: Optional[int], num_classes: int, default: int) -> int:
-    """``top_k`` within 1..num_classes (the default is clipped to the class count)."""
+    """``top_k`` of at least 1; more than the class count gives every class, as Hugging Face's pipelines do."""
     if top_k is None:
         return min(default, num_classes)
-    if not 1 <= top_k <= num_classes:
-        raise RequestError(422, f"top_k={top_k} is out of range; use 1 to {num_classes} (the model's class count)")
-    return top_k
+    if top_k < 1:
+        raise RequestError(422, f"top_k={top_k} is out of range; ask for 1 or more labels")
+    return min(top_k, num_classes)
 
 
 def _header(data: bytes, plugins: Optional[Sequence[str]]) -> Tuple[str, str, Tuple[int, int]]:
@@ -290,11 +296,14 @@ def decode_jpegs_on_device(payloads: Sequence[ImagePayload],
 
 
 async def parse_predict_request(request: Any, max_images: int) -> ParsedRequest:
-    """What a ``/predict`` request asks for: a multipart form, a JSON body, or one raw image as the body (then
-    ``top_k`` and ``function_to_apply`` may come as query parameters)."""
+    """What a ``/predict`` request asks for: a multipart form, a JSON body, or one raw image as the body.
+    ``top_k``, ``function_to_apply`` and ``model`` may also come as query parameters (what a raw body has), which
+    the form's or JSON body's own values override."""
     from starlette.exceptions import HTTPException
 
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    raw = not content_type or content_type.startswith(RAW_BODY_TYPES)
+    query_top_k, query_function, query_model = query_parameters(dict(request.query_params))
     if content_type == "multipart/form-data":
         try:
             form = await request.form(max_files=max_images, max_fields=len(FORM_FIELDS))
@@ -309,25 +318,26 @@ async def parse_predict_request(request: Any, max_images: int) -> ParsedRequest:
             await form.close()
     elif content_type == "application/json" or content_type.endswith("+json"):
         parsed = payloads_from_json(await request.body())
-    elif not content_type or content_type.startswith(RAW_BODY_TYPES):  # huggingface_hub sends bytes untyped
-        parsed = raw_body_request(await request.body(), dict(request.query_params))
+    elif raw:  # huggingface_hub sends bytes untyped
+        parsed = ParsedRequest([ImagePayload("the request body", await request.body())], hf_schema=True, single=True)
     else:
         raise RequestError(415, f"Content-Type {content_type or '(none)'!r} is not supported; send image files as "
                                 "multipart/form-data, base64 images as application/json, or one image as the body "
                                 "(image/jpeg, image/png, image/webp or application/octet-stream)")
     check_counts(parsed.payloads, max_images)
-    return parsed
+    return replace(parsed, top_k=parsed.top_k if parsed.top_k is not None else query_top_k,
+                   model=parsed.model if parsed.model is not None else query_model,
+                   function_to_apply=parsed.function_to_apply or query_function or "softmax")
 
 
-def raw_body_request(body: bytes, query: Dict[str, str]) -> ParsedRequest:
-    """One image sent as the whole body; the task's parameters may come in the query string."""
-    unknown = sorted(set(query) - {"top_k", "function_to_apply", "model"})
+def query_parameters(query: Dict[str, str]) -> Tuple[Optional[int], Optional[str], Optional[str]]:
+    """``top_k``, ``function_to_apply`` and ``model`` from the query string, checked; anything else is refused."""
+    unknown = sorted(set(query) - set(FORM_FIELDS))
     if unknown:
-        raise RequestError(422, f"unknown query parameter(s) {', '.join(unknown)}; a raw image body takes top_k, "
+        raise RequestError(422, f"unknown query parameter(s) {', '.join(unknown)}; /predict takes top_k, "
                                 "function_to_apply and model")
     try:
         parameters = PredictParameters(top_k=query.get("top_k"), function_to_apply=query.get("function_to_apply"))
     except ValidationError as exc:
         raise RequestError(422, f"invalid query: {_describe_validation(exc)}") from exc
-    return ParsedRequest([ImagePayload("the request body", body)], parameters.top_k, query.get("model"),
-                         parameters.function_to_apply or "softmax", hf_schema=True, single=True)
+    return parameters.top_k, parameters.function_to_apply, query.get("model")

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, Response
 
 from . import __version__
 from .decoding import ImagePayload, RequestError, check_counts, check_top_k, decode_base64
+from .schemas import NOT_READY, UNKNOWN_MODEL, V2_ERRORS, V2_INFER_BODY
 
 __all__ = ["InferRequest", "parse_infer_request", "infer_response", "model_metadata", "protocol_name", "register_routes",
            "INPUT_IMAGE", "INPUT_TENSOR", "OUTPUTS"]
@@ -85,6 +86,15 @@ def _split_body(body: bytes, header_length: Optional[str]) -> Tuple[Dict[str, An
     return request, tail
 
 
+def _mapping(value: Any, what: str) -> Dict[str, Any]:
+    """``value`` as a JSON object (absent: empty); anything else is the client's malformed request (400)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RequestError(400, f"{what} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
 def _bytes_elements(tensor: Dict[str, Any], binary: Optional[bytes]) -> List[bytes]:
     """The elements of a BYTES tensor: 4-byte little-endian lengths + data in binary form, base64 strings in JSON."""
     if binary is None:  # JSON cannot carry raw file bytes: each element is the file, base64-encoded
@@ -106,13 +116,19 @@ def _bytes_elements(tensor: Dict[str, Any], binary: Optional[bytes]) -> List[byt
 
 def _fp32_tensor(tensor: Dict[str, Any], binary: Optional[bytes], input_size: Tuple[int, ...]) -> torch.Tensor:
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or len(shape) != 4 or tuple(shape[1:]) != tuple(input_size):
+    if not isinstance(shape, list) or len(shape) != 4 or tuple(shape[1:]) != tuple(input_size) \
+            or isinstance(shape[0], bool) or not isinstance(shape[0], int):
         raise RequestError(400, f"input {INPUT_TENSOR!r} has shape {shape}; this model takes [N, "
                                 f"{', '.join(map(str, input_size))}] (pre-processed with its mean and std)")
     if binary is not None:
+        if len(binary) % 4:
+            raise RequestError(400, f"input {INPUT_TENSOR!r}: {len(binary)} binary bytes are not whole FP32 values")
         values = np.frombuffer(binary, dtype="<f4")
     else:
-        values = np.asarray(tensor.get("data"), dtype=np.float32).reshape(-1)
+        try:
+            values = np.asarray(tensor.get("data"), dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError) as exc:
+            raise RequestError(400, f"input {INPUT_TENSOR!r} needs 'data' as a flat list of numbers ({exc})") from None
     if values.size != int(np.prod(shape)):
         raise RequestError(400, f"input {INPUT_TENSOR!r} holds {values.size} values; shape {shape} needs "
                                 f"{int(np.prod(shape))}")
@@ -126,9 +142,11 @@ def parse_infer_request(body: bytes, header_length: Optional[str], input_size: T
     if len(request["inputs"]) != 1:
         raise RequestError(400, f"send exactly one input tensor, {INPUT_IMAGE!r} or {INPUT_TENSOR!r}; got "
                                 f"{len(request['inputs'])}")
-    tensor = request["inputs"][0]
+    tensor = _mapping(request["inputs"][0], "inputs[0]")
     name, datatype = tensor.get("name"), tensor.get("datatype")
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    size = _mapping(tensor.get("parameters"), "inputs[0].parameters").get("binary_data_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
+        raise RequestError(400, f"binary_data_size must be a byte count (an integer >= 0), got {size!r}")
     binary = tail[:size] if size is not None else None
     if size is not None and len(binary) != size:
         raise RequestError(400, f"input {name!r} declares {size} binary bytes but the body holds {len(tail)}")
@@ -145,12 +163,16 @@ def parse_infer_request(body: bytes, header_length: Optional[str], input_size: T
         raise RequestError(400, f"unknown input {name!r} ({datatype}); send {INPUT_IMAGE!r} (BYTES, encoded images)"
                                 f" or {INPUT_TENSOR!r} (FP32, pre-processed NCHW)")
     asked = request.get("outputs") or [{"name": n} for n in OUTPUTS]
+    if not isinstance(asked, list):
+        raise RequestError(400, f"'outputs' must be a list of {{\"name\": ...}} objects, got {type(asked).__name__}")
     outputs = []
-    for output in asked:
+    for i, output in enumerate(asked):
+        output = _mapping(output, f"outputs[{i}]")
         if output.get("name") not in OUTPUTS:
             raise RequestError(400, f"unknown output {output.get('name')!r}; this model answers {', '.join(OUTPUTS)}")
-        outputs.append((output["name"], bool((output.get("parameters") or {}).get("binary_data", False))))
-    top_k = (request.get("parameters") or {}).get("top_k")
+        binary_out = _mapping(output.get("parameters"), f"outputs[{i}].parameters").get("binary_data", False)
+        outputs.append((output["name"], bool(binary_out)))
+    top_k = _mapping(request.get("parameters"), "parameters").get("top_k")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
         raise RequestError(400, f"parameter top_k must be an integer, got {top_k!r}")
     return InferRequest(request.get("id"), images, batch, top_k, outputs)
@@ -204,7 +226,8 @@ def register_routes(app: Any, state: Any, auth: Any, prepare: Any) -> None:
     async def live() -> Dict[str, bool]:
         return {"live": True}
 
-    @app.get("/v2/health/ready", summary="v2: every model serves", tags=["open inference protocol"])
+    @app.get("/v2/health/ready", summary="v2: every model serves", tags=["open inference protocol"],
+             responses=NOT_READY)
     async def ready() -> JSONResponse:
         return JSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
 
@@ -212,20 +235,22 @@ def register_routes(app: Any, state: Any, auth: Any, prepare: Any) -> None:
     async def server_metadata() -> Dict[str, Any]:
         return {"name": "gcl-zoo", "version": __version__, "extensions": ["binary_tensor_data"]}
 
-    @app.get("/v2/models/{name}", summary="v2: model metadata", tags=["open inference protocol"])
+    @app.get("/v2/models/{name}", summary="v2: model metadata", tags=["open inference protocol"],
+             responses=UNKNOWN_MODEL)
     async def metadata(name: str) -> Dict[str, Any]:
         state.check_ready()
         runner = runner_named(name)
         return model_metadata(name, tuple(runner.config["input_size"]), runner.num_classes)
 
-    @app.get("/v2/models/{name}/ready", summary="v2: the model serves", tags=["open inference protocol"])
+    @app.get("/v2/models/{name}/ready", summary="v2: the model serves", tags=["open inference protocol"],
+             responses=UNKNOWN_MODEL)
     async def model_ready(name: str) -> Dict[str, Any]:
         state.check_ready()
         runner_named(name)
         return {"name": name, "ready": True}
 
     @app.post("/v2/models/{name}/infer", summary="v2: classify images or pre-processed tensors",
-              tags=["open inference protocol"])
+              tags=["open inference protocol"], responses=V2_ERRORS, openapi_extra=V2_INFER_BODY)
     async def infer(name: str, request: Request, _auth: None = Security(auth)) -> Response:
         state.check_ready()
         runner = runner_named(name)

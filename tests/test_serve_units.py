@@ -136,14 +136,15 @@ def test_base64_and_json_parsing():
             decode_base64(bad, "x")
     parsed = payloads_from_json(b'{"inputs": ["aGk=", "aGVsbG8="], "parameters": {"top_k": 2}}')
     assert [p.name for p in parsed.payloads] == ["inputs[0]", "inputs[1]"] and (parsed.top_k, parsed.model) == (2, None)
-    assert parsed.hf_schema and not parsed.single and parsed.function_to_apply == "softmax"
+    assert parsed.hf_schema and not parsed.single and parsed.function_to_apply is None  # unset: softmax, or the query's
     one = payloads_from_json(b'{"inputs": "aGk=", "parameters": {"function_to_apply": "sigmoid"}}')
     assert one.single and one.function_to_apply == "sigmoid"
     with pytest.raises(RequestError, match="parameters.top_k"):
         payloads_from_json(b'{"inputs": "aGk=", "parameters": {"top_k": "all"}}')
     assert check_top_k(None, 3, default=5) == 3
-    with pytest.raises(RequestError, match="1 to 10"):
-        check_top_k(11, 10, default=5)
+    assert check_top_k(11, 10, default=5) == 10  # more than the classes: all of them, as Hugging Face's pipelines
+    with pytest.raises(RequestError, match="1 or more"):
+        check_top_k(0, 10, default=5)
 
 
 # ----------------------------------------------------------------------------------------------- pre-processing

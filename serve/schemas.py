@@ -1,0 +1,166 @@
+"""The server's request and response schemas, and the OpenAPI document that states them exactly.
+
+FastAPI derives most of the document from the routes; the bodies the routes read themselves (``/predict``'s
+multipart, JSON and raw-image forms, the v2 protocol's JSON and binary requests) are written here, with the limits
+the settings impose (``maxItems`` = ``--max-images``), so a client or gateway that validates against the document
+agrees with the server. What a schema cannot say (that bytes decode as an image, that a v2 tensor's data fills its
+shape) is in the descriptions, and answered 422/400.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel, Field
+
+from .decoding import FORM_FIELDS, OUTPUT_FUNCTIONS, PredictRequest
+
+__all__ = ["LabelScore", "PredictResponse", "ErrorResponse", "StatusResponse", "ModelDescription", "ModelsResponse",
+           "ERRORS", "V2_ERRORS", "predict_body", "PREDICT_ANSWERS", "V2_INFER_BODY", "install_openapi"]
+
+RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
+
+class LabelScore(BaseModel):
+    label: str
+    score: float = Field(..., description="softmax probability of the label (scaled cosine logits)")
+
+
+class PredictResponse(BaseModel):
+    model: str = Field(..., description="id of the model that answered")
+    predictions: List[List[LabelScore]] = Field(
+        ..., description="per input image, in request order: the top_k labels sorted by score")
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(..., description="what is wrong with the request and how to fix it")
+
+
+class StatusResponse(BaseModel):
+    status: str
+    models: List[str] = []
+
+
+class ModelDescription(BaseModel):
+    id: str
+    num_classes: int
+    labels: List[str]
+    logit_scale: float
+    device: str
+    runtime: str = Field(..., description="torch, openvino or onnxruntime")
+    precision: str = Field(..., description="what the runtime computes in: f32 or bf16")
+    graph: Optional[str] = Field(None, description="where an ONNX runtime's graph came from")
+    optimization: Optional[str] = Field(None, description="PyTorch runtime only: trace, eager or compile")
+    autocast: Optional[str]
+    inference_streams: int = Field(..., description="batches computed at once")
+    threads_per_stream: int = Field(..., description="intra-op CPU threads of each stream")
+    preprocessing: Dict[str, Any]
+
+
+class ModelsResponse(BaseModel):
+    default: Optional[str]
+    models: List[ModelDescription]
+
+
+_ERROR_TEXTS = {
+    401: "missing or wrong API key", 404: "unknown model", 408: "the body did not arrive within --body-timeout-s",
+    413: "payload, image count or pixel count too large", 415: "unsupported content or image type",
+    422: "not an image, corrupt image, bad base64/JSON or top_k",
+    503: "models still loading, queue or body budget full, or shutting down (see Retry-After)",
+    504: "not answered within the request timeout",
+}
+ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in _ERROR_TEXTS.items()}
+V2_ERRORS = {400: {"model": ErrorResponse, "description": "a malformed v2 request: tensor names, types, shapes, "
+                                                          "data or binary sizes that do not fit"}, **ERRORS}
+# the probes and descriptions answer 503 while the models load (or the server drains)
+NOT_READY = {503: ERRORS[503]}
+UNKNOWN_MODEL = {404: ERRORS[404], 503: ERRORS[503]}
+
+_FORM_FIELD_SCHEMAS = {"model": {"type": "string", "description": "which loaded model answers (default: the first)"},
+                       "top_k": {"type": "integer", "minimum": 1,
+                                 "description": "labels per image, best first (more than the class count: all)"},
+                       "function_to_apply": {"type": "string", "enum": list(OUTPUT_FUNCTIONS)}}
+_IMAGE_FILE = {"type": "string", "format": "binary",
+               "description": "an image file (JPEG, PNG, WebP, BMP, GIF, TIFF); other bytes answer 422"}
+
+
+def predict_body(max_images: int) -> Dict[str, Any]:
+    """``openapi_extra`` of ``/predict``: every body form it reads, with the request limits."""
+    return {
+        "requestBody": {"required": True, "content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": ["files"], "properties": {
+                "files": {"type": "array", "items": _IMAGE_FILE, "minItems": 1, "maxItems": max_images,
+                          "description": f"1 to {max_images} image files"},
+                **{name: _FORM_FIELD_SCHEMAS[name] for name in FORM_FIELDS}}, "additionalProperties": False}},
+            "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}},
+            **{kind: {"schema": {**_IMAGE_FILE, "description": "one image file as the whole body"}}
+               for kind in RAW_IMAGE_TYPES},
+        }},
+        "parameters": [{"name": name, "in": "query", "required": False, "schema": _FORM_FIELD_SCHEMAS[name],
+                        "description": "the form's or JSON body's own value wins"} for name in FORM_FIELDS],
+    }
+
+
+_LABEL_SCORES = {"type": "array", "items": {"$ref": "#/components/schemas/LabelScore"}}
+PREDICT_ANSWERS = {"description": "JSON and raw-image requests: the Hugging Face task's list of {label, score} "
+                                  "(one list per image when inputs is a list); multipart: the envelope",
+                   "content": {"application/json": {"schema": {"anyOf": [
+                       _LABEL_SCORES, {"type": "array", "items": _LABEL_SCORES},
+                       {"$ref": "#/components/schemas/PredictResponse"}]}}}}
+
+_V2_TENSOR = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+    "name": {"type": "string", "enum": ["image", "input"]},
+    "datatype": {"type": "string", "enum": ["BYTES", "FP32"]},
+    "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+    "data": {"type": "array", "description": "image: base64 strings (one per image); input: the flattened floats"},
+    "parameters": {"type": "object", "properties": {"binary_data_size": {"type": "integer", "minimum": 0}}},
+}, "description": "image (BYTES [N], encoded files) or input (FP32 [N, 3, H, W], pre-processed); the data must fill "
+                  "the shape: a request that does not fit answers 400"}
+V2_INFER_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"},
+        "inputs": {"type": "array", "items": _V2_TENSOR, "minItems": 1, "maxItems": 1},
+        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+            "name": {"type": "string", "enum": ["probabilities", "labels"]},
+            "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}},
+        "parameters": {"type": "object", "properties": {"top_k": {"type": "integer", "minimum": 1}}}}}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description": (
+        "the binary tensor extension: the JSON request, then the tensors' bytes; the JSON part's length in the "
+        "Inference-Header-Content-Length header")}},
+}}}
+
+
+def install_openapi(app: FastAPI, max_images: int, model_names: List[str], needs_key: bool) -> None:
+    """OpenAPI with the bodies the routes read themselves and the schemas they write, with the request limits;
+    ``{name}`` of the v2 routes is one of ``model_names``, and a server without an API key declares no security."""
+
+    def openapi() -> Dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            for model in (PredictRequest, PredictResponse):  # the bodies the /predict route reads and writes
+                model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(model_schema.pop("$defs", {}))
+                components[model.__name__] = model_schema
+            inputs = components["PredictRequest"]["properties"]["inputs"]
+            for option in inputs.get("anyOf", []):
+                if option.get("type") == "array":
+                    option.update(minItems=1, maxItems=max_images)
+            for path, operations in schema["paths"].items():
+                for operation in operations.values():
+                    if not needs_key:
+                        operation.pop("security", None)
+                    for parameter in operation.get("parameters", []):
+                        if path.startswith("/v2/models/{name}") and parameter["name"] == "name":
+                            parameter["schema"]["enum"] = list(model_names)
+                            parameter["description"] = "a loaded model's name (GET /models)"
+            if not needs_key:
+                components.pop("securitySchemes", None)
+                schema["components"].pop("securitySchemes", None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+
