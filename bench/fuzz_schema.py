@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import List
@@ -35,8 +36,8 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "fuzz_schema.json")
     args = parser.parse_args(argv)
-    rows = []
-    with __import__("tempfile").TemporaryDirectory() as tmp:
+    rows, server_errors = [], 0
+    with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         model = f"local-dir:{save_model_folder(timm.create_model('gcl_resnet32_cifar10_lt'), Path(tmp) / 'm')}"
         for keyed in (False, True):
@@ -52,7 +53,7 @@ def main(argv: List[str] = None) -> int:
                                  "failures": result.stdout[-3000:] if result.returncode else None})
                     print(f"api key {'yes' if keyed else 'no ':3s} seed {seed}: {passed}/{generated} passed "
                           f"({rows[-1]['seconds']:.0f} s)", flush=True)
-                server_errors = server.log().count("Traceback")
+                server_errors += server.log().count("Traceback")
     args.out.write_text(json.dumps({"runs": rows, "server_tracebacks": server_errors,
                                     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}, indent=2) + "\n")
     print(f"wrote {args.out}")

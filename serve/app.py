@@ -3,6 +3,10 @@
 The lifespan starts loading and warming the models in the background, so ``/health`` answers at once and
 ``/ready`` turns from 503 to 200 when every model can serve. Every error a client can cause is a
 ``RequestError`` and answers ``{"error": "<what is wrong and how to fix it>"}`` with its status code.
+
+This module holds the routes and the answer they build; the rest lives beside it: ``schemas`` (request and
+response models, the OpenAPI document), ``state`` (what the routes share, model loading), ``limits`` (body
+budget, timeouts, draining), ``metrics`` (Prometheus, its middleware), ``oip`` (the v2 protocol's routes).
 """
 from __future__ import annotations
 
@@ -10,10 +14,8 @@ import asyncio
 import json
 import logging
 import secrets
-import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence
 
 import torch
@@ -24,98 +26,22 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gcl_zoo.devices import resolve_device
-
 from . import __version__
-from .batching import BatchingEngine
 from .decoding import ImagePayload, ParsedRequest, RequestError, check_top_k, inspect_image, parse_predict_request
 from .limits import BodyBudget, BodyLimitMiddleware, DrainMiddleware
 from .memory import retain_freed_memory
-from .metrics import CONTENT_TYPE, ServerMetrics
+from .metrics import CONTENT_TYPE, MetricsMiddleware, ServerMetrics
 from .oip import protocol_name
 from .oip import register_routes as register_open_inference_routes
-from .runner import (Execution, ModelRunner, create_runner, inference_plan, resolve_optimization,
-                     start_parallel_runtime)
+from .runner import ModelRunner, start_parallel_runtime
 from .schemas import (ERRORS, NOT_READY, PREDICT_ANSWERS, ModelDescription, ModelsResponse, StatusResponse,
                       install_openapi, predict_body)
 from .settings import ServeSettings
+from .state import ServerState, load_models
 
 __all__ = ["create_app", "ServerState"]
 
 log = logging.getLogger("serve.app")
-
-
-# --------------------------------------------------------------------------------------------------- server state
-@dataclass
-class ServerState:
-    """What the routes share: settings, loaded runners with their batching engines, pools and metrics."""
-
-    settings: ServeSettings
-    api_key: Optional[str]
-    metrics: ServerMetrics
-    runners: Dict[str, ModelRunner] = field(default_factory=dict)
-    engines: Dict[str, BatchingEngine] = field(default_factory=dict)
-    tensor_engines: Dict[str, BatchingEngine] = field(default_factory=dict)  # pre-processed inputs (v2 FP32)
-    ready: bool = False
-    load_error: Optional[str] = None
-    decode_pool: Optional[ThreadPoolExecutor] = None
-    inference_pool: Optional[ThreadPoolExecutor] = None
-    inference: Dict[str, int] = field(default_factory=dict)  # inference_streams, threads_per_stream
-    in_flight: int = 0  # HTTP requests being answered (serve.limits.DrainMiddleware)
-    draining: bool = False  # shutting down: /ready and new work answer 503 (serve.lifecycle)
-
-    def check_ready(self) -> None:
-        if self.draining:
-            raise RequestError(503, "the server is shutting down", headers={"Retry-After": "1"})
-        if self.load_error:
-            raise RequestError(503, f"the server failed to load its models: {self.load_error}")
-        if not self.ready:
-            raise RequestError(503, "the models are still loading and warming up; retry shortly "
-                                    "(GET /ready answers 200 once they serve)", headers={"Retry-After": "5"})
-
-    def pick(self, model_id: Optional[str]) -> ModelRunner:
-        """The runner for ``model_id`` (the first loaded model when None); 404 names the loaded ones."""
-        if model_id is None:
-            return next(iter(self.runners.values()))
-        if model_id not in self.runners:
-            raise RequestError(404, f"unknown model {model_id!r}; this server has {', '.join(self.runners)} "
-                                    "(see GET /models)")
-        return self.runners[model_id]
-
-
-async def load_models(state: ServerState, on_failure: Optional[Callable[[str], None]] = None) -> None:
-    """Start the inference threads, load, optimise and warm every model in them, then start a batching engine
-    for each."""
-    settings = state.settings
-    loop = asyncio.get_running_loop()
-    try:
-        device = resolve_device(settings.device)
-        streams, threads = inference_plan(settings.inference_streams, device,
-                                          resolve_optimization(settings.optimize, device))
-        # intra-op thread counts are per thread in PyTorch's OpenMP backend, so each inference thread sets its own
-        state.inference_pool = ThreadPoolExecutor(streams, thread_name_prefix="inference",
-                                                  initializer=torch.set_num_threads, initargs=(threads,))
-        state.inference = {"inference_streams": streams, "threads_per_stream": threads}
-        execution = Execution(settings.runtime, settings.precision, streams, threads)
-        for model_id in settings.models:
-            runner = await loop.run_in_executor(state.inference_pool, create_runner, model_id, device,
-                                                settings.optimize, settings.max_batch_size, execution)
-            engine, tensor_engine = (BatchingEngine(
-                model_id, predict, state.inference_pool, max_batch_size=settings.max_batch_size,
-                max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue,
-                on_batch=lambda size, seconds, m=model_id: state.metrics.observe_batch(m, size, seconds),
-                streams=streams) for predict in (runner.predict, runner.predict_tensors))
-            engine.start()
-            tensor_engine.start()
-            state.runners[model_id], state.engines[model_id] = runner, engine
-            state.tensor_engines[model_id] = tensor_engine
-        state.ready = True
-        log.info("ready: %s", ", ".join(state.runners))
-    except Exception as exc:  # reported by /ready and /predict, and handed to on_failure (the CLI exits)
-        state.load_error = f"{type(exc).__name__}: {exc}"
-        log.error("could not load the models: %s", state.load_error)
-        if on_failure is not None:
-            on_failure(state.load_error)
 
 
 # ------------------------------------------------------------------------------------------------------ helpers
@@ -150,35 +76,6 @@ def predict_response(model_id: str, rows: Sequence[torch.Tensor], labels: Sequen
 
 def error_response(status: int, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-class MetricsMiddleware:
-    """Count every response by route and status, and time it (unknown paths share the label 'unmatched')."""
-
-    def __init__(self, app: Any, metrics: ServerMetrics, routes: Sequence[Any]):
-        self.app = app
-        self.metrics = metrics
-        self.routes = routes
-
-    async def __call__(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        start = time.perf_counter()
-        status = 500
-
-        async def record_status(message: Dict[str, Any]) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, record_status)
-        finally:
-            route = scope.get("route")  # set by API routes; others (/docs, early 413s) are matched by path
-            endpoint = getattr(route, "path", None) or next(
-                (r.path for r in self.routes if getattr(r, "path", None) == scope["path"]), "unmatched")
-            self.metrics.observe_request(endpoint, status, time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------------------------------------------------- app

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Callable, Deque, Dict, Iterable, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Sequence, Tuple
 
-__all__ = ["Counter", "Gauge", "Histogram", "ServerMetrics", "CONTENT_TYPE"]
+__all__ = ["Counter", "Gauge", "Histogram", "ServerMetrics", "MetricsMiddleware", "CONTENT_TYPE"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -149,3 +149,32 @@ class ServerMetrics:
 
     def render(self) -> str:
         return "\n".join(line for metric in self._all for line in metric.lines()) + "\n"
+
+
+class MetricsMiddleware:
+    """Count every response by route and status, and time it (unknown paths share the label 'unmatched')."""
+
+    def __init__(self, app: Any, metrics: ServerMetrics, routes: Sequence[Any]):
+        self.app = app
+        self.metrics = metrics
+        self.routes = routes
+
+    async def __call__(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start = time.perf_counter()
+        status = 500
+
+        async def record_status(message: Dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            route = scope.get("route")  # set by API routes; others (/docs, early 413s) are matched by path
+            endpoint = getattr(route, "path", None) or next(
+                (r.path for r in self.routes if getattr(r, "path", None) == scope["path"]), "unmatched")
+            self.metrics.observe_request(endpoint, status, time.perf_counter() - start)

@@ -4,6 +4,7 @@ works from that install, outside the source tree."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,8 +14,15 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_wheel_installs_no_generic_names_and_its_commands_run(tmp_path):
+    # built from a copy of the tracked sources: a build folder left in the checkout could carry stale modules
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    source = tmp_path / "src"
+    for name in tracked:
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path / "dist"), str(REPO)], capture_output=True, text=True, timeout=600)
+                            "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
     wheel = next((tmp_path / "dist").glob("gcl_zoo-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()

@@ -1,0 +1,95 @@
+"""What the routes share (``ServerState``) and how it fills: the models are loaded, optimised and warmed in the
+inference threads, then each gets its batching engines."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional
+
+import torch
+
+from gcl_zoo.devices import resolve_device
+
+from .batching import BatchingEngine
+from .decoding import RequestError
+from .metrics import ServerMetrics
+from .runner import Execution, ModelRunner, create_runner, inference_plan, resolve_optimization
+from .settings import ServeSettings
+
+__all__ = ["ServerState", "load_models"]
+
+log = logging.getLogger("serve.state")
+
+
+@dataclass
+class ServerState:
+    """What the routes share: settings, loaded runners with their batching engines, pools and metrics."""
+
+    settings: ServeSettings
+    api_key: Optional[str]
+    metrics: ServerMetrics
+    runners: Dict[str, ModelRunner] = field(default_factory=dict)
+    engines: Dict[str, BatchingEngine] = field(default_factory=dict)
+    tensor_engines: Dict[str, BatchingEngine] = field(default_factory=dict)  # pre-processed inputs (v2 FP32)
+    ready: bool = False
+    load_error: Optional[str] = None
+    decode_pool: Optional[ThreadPoolExecutor] = None
+    inference_pool: Optional[ThreadPoolExecutor] = None
+    inference: Dict[str, int] = field(default_factory=dict)  # inference_streams, threads_per_stream
+    in_flight: int = 0  # HTTP requests being answered (serve.limits.DrainMiddleware)
+    draining: bool = False  # shutting down: /ready and new work answer 503 (serve.lifecycle)
+
+    def check_ready(self) -> None:
+        if self.draining:
+            raise RequestError(503, "the server is shutting down", headers={"Retry-After": "1"})
+        if self.load_error:
+            raise RequestError(503, f"the server failed to load its models: {self.load_error}")
+        if not self.ready:
+            raise RequestError(503, "the models are still loading and warming up; retry shortly "
+                                    "(GET /ready answers 200 once they serve)", headers={"Retry-After": "5"})
+
+    def pick(self, model_id: Optional[str]) -> ModelRunner:
+        """The runner for ``model_id`` (the first loaded model when None); 404 names the loaded ones."""
+        if model_id is None:
+            return next(iter(self.runners.values()))
+        if model_id not in self.runners:
+            raise RequestError(404, f"unknown model {model_id!r}; this server has {', '.join(self.runners)} "
+                                    "(see GET /models)")
+        return self.runners[model_id]
+
+
+async def load_models(state: ServerState, on_failure: Optional[Callable[[str], None]] = None) -> None:
+    """Start the inference threads, load, optimise and warm every model in them, then start a batching engine
+    for each."""
+    settings = state.settings
+    loop = asyncio.get_running_loop()
+    try:
+        device = resolve_device(settings.device)
+        streams, threads = inference_plan(settings.inference_streams, device,
+                                          resolve_optimization(settings.optimize, device))
+        # intra-op thread counts are per thread in PyTorch's OpenMP backend, so each inference thread sets its own
+        state.inference_pool = ThreadPoolExecutor(streams, thread_name_prefix="inference",
+                                                  initializer=torch.set_num_threads, initargs=(threads,))
+        state.inference = {"inference_streams": streams, "threads_per_stream": threads}
+        execution = Execution(settings.runtime, settings.precision, streams, threads)
+        for model_id in settings.models:
+            runner = await loop.run_in_executor(state.inference_pool, create_runner, model_id, device,
+                                                settings.optimize, settings.max_batch_size, execution)
+            engine, tensor_engine = (BatchingEngine(
+                model_id, predict, state.inference_pool, max_batch_size=settings.max_batch_size,
+                max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue,
+                on_batch=lambda size, seconds, m=model_id: state.metrics.observe_batch(m, size, seconds),
+                streams=streams) for predict in (runner.predict, runner.predict_tensors))
+            engine.start()
+            tensor_engine.start()
+            state.runners[model_id], state.engines[model_id] = runner, engine
+            state.tensor_engines[model_id] = tensor_engine
+        state.ready = True
+        log.info("ready: %s", ", ".join(state.runners))
+    except Exception as exc:  # reported by /ready and /predict, and handed to on_failure (the CLI exits)
+        state.load_error = f"{type(exc).__name__}: {exc}"
+        log.error("could not load the models: %s", state.load_error)
+        if on_failure is not None:
+            on_failure(state.load_error)
