@@ -6,7 +6,7 @@ the batch mixed with a random permutation of itself), shared by both pipelines.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 import torch

@@ -1,8 +1,12 @@
 """The two-stage training loop: stage 1 learns the representation with GCL, stage 2 re-trains the classifier.
 
 One loop serves both stages and both data paths. A run folder holds the resolved recipe, ``metrics.jsonl``,
-``checkpoint.pt`` (the full training state, rewritten atomically each epoch), ``stage1/`` (the stage-1 model),
-and the final ``model.safetensors`` + ``config.json`` + ``eval.json``.
+``checkpoint.pt`` (the full training state, rewritten atomically each epoch and at a stop request), ``stage1/``
+(the stage-1 model), and the final ``model.safetensors`` + ``config.json`` + ``eval.json``.
+
+The stage's parts (model, sampler, batches, loss, optimizer) are built in ``train.parts``, the stage-1 weights
+handed to stage 2 by ``train.handover``, checkpoints written by ``train.checkpoint``, and a SIGTERM turned into a
+clean stop by ``train.preemption``; this module assembles them and runs the loop, evaluation and logging.
 """
 from __future__ import annotations
 
@@ -12,32 +16,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import timm
 import torch
 import torch.nn as nn
-from timm.optim import create_optimizer_v2
 from tqdm import tqdm
 
 from gcl_zoo.heads import prepare_retraining
-from gcl_zoo.hub import CONFIG_NAME, WEIGHTS_NAME, save_model_folder
-from gcl_zoo.losses import create_loss, drw_class_weights
+from gcl_zoo.hub import save_model_folder
+from gcl_zoo.losses import drw_class_weights
 from gcl_zoo.metrics import accuracy_report
-from gcl_zoo.sampling import create_sampler
 
 from .augment import mix, mixup_lambdas
-from .batches import DeviceBatches, LoaderBatches
+from . import parts
 from .checkpoint import CHECKPOINT_NAME, atomic_torch_save, rng_states_of_all_ranks, set_rng_state
-from .data import DataBundle, build_data, is_small_image_data
+from .data import build_data, is_small_image_data
 from .distributed import DistInfo, all_reduce_sum, barrier
+from .errors import TrainingError
+from .handover import load_stage1
 from .predict import autocast_for, predict
 from .preemption import StopRequested, StopSignal
 from .schedule import lr_at
 
 STAGE1_DIR = "stage1"
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, missing or mismatched stage-1 checkpoint)."""
 
 
 class _StoppedAt(Exception):
@@ -62,25 +61,6 @@ class RunOptions:
     stage1_checkpoint: Optional[Path] = None
     progress: bool = True
     tensorboard: bool = False
-
-
-def build_model(recipe: Dict[str, Any], num_classes: int, pretrained_backbone: Optional[bool] = None) -> nn.Module:
-    """The generic GCL wrapper around the recipe's backbone (architecture ``gcl_timm`` in config.json)."""
-    import gcl_zoo  # noqa: F401  (registers the architectures)
-
-    return timm.create_model("gcl_timm", backbone=recipe["model"], num_classes=num_classes, head=recipe["head"],
-                             logit_scale=recipe["s"] if recipe["head"] == "cosine" else 1.0,
-                             pretrained_backbone=recipe["pretrained_backbone"] if pretrained_backbone is None
-                             else pretrained_backbone)
-
-
-def describe_model(model: nn.Module, bundle: DataBundle) -> None:
-    """Record the preprocessing and labels the model is trained with, in its pretrained_cfg."""
-    model.pretrained_cfg = {**model.pretrained_cfg, **bundle.data_cfg, "num_classes": bundle.num_classes,
-                            "label_names": tuple(bundle.classes)}
-    model.pretrained_cfg.pop("test_input_size", None)
-    model.pretrained_cfg.pop("test_crop_pct", None)
-    model.default_cfg = model.pretrained_cfg
 
 
 @dataclass
@@ -116,15 +96,15 @@ class Trainer:
         self.dist = dist_info
         self.device = options.device
         torch.manual_seed(options.seed)
-        probe = build_model(recipe, 1, pretrained_backbone=False)  # data config of the backbone, no download
+        probe = parts.build_model(recipe, 1, pretrained_backbone=False)  # data config of the backbone, no download
         self.data = build_data(recipe, probe)
         del probe
         torch.manual_seed(options.seed)
-        self.model = build_model(recipe, self.data.num_classes)  # the same initial weights on every rank
+        self.model = parts.build_model(recipe, self.data.num_classes)  # the same initial weights on every rank
         if dist_info.rank:
             # each rank its own crops, flips, mixup pairs and noise; rank 0 continues a one-process run's stream
             torch.manual_seed(rank_seed(options.seed, dist_info.rank))
-        describe_model(self.model, self.data)
+        parts.describe_model(self.model, self.data)
         self.model.to(self.device)
         if options.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -149,39 +129,18 @@ class Trainer:
         return self.recipe if stage == 1 else self.recipe["stage2"]
 
     def make_sampler(self, stage: int):
-        section = self.section(stage)
-        kwargs = {"seed": self.opt.seed + 1000 * stage}
-        if section["sampler"] == "cben":
-            kwargs.update(a=section["cben_a"], b=section["cben_b"])
-        return create_sampler(section["sampler"], self.data.train.targets, **kwargs)
+        return parts.stage_sampler(self.section(stage), self.data.train.targets, self.opt.seed, stage)
 
     def make_batches(self, stage: int, sampler):
-        section = self.section(stage)
-        batch, drop_last = section["batch_size"], section["drop_last"]
-        if self.fast:
-            return DeviceBatches(self.train_images, self.train_labels, sampler, batch, self.device,
-                                 self.data.data_cfg, drop_last=drop_last)
-        return LoaderBatches(self.data.train, sampler, batch, self.device, self.recipe["workers"], drop_last=drop_last)
+        resident = (self.train_images, self.train_labels) if self.fast else None
+        return parts.stage_batches(self.section(stage), self.data, sampler, self.device, self.recipe["workers"],
+                                   resident)
 
     def make_loss(self, stage: int) -> nn.Module:
-        section = self.section(stage)
-        name = section["loss"]
-        kwargs: Dict[str, Any] = {"s": section["s"]}
-        if name == "gcl":
-            kwargs.update(m=section["m"], noise_mul=section["noise_mul"], gamma=section["gamma"],
-                          cloud=self.recipe["cloud"])
-        elif name == "focal":
-            kwargs.update(gamma=section["gamma"])
-        elif name == "ldam":
-            kwargs.update(max_m=section["m"] or 0.5)
-        return create_loss(name, self.data.cls_num_list, **kwargs).to(self.device)
+        return parts.stage_loss(self.section(stage), self.recipe["cloud"], self.data.cls_num_list, self.device)
 
     def make_optimizer(self, model: nn.Module, stage: int):
-        section = self.section(stage)
-        params = [p for p in model.parameters() if p.requires_grad]
-        extra = {"fused": True} if self.device.type == "cuda" and section["opt"] in ("sgd", "momentum") else {}
-        return create_optimizer_v2(params, opt=section["opt"], lr=section["lr"], weight_decay=section["weight_decay"],
-                                   momentum=section["momentum"], filter_bias_and_bn=False, **extra)
+        return parts.stage_optimizer(model, self.section(stage), self.device)
 
     def autocast(self):
         return autocast_for(self.device, self.opt.amp)
@@ -367,37 +326,6 @@ class Trainer:
         save_model_folder(model, self.opt.out)
 
     # ---- stage-1 hand-over -----------------------------------------------------------------------------------
-    def load_stage1(self) -> None:
-        """Start stage 2 from a stage-1 model folder; refuse a missing or mismatched one with a clear message."""
-        folder = self.opt.stage1_checkpoint or self.opt.out / STAGE1_DIR
-        folder = Path(folder)
-        weights = folder / WEIGHTS_NAME if folder.is_dir() else folder
-        if not weights.is_file():
-            raise TrainingError(
-                f"stage 2 needs the stage-1 model, but {weights} does not exist; run stage 1 first "
-                f"(--stage 1 or both) or point --stage1-checkpoint at a stage-1 folder or model.safetensors")
-        config_path = weights.parent / CONFIG_NAME
-        if config_path.is_file():
-            config = json.loads(config_path.read_text())
-            saved = config.get("model_args", {}).get("backbone")
-            if saved and saved != self.recipe["model"]:
-                raise TrainingError(f"the stage-1 model in {weights.parent} is a {saved!r}, but this recipe trains "
-                                    f"{self.recipe['model']!r}; pass the matching --model or stage-1 folder")
-        from safetensors.torch import load_file
-
-        try:
-            state = load_file(str(weights))
-        except Exception as exc:
-            raise TrainingError(f"cannot read the stage-1 weights {weights}: {exc}") from exc
-        model = unwrap(self.model)
-        expected = model.state_dict()
-        problems = [k for k in expected if k not in state] + [k for k in state if k not in expected]
-        problems += [k for k in expected if k in state and state[k].shape != expected[k].shape]
-        if problems:
-            raise TrainingError(f"the stage-1 weights {weights} do not match this model ({self.recipe['model']}, "
-                                f"{self.data.num_classes} classes): first mismatched tensor {problems[0]!r}")
-        model.load_state_dict(state)
-
     def rank_rng_state(self, saved: Any) -> Dict[str, Any]:
         """This rank's generator state from a checkpoint (one state per rank; older checkpoints hold rank 0's)."""
         if isinstance(saved, dict):
@@ -422,7 +350,8 @@ class Trainer:
                 resume, first = None, first + 1
         for stage in [s for s in stages if s >= first]:
             if stage == 2 and not have_stage1:
-                self.load_stage1()
+                load_stage1(unwrap(self.model), self.opt.stage1_checkpoint or self.opt.out / STAGE1_DIR,
+                            self.recipe["model"], self.data.num_classes)
             self.run_stage(stage, resume if resume is not None and resume["stage"] == stage else None)
             resume, have_stage1 = None, True
         return self.evaluate(self.model, with_confusion=True)

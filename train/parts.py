@@ -1,0 +1,75 @@
+"""The parts a training stage is built from, from its recipe section: the model, the sampler, the batches, the
+loss and the optimizer. ``Trainer`` (train/engine.py) assembles them and runs the loop."""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import timm
+import torch
+import torch.nn as nn
+from timm.optim import create_optimizer_v2
+
+from gcl_zoo.losses import create_loss
+from gcl_zoo.sampling import create_sampler
+
+from .batches import DeviceBatches, LoaderBatches
+from .data import DataBundle
+
+__all__ = ["build_model", "describe_model", "stage_sampler", "stage_batches", "stage_loss", "stage_optimizer"]
+
+
+def build_model(recipe: Dict[str, Any], num_classes: int, pretrained_backbone: Optional[bool] = None) -> nn.Module:
+    """The generic GCL wrapper around the recipe's backbone (architecture ``gcl_timm`` in config.json)."""
+    import gcl_zoo  # noqa: F401  (registers the architectures)
+
+    return timm.create_model("gcl_timm", backbone=recipe["model"], num_classes=num_classes, head=recipe["head"],
+                             logit_scale=recipe["s"] if recipe["head"] == "cosine" else 1.0,
+                             pretrained_backbone=recipe["pretrained_backbone"] if pretrained_backbone is None
+                             else pretrained_backbone)
+
+
+def describe_model(model: nn.Module, bundle: DataBundle) -> None:
+    """Record the preprocessing and labels the model is trained with, in its pretrained_cfg."""
+    model.pretrained_cfg = {**model.pretrained_cfg, **bundle.data_cfg, "num_classes": bundle.num_classes,
+                            "label_names": tuple(bundle.classes)}
+    model.pretrained_cfg.pop("test_input_size", None)
+    model.pretrained_cfg.pop("test_crop_pct", None)
+    model.default_cfg = model.pretrained_cfg
+
+
+def stage_sampler(section: Dict[str, Any], targets, seed: int, stage: int):
+    """The stage's sampler, seeded per stage so stage 2 does not replay stage 1's order."""
+    kwargs: Dict[str, Any] = {"seed": seed + 1000 * stage}
+    if section["sampler"] == "cben":
+        kwargs.update(a=section["cben_a"], b=section["cben_b"])
+    return create_sampler(section["sampler"], targets, **kwargs)
+
+
+def stage_batches(section: Dict[str, Any], data: DataBundle, sampler, device: torch.device, workers: int,
+                  resident: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+    """Device-resident batches (the fast path) when ``resident`` holds the decoded images and labels, else a
+    DataLoader."""
+    batch, drop_last = section["batch_size"], section["drop_last"]
+    if resident is not None:
+        return DeviceBatches(*resident, sampler, batch, device, data.data_cfg, drop_last=drop_last)
+    return LoaderBatches(data.train, sampler, batch, device, workers, drop_last=drop_last)
+
+
+def stage_loss(section: Dict[str, Any], cloud: str, cls_num_list, device: torch.device) -> nn.Module:
+    name = section["loss"]
+    kwargs: Dict[str, Any] = {"s": section["s"]}
+    if name == "gcl":
+        kwargs.update(m=section["m"], noise_mul=section["noise_mul"], gamma=section["gamma"], cloud=cloud)
+    elif name == "focal":
+        kwargs.update(gamma=section["gamma"])
+    elif name == "ldam":
+        kwargs.update(max_m=section["m"] or 0.5)
+    return create_loss(name, cls_num_list, **kwargs).to(device)
+
+
+def stage_optimizer(model: nn.Module, section: Dict[str, Any], device: torch.device):
+    """The optimizer over the trainable parameters (fused SGD on CUDA)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    extra = {"fused": True} if device.type == "cuda" and section["opt"] in ("sgd", "momentum") else {}
+    return create_optimizer_v2(params, opt=section["opt"], lr=section["lr"], weight_decay=section["weight_decay"],
+                               momentum=section["momentum"], filter_bias_and_bn=False, **extra)
