@@ -10,6 +10,9 @@ What it does, in order:
 3. ``recipe.yaml``, ``run.json``, ``metrics.jsonl``, ``eval.json``, the plots and the training log ->
    ``bench/results/<name>/``, with the machine's absolute paths rewritten relative to the repository;
 4. every shipped card under ``model_cards/`` regenerated.
+
+``--record-only`` keeps a baseline's record without shipping it: steps 1 and 3, the stage-1 model evaluated the
+same way (a one-stage baseline is the stage-1 model), and ``summary.json`` with both figures in the record.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import platform
 import re
 import shutil
 import sys
+import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Dict
@@ -76,6 +80,8 @@ def main() -> int:
     parser.add_argument("--weights-dir", type=Path, default=WEIGHTS_DIR, help="where shipped weights live")
     parser.add_argument("--results-dir", type=Path, default=RESULTS, help="where run records live")
     parser.add_argument("--cards-dir", type=Path, default=REPO / "model_cards", help="where shipped cards live")
+    parser.add_argument("--record-only", action="store_true",
+                        help="a baseline: keep its record (final and stage-1 evaluations), ship no weights")
     args = parser.parse_args()
     run, name = args.run, args.name
     report = evaluate_run(run, data_root=str(args.data_root), device="cpu")
@@ -100,11 +106,15 @@ def main() -> int:
         "eval_command": repo_relative(f"gcl-zoo eval {run} --data-root {args.data_root.resolve()} --device cpu",
                                       args.data_root),
     })
-    args.weights_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run / "model.safetensors", args.weights_dir / f"{name}.safetensors")
-    (args.weights_dir / f"{name}.json").write_text(json.dumps(shipped, indent=2) + "\n")
     record = args.results_dir / name
     record.mkdir(parents=True, exist_ok=True)
+    if args.record_only:
+        stage1 = {k: _rounded(v) for k, v in evaluate_stage1(run, args.data_root).items() if k in SHIPPED_KEYS}
+        (record / "summary.json").write_text(json.dumps({"final": shipped, "stage1": stage1}, indent=2) + "\n")
+    else:
+        args.weights_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(run / "model.safetensors", args.weights_dir / f"{name}.safetensors")
+        (args.weights_dir / f"{name}.json").write_text(json.dumps(shipped, indent=2) + "\n")
     for file in RECORD_FILES:
         source = run / file
         if source.suffix in (".json", ".jsonl", ".yaml"):
@@ -114,10 +124,23 @@ def main() -> int:
     log = args.log or run.with_suffix(".log")
     if log.is_file():
         (record / "train.log").write_text(repo_relative(log.read_text(), args.data_root))
-    cards = write_shipped_cards(args.cards_dir, args.weights_dir)
     groups = ", ".join(f"{k} {report[k]:.2f}" for k in ("top1", "many", "medium", "few") if report.get(k) is not None)
+    if args.record_only:
+        print(f"recorded {name}: {groups} (stage 1 alone: top1 {stage1['top1']:.2f}); record in {record}")
+        return 0
+    cards = write_shipped_cards(args.cards_dir, args.weights_dir)
     print(f"shipped {name}: {groups}; record in {record}; {len(cards)} cards regenerated")
     return 0
+
+
+def evaluate_stage1(run: Path, data_root: Path) -> Dict[str, Any]:
+    """The run's stage-1 model evaluated as ``gcl-zoo eval`` evaluates the final one (float32, full test set)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        view = Path(tmp)
+        for source in (run / "recipe.yaml", run / "run.json", run / "stage1" / "model.safetensors",
+                       run / "stage1" / "config.json"):
+            shutil.copyfile(source, view / source.name)
+        return evaluate_run(view, data_root=str(data_root), device="cpu", tsne_samples=0)
 
 
 if __name__ == "__main__":

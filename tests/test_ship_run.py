@@ -43,3 +43,12 @@ def _ship_and_check(inside: Path, tmp_path: Path, cifar10_zip: Path) -> None:
     for text in [card, json.dumps(shipped), (record / "run.json").read_text(), (record / "recipe.yaml").read_text()]:
         assert str(REPO) not in text and str(cifar10_zip.resolve().parent.parent) not in text
     assert f"runs/{inside.name}/run" in shipped["command"] and "../shared/data/cifar10/" in shipped["command"]
+    # a baseline keeps its record (final and stage-1 evaluations) and ships nothing
+    baseline = subprocess.run([sys.executable, "bench/ship_run.py", str(run), "baseline_x", "--data-root",
+                               str(cifar10_zip), "--weights-dir", str(weights), "--results-dir", str(results),
+                               "--cards-dir", str(cards), "--record-only"], cwd=REPO, capture_output=True, text=True,
+                              timeout=600)
+    assert baseline.returncode == 0, baseline.stderr[-3000:]
+    summary = json.loads((results / "baseline_x" / "summary.json").read_text())
+    assert summary["final"]["top1"] == shipped["top1"] and summary["stage1"]["num_samples"] == 200
+    assert not (weights / "baseline_x.json").exists() and not (cards / "baseline_x.md").exists()
