@@ -64,10 +64,31 @@ def machine() -> Dict[str, Any]:
     except (OSError, StopIteration):
         pass
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "retain_freed_memory": retain_freed_memory(),  # as the server does, so the raw figures get it too
             "python": platform.python_version(),
             "torch": torch.__version__, "timm": timm.__version__, "platform": platform.platform(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "load_average_at_start": [round(v, 2) for v in os.getloadavg()]}
+
+
+class Transcript:
+    """Lines printed as they come and kept for the benchmark's ``.log`` file."""
+
+    def __init__(self) -> None:
+        self.lines: List[str] = []
+
+    def say(self, text: str = "") -> None:
+        print(text, flush=True)
+        self.lines.append(text)
+
+    def save(self, out: Path, name: str, result: Dict[str, Any]) -> None:
+        """``out/<name>.json`` (the results, stamped with the load average and date) and ``out/<name>.log``."""
+        out.mkdir(parents=True, exist_ok=True)
+        result = {**result, "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
+                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out / f"{name}.log").write_text("\n".join(self.lines) + "\n")
+        print(f"wrote {out / name}.json and {name}.log")
 
 
 def load_images(data_root: Path, count: int) -> List[bytes]:
@@ -219,14 +240,9 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
 
-    lines: List[str] = []
-
-    def say(text: str = "") -> None:
-        print(text, flush=True)
-        lines.append(text)
-
+    transcript = Transcript()
+    say = transcript.say
     info = machine()
-    info["retain_freed_memory"] = retain_freed_memory()  # as the server does, so the raw figures get it too
     say(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads), "
         f"timm {info['timm']}, GPU: {info['gpu'] or 'none'}, load average {info['load_average_at_start']}")
     images = load_images(args.data, max(args.images_per_request + [args.raw_batch]))
@@ -286,17 +302,12 @@ def main(argv: List[str] = None) -> int:
     best_ratio = best_served[1] / best_raw[1]
     say(f"best server window: {best_served[1]:.0f} images/s ({best_served[0]}) = {best_ratio:.0%} of the best raw "
         f"window ({best_raw[0]}, {best_raw[1]:.0f} images/s); server optimisation: {optimization}")
-    args.out.mkdir(parents=True, exist_ok=True)
     result = {"machine": info, "model": args.model, "weights": weights, "server_args": args.server_args,
               "server_optimization": optimization, "raw_batch": args.raw_batch, "raw_images_per_s": raw_runs,
               "best_raw": {"where": best_raw[0], "images_per_s": best_raw[1]}, "cells": cells,
-              "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
               "best_server": {"where": best_served[0], "images_per_s": best_served[1], "ratio_to_best_raw": best_ratio},
-              "head_to_head": duel, "seconds_per_window": args.seconds,
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    (args.out / "serve_load.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "serve_load.log").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out / 'serve_load.json'} and serve_load.log")
+              "head_to_head": duel, "seconds_per_window": args.seconds}
+    transcript.save(args.out, "serve_load", result)
     return 0
 
 

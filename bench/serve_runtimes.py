@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import sys
@@ -32,7 +31,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
-import httpx
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,11 +40,10 @@ import timm  # noqa: E402
 
 import gcl_zoo  # noqa: E402,F401
 from serve.decoding import ImagePayload, inspect_image  # noqa: E402
-from serve.memory import retain_freed_memory  # noqa: E402
 from serve.runner import Execution, ModelRunner  # noqa: E402
 from serve.runtimes import runtime_installed  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
-from serve_load import load_cell, load_images, machine, multipart_body, throughput  # noqa: E402
+from serve_load import Transcript, load_cell, load_images, machine, multipart_body, throughput  # noqa: E402
 
 # name -> (runtime, precision)
 CONFIGS = {"torch (TorchScript)": ("torch", "auto"), "openvino (default precision)": ("openvino", "auto"),
@@ -105,14 +102,9 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("GCL_ZOO_DATA", REPO.parent / "shared" / "data")))
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
     args = parser.parse_args(argv)
-    lines: List[str] = []
-
-    def say(text: str = "") -> None:
-        print(text, flush=True)
-        lines.append(text)
-
+    transcript = Transcript()
+    say = transcript.say
     info = machine()
-    info["retain_freed_memory"] = retain_freed_memory()
     say(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, load average "
         f"{info['load_average_at_start']}")
     configs = {name: spec for name, spec in CONFIGS.items() if runtime_installed(spec[0])}
@@ -181,15 +173,10 @@ def main(argv: List[str] = None) -> int:
         say(f"{name:30s} {r['precision']:>9} {r['raw_images_per_s_median']:7.0f} {r['served_images_per_s_median']:9.0f} "
             f"{r['served_vs_torchscript_served']:11.2f}x {r['served_share_of_raw']:7.0%} "
             f"{r['top1_agreement_vs_pytorch_f32']:7.2%} {split:>27} {r['client_cpu_ms_per_image']:9.3f}")
-    args.out.mkdir(parents=True, exist_ok=True)
     result = {"machine": info, "model": args.model, "images_per_request": args.images_per_request,
               "concurrency": args.concurrency, "rounds": args.rounds, "seconds_per_window": args.seconds,
-              "agreement_images": len(all_items), "configs": per_config,
-              "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    (args.out / "serve_runtimes.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "serve_runtimes.log").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out / 'serve_runtimes.json'} and serve_runtimes.log")
+              "agreement_images": len(all_items), "configs": per_config}
+    transcript.save(args.out, "serve_runtimes", result)
     return 0
 
 
