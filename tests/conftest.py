@@ -60,8 +60,8 @@ RUN_INFO = {"command": "gcl-zoo train --recipe cifar10_lt --out runs/c10lt100", 
 
 @pytest.fixture(scope="session")
 def make_run(tmp_path_factory):
-    """``make_run(optional=("recipe.yaml", "eval.json", "run.json"), seed=0)``: a run folder of the tiny CIFAR model
-    holding model.safetensors + config.json and the named optional files."""
+    """``make_run(optional=("recipe.yaml", "eval.json", "run.json"), seed=0, arch=...)``: a run folder of a CIFAR
+    ResNet-32 zoo architecture holding model.safetensors + config.json and the named optional files."""
     import json
 
     import timm
@@ -71,9 +71,10 @@ def make_run(tmp_path_factory):
     import gcl_zoo  # noqa: F401
     from gcl_zoo.hub import save_model_folder
 
-    def make(optional=("recipe.yaml", "eval.json", "run.json"), seed: int = 0) -> Path:
+    def make(optional=("recipe.yaml", "eval.json", "run.json"), seed: int = 0,
+             arch: str = "gcl_resnet32_cifar10_lt") -> Path:
         torch.manual_seed(seed)
-        model = timm.create_model("gcl_resnet32_cifar10_lt", logit_scale=16.0)
+        model = timm.create_model(arch, logit_scale=16.0)
         with torch.no_grad():  # move every parameter and buffer off its init value, as training would
             for tensor in model.state_dict().values():
                 if tensor.is_floating_point():

@@ -22,7 +22,7 @@ from hub_server import HubServer
 
 TESTS = Path(__file__).resolve().parent
 TOKEN = "hf_test_token"
-ZOO_NAME = "gcl_resnet32_cifar10_lt.ir50"  # an entry without weights shipped in the package
+ZOO_NAME = "gcl_resnet32_cifar100_lt.ir50"  # an entry without weights shipped in the package
 REPO_ID = f"org/{ZOO_NAME}"
 
 
@@ -80,7 +80,8 @@ def _assert_same(pulled: Path, reference: dict) -> None:
 @pytest.fixture(scope="module")
 def pushed(hub, hf_home, make_run, tmp_path_factory):
     """An exported run pushed with the CLI, the token taken from the login cache (HF_HOME/token)."""
-    folder = export_run(make_run(), tmp_path_factory.mktemp("exported") / ZOO_NAME, repo_id=REPO_ID)
+    folder = export_run(make_run(arch=ZOO_NAME.split(".")[0]), tmp_path_factory.mktemp("exported") / ZOO_NAME,
+                        repo_id=REPO_ID)
     push = ["-m", "gcl_zoo.cli", "push", str(folder), "--repo-id", REPO_ID]
     denied = _run(push, _env(hub, hf_home))
     assert denied.returncode == 1 and "no Hugging Face token" in denied.stderr and "HF_TOKEN" in denied.stderr
