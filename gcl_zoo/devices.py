@@ -1,9 +1,16 @@
-"""Which torch device a ``--device`` flag means: one rule for training, evaluation, serving and benchmarks."""
-from typing import Optional
+"""Which torch device a ``--device`` flag means, and the autocast it runs under: one rule for training,
+evaluation, serving and benchmarks."""
+import contextlib
+from typing import ContextManager, Optional
 
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["resolve_device", "autocast_for"]
+
+
+def autocast_for(device: torch.device, dtype: Optional[torch.dtype] = torch.bfloat16) -> ContextManager:
+    """Autocast to ``dtype`` on ``device``'s type; no autocast when ``dtype`` is None."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def resolve_device(name: str = "auto", local_rank: Optional[int] = None) -> torch.device:

@@ -19,7 +19,6 @@ Speed per device (``optimize="auto"``):
 """
 from __future__ import annotations
 
-import contextlib
 import io
 import logging
 import sys
@@ -31,6 +30,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 from PIL import Image
+
+from gcl_zoo.devices import autocast_for
 
 from .decoding import ImageHeader, ImagePayload, RequestError, inspect_image
 from .preprocess import DevicePipeline, Pipeline, create_pipeline, data_config
@@ -220,11 +221,6 @@ class ModelRunner:
         Image.new("RGB", tuple(self.config["input_size"][:0:-1]), (128, 96, 64)).save(out, format="JPEG")
         return ImagePayload("warm-up image", out.getvalue())
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is not None:
-            return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-        return contextlib.nullcontext()
-
     def scaled_logits(self, batch: torch.Tensor) -> torch.Tensor:
         """``logit_scale * cos`` (float32, CPU) for a pre-processed NCHW batch: softmax of it is the model's
         probabilities; the response applies the function the client asked for."""
@@ -235,7 +231,7 @@ class ModelRunner:
                 batch = torch.cat([batch, batch.new_zeros((size - n, *batch.shape[1:]))])
         if self.device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), autocast_for(self.device, self.autocast_dtype):
             logits = self.forward(batch)[:n].float()
         return (logits * self.logit_scale).cpu()
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from gcl_zoo.devices import autocast_for
 from gcl_zoo.heads import prepare_retraining
 from gcl_zoo.hub import save_model_folder
 from gcl_zoo.losses import drw_class_weights
@@ -32,7 +33,7 @@ from .data import build_data, is_small_image_data
 from .distributed import DistInfo, all_reduce_sum, barrier
 from .errors import TrainingError
 from .handover import load_stage1
-from .predict import autocast_for, predict
+from .predict import predict
 from .preemption import StopRequested, StopSignal
 from .schedule import lr_at
 
@@ -143,7 +144,7 @@ class Trainer:
         return parts.stage_optimizer(model, self.section(stage), self.device)
 
     def autocast(self):
-        return autocast_for(self.device, self.opt.amp)
+        return autocast_for(self.device, torch.bfloat16 if self.opt.amp else None)
 
     # ---- evaluation ------------------------------------------------------------------------------------------
     def predict(self, model: nn.Module, with_embeddings: bool = False) -> Dict[str, torch.Tensor]:

@@ -1,19 +1,16 @@
 """Test-set predictions (logits, labels, embeddings), sharded over DDP ranks and gathered back in order."""
 from __future__ import annotations
 
-import contextlib
 from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
+from gcl_zoo.devices import autocast_for
+
 from .batches import test_batches
 from .data import DataBundle
 from .distributed import DistInfo, gather_cat
-
-
-def autocast_for(device: torch.device, enabled: bool):
-    return torch.autocast(device.type, dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -33,7 +30,7 @@ def predict(model: nn.Module, data: DataBundle, device: torch.device, dist: Dist
                              dist.rank, dist.world):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with autocast_for(device, amp):
+        with autocast_for(device, torch.bfloat16 if amp else None):
             pooled = model.forward_head(model.forward_features(x), pre_logits=True)
             logits = model.head(pooled)
         outs.append(logits.float())
