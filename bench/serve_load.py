@@ -81,6 +81,14 @@ class Transcript:
         print(text, flush=True)
         self.lines.append(text)
 
+    def machine(self) -> Dict[str, Any]:
+        """This machine's description, said first."""
+        info = machine()
+        self.say(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} "
+                 f"threads), timm {info['timm']}, GPU: {info['gpu'] or 'none'}, load average "
+                 f"{info['load_average_at_start']}")
+        return info
+
     def save(self, out: Path, name: str, result: Dict[str, Any]) -> None:
         """``out/<name>.json`` (the results, stamped with the load average and date) and ``out/<name>.log``."""
         out.mkdir(parents=True, exist_ok=True)
@@ -89,6 +97,12 @@ class Transcript:
         (out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
         (out / f"{name}.log").write_text("\n".join(self.lines) + "\n")
         print(f"wrote {out / name}.json and {name}.log")
+
+
+def add_data_and_out(parser: argparse.ArgumentParser) -> None:
+    """The flags every serving benchmark takes: where the data is and where the results go."""
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("GCL_ZOO_DATA", REPO.parent / "shared" / "data")))
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
 
 
 def load_images(data_root: Path, count: int) -> List[bytes]:
@@ -236,15 +250,12 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--raw-compile", action="store_true", help="also measure torch.compile (about 30 s more)")
     parser.add_argument("--server-args", nargs=argparse.REMAINDER, default=[],
                         help="extra gcl-zoo serve flags (last on the line), e.g. --server-args --optimize eager")
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("GCL_ZOO_DATA", REPO.parent / "shared" / "data")))
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    add_data_and_out(parser)
     args = parser.parse_args(argv)
 
     transcript = Transcript()
     say = transcript.say
-    info = machine()
-    say(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} threads), "
-        f"timm {info['timm']}, GPU: {info['gpu'] or 'none'}, load average {info['load_average_at_start']}")
+    info = transcript.machine()
     images = load_images(args.data, max(args.images_per_request + [args.raw_batch]))
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         model_id, weights = resolve_model(args.model, Path(tmp))

@@ -43,7 +43,7 @@ from serve.decoding import ImagePayload, inspect_image  # noqa: E402
 from serve.runner import Execution, ModelRunner  # noqa: E402
 from serve.runtimes import runtime_installed  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
-from serve_load import Transcript, load_cell, load_images, machine, multipart_body, throughput  # noqa: E402
+from serve_load import Transcript, add_data_and_out, load_cell, load_images, multipart_body, throughput  # noqa: E402
 
 # name -> (runtime, precision)
 CONFIGS = {"torch (TorchScript)": ("torch", "auto"), "openvino (default precision)": ("openvino", "auto"),
@@ -99,14 +99,11 @@ def main(argv: List[str] = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per window")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each served window")
     parser.add_argument("--agreement-images", type=int, default=2000, help="real test images for top-1 agreement")
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("GCL_ZOO_DATA", REPO.parent / "shared" / "data")))
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
+    add_data_and_out(parser)
     args = parser.parse_args(argv)
     transcript = Transcript()
     say = transcript.say
-    info = machine()
-    say(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, load average "
-        f"{info['load_average_at_start']}")
+    info = transcript.machine()
     configs = {name: spec for name, spec in CONFIGS.items() if runtime_installed(spec[0])}
     images = load_images(args.data, max(args.images_per_request, args.agreement_images))
     model = timm.create_model(args.model, pretrained=True).eval()
