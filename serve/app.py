@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
 from .decoding import ImagePayload, ParsedRequest, RequestError, check_top_k, inspect_image, parse_predict_request
-from .limits import BodyBudget, BodyLimitMiddleware, DrainMiddleware
+from .limits import BodyBudget, BodyLimitMiddleware, DrainMiddleware, error_response
 from .memory import retain_freed_memory
 from .metrics import CONTENT_TYPE, MetricsMiddleware, ServerMetrics
 from .oip import protocol_name
@@ -72,10 +72,6 @@ def predict_response(model_id: str, rows: Sequence[torch.Tensor], labels: Sequen
         body = predictions[0] if request.single else predictions
     return Response(json.dumps(body, separators=(",", ":")), media_type="application/json",
                     headers={"X-Model-Id": model_id})
-
-
-def error_response(status: int, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 # ---------------------------------------------------------------------------------------------------------- app

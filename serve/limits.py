@@ -25,12 +25,13 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from .decoding import RequestError
 
 __all__ = ["BodyBudget", "BodyLimitMiddleware", "HeaderTimeoutHttpTools", "header_timeout_protocol",
-           "DrainMiddleware", "PROBE_PATHS"]
+           "DrainMiddleware", "PROBE_PATHS", "error_response"]
 
 PROBE_PATHS = frozenset({"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready"})
 
 
-def _error(status: int, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
+def error_response(status: int, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
+    """The JSON error body every refusal answers with: ``{"error": "<what is wrong and how to fix it>"}``."""
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
@@ -90,13 +91,13 @@ class BodyLimitMiddleware:
         declared = int(length) if length is not None and length.isdigit() else None
         if declared is not None and declared > self.max_bytes:
             error = self._too_large()
-            return await _error(error.status, error.message, {"Connection": "close"})(scope, receive, send)
+            return await error_response(error.status, error.message, {"Connection": "close"})(scope, receive, send)
         deadline = time.monotonic() + self.body_timeout_s
         reserved = declared or 0
         if not self.budget.take(reserved):
             # read and drop the body, so the client sees the answer (and its Retry-After) instead of a reset
             error = self.budget.overloaded() if await self._discard_body(receive, deadline) else self._too_slow()
-            return await _error(error.status, error.message, error.headers)(scope, receive, send)
+            return await error_response(error.status, error.message, error.headers)(scope, receive, send)
         received = 0
         body_done = False
 
@@ -188,7 +189,7 @@ class DrainMiddleware:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if self.state.draining and scope["path"] not in PROBE_PATHS:
-            return await _error(503, "the server is shutting down; retry on another replica",
+            return await error_response(503, "the server is shutting down; retry on another replica",
                                 {"Retry-After": "1", "Connection": "close"})(scope, receive, send)
         self.state.in_flight += 1
         try:

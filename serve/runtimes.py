@@ -130,7 +130,6 @@ class OnnxRuntimeForward:
         self.options.intra_op_num_threads = threads
         self.options.inter_op_num_threads = 1
         self.options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.streams = streams
         self._local = threading.local()
         self._session()  # fail at start-up, not on the first request
 
