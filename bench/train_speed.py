@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gcl_zoo.devices import resolve_device  # noqa: E402
+from gcl_zoo.devices import cpu_has_fast_bf16, resolve_device  # noqa: E402
 from train import cli as train_cli  # noqa: E402
 from train.distributed import DistInfo  # noqa: E402
 from train.engine import RunOptions, Trainer  # noqa: E402
@@ -94,7 +94,8 @@ def make_trainer(recipe: Dict[str, Any], device: torch.device, fast: bool, compi
 
 def machine() -> Dict[str, Any]:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_units": cpu_has_fast_bf16()}
     try:
         info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                                  if line.startswith("model name"))

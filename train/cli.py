@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import yaml
 
-from gcl_zoo.devices import resolve_device
+from gcl_zoo.devices import resolve_device, slow_bf16_warning
 
 from .checkpoint import CHECKPOINT_NAME, check_writable, load_checkpoint
 from .distributed import DistInfo, broadcast_error, init_distributed, local_rank
@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fast", choices=("auto", "on", "off"), default="auto",
                         help="device-resident data and augmentation for CIFAR-size data (auto: on for CUDA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
-    parser.add_argument("--amp", choices=("auto", "on", "off"), default="auto", help="bf16 autocast (auto: on for CUDA)")
+    parser.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
+                        help="bf16 autocast (auto: on for CUDA; on a CPU only with AVX-512 or AMX bf16 units)")
     parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                         help="channels_last memory format (auto: on for CUDA)")
     parser.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard")
@@ -133,6 +134,9 @@ def _train(args: argparse.Namespace, argv: List[str], recipe: Dict[str, Any], ru
         channels_last=_switch(runtime["channels_last"], device),
         stage1_checkpoint=Path(runtime["stage1_checkpoint"]) if runtime["stage1_checkpoint"] else None,
         progress=not args.no_progress, tensorboard=runtime["tensorboard"])
+    warning = slow_bf16_warning(device, options.amp)
+    if warning and dist_info.is_main:
+        print(f"gcl-zoo train: warning: {warning}", file=sys.stderr)
     trainer = Trainer(recipe, options, dist_info)
     global_batch = {f"stage{stage}": trainer.section(stage)["batch_size"] * dist_info.world for stage in stages}
     run_info = {"command": "gcl-zoo train " + " ".join(shlex.quote(a) for a in argv), "options": runtime,
