@@ -21,6 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gcl_zoo.data.sources import torchvision_rgb
 
+from .headers import read_header
+
 __all__ = ["RequestError", "ImagePayload", "ImageHeader", "PredictRequest", "PredictParameters", "SUPPORTED_FORMATS",
            "TENSOR_DECODABLE", "payloads_from_json", "payloads_from_form", "check_counts", "check_top_k",
            "inspect_image", "decode_pil", "decode_uint8", "decode_jpegs_on_device", "pil_to_uint8",
@@ -213,15 +215,20 @@ def inspect_image(payload: ImagePayload, max_pixels: int) -> ImageHeader:
     """Read only the header, refusing non-images (422), unsupported formats (415) and more than ``max_pixels``
     pixels (413) before anything is decoded.
 
-    Only the plugins of the accepted formats are asked first: Pillow otherwise tries its plugins one by one
-    and the header took six times as long. Pillow's own warning for images over its ``MAX_IMAGE_PIXELS`` is left
-    alone (``warnings.catch_warnings`` is not thread-safe, and decoding runs in a thread pool).
+    Common PNG, WebP and JPEG headers are read from their bytes (``serve.headers``, the same answer as Pillow's
+    in a tenth of the time); for the rest only the plugins of the accepted formats are asked first: Pillow
+    otherwise tries its plugins one by one and the header took six times as long. Pillow's own warning for
+    images over its ``MAX_IMAGE_PIXELS`` is left alone (``warnings.catch_warnings`` is not thread-safe, and decoding runs in a thread pool).
     """
+    known = read_header(payload.data)
     try:
-        try:
-            fmt, mode, (width, height) = _header(payload.data, PIL_PLUGINS)
-        except UnidentifiedImageError:  # none of ours: an image format the server refuses (415), or no image (422)
-            fmt, mode, (width, height) = _header(payload.data, None)
+        if known is not None:
+            fmt, mode, (width, height) = known
+        else:
+            try:
+                fmt, mode, (width, height) = _header(payload.data, PIL_PLUGINS)
+            except UnidentifiedImageError:  # none of ours: a format the server refuses (415), or no image (422)
+                fmt, mode, (width, height) = _header(payload.data, None)
     except Image.DecompressionBombError as exc:  # Pillow's own hard limit, far above any sane max_pixels
         raise RequestError(413, f"{payload.name} has too many pixels ({exc}); the limit is {max_pixels:,} pixels, "
                                 "send a smaller image") from exc

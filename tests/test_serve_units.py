@@ -22,6 +22,7 @@ from serve.decoding import (TENSOR_DECODABLE, ImageHeader, ImagePayload, Request
 from serve.metrics import ServerMetrics
 from gcl_zoo.data.preprocessing import eval_transform
 from serve.preprocess import DevicePipeline, PilPipeline, data_config, resize_crop_normalize, uint8_transform
+from serve.headers import read_header
 from serve.runner import ModelRunner, allow_graphs_per_bucket, batch_buckets, inference_plan, pads_to_buckets
 from serve.settings import ServeSettings
 from serve_images import cifar_test_images, png_header_only, reencode
@@ -112,6 +113,43 @@ def test_tensor_decoding_gives_exactly_the_pixels_pil_gives(images):
     with pytest.raises(RequestError) as cut:
         decode_uint8(ImagePayload("cut.jpg", jpeg[:len(jpeg) // 2]), ImageHeader("JPEG", "RGB", (32, 32)))
     assert cut.value.status == 422 and "cut.jpg" in cut.value.message
+
+
+def _pil_header(blob: bytes):
+    with Image.open(io.BytesIO(blob)) as img:
+        return img.format, img.mode, img.size
+
+
+def test_byte_header_reader_agrees_with_pillow_or_leaves_the_file_to_it(images):
+    """``read_header`` gives Pillow's (format, mode, size) for every file it reads, reads the common ones (8-bit
+    PNG, simple WebP, 8-bit JPEG) itself, and leaves the rest (16-bit PNG, extended WebP, multi-picture JPEG,
+    damaged headers) to Pillow."""
+    variants = dict(_encoded_variants(images[0][1]))
+    rgb = Image.open(io.BytesIO(images[1][1])).convert("RGB").resize((300, 200))
+    extra = {}
+    for name, fmt, options in [("progressive", "JPEG", {"progressive": True}), ("exif", "JPEG", {"exif": b"Exif\0\0"}),
+                               ("mpo", "MPO", {"save_all": True, "append_images": [rgb]}),
+                               ("animated", "WEBP", {"save_all": True, "append_images": [rgb.rotate(90)], "lossless": True}),
+                               ("icc", "WEBP", {"icc_profile": b"\0" * 64}), ("lossy", "WEBP", {"quality": 50}),
+                               ("interlaced", "PNG", {"optimize": True})]:
+        out = io.BytesIO()
+        rgb.save(out, format=fmt, **options)
+        extra[name] = out.getvalue()
+    read_itself = set()
+    for name, blob in {**variants, **extra, "cifar": images[2][1]}.items():
+        expected = _pil_header(blob)
+        got = read_header(blob)
+        if got is not None:
+            assert got == expected, name
+            read_itself.add(name)
+        for cut in (10, 20, 28):  # a header cut short is never misread
+            partial = read_header(blob[:cut])
+            assert partial is None or partial == expected, (name, cut)
+    assert {"cifar", "progressive", "exif", "lossy", "interlaced"} <= read_itself
+    assert {n for n in variants if n.split("/")[0] in ("PNG", "JPEG") or "lossless" in n} - {
+        n for n in variants if "I;16" in n or "CMYK" in n} <= read_itself
+    assert not {"mpo", "animated", "icc", "PNG/I;16/{}"} & read_itself
+    assert extra["mpo"][:3] == b"\xff\xd8\xff" and _pil_header(extra["mpo"])[0] == "MPO"
 
 
 @pytest.mark.parametrize("name,unchanged", [("gcl_resnet32_cifar10_lt", (32, 32)), ("gcl_resnet50_imagenet_lt", None)])
