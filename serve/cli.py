@@ -62,8 +62,8 @@ def build_parser(prog: str = "gcl-zoo serve") -> argparse.ArgumentParser:
         help="auto (default): the runtime's choice (OpenVINO: bf16 where the CPU has it; CUDA: bf16 autocast); "
              "f32: exact float32")
     add("--inference-streams", type=int,
-        help="batches computed at once, each on an equal share of the cores (default: 2 on CPU, 1 with "
-             "--compile or on CUDA)")
+        help="batches computed at once, each on an equal share of the cores, on CUDA each on its own CUDA stream "
+             "(default: 2 on CPU, 1 with --compile or on CUDA)")
     add("--decode-workers", type=int, help="threads decoding images (default: up to 4)")
     add("--log-level", choices=["critical", "error", "warning", "info", "debug"])
     return parser

@@ -11,7 +11,9 @@ Speed per device (``optimize="auto"``):
   (``inference_plan``): two single-threaded streams ran 1,180 images/s there against 1,030 for one stream on
   both cores, and a stream that loses its core for a moment (to HTTP or decoding) no longer stalls the other
   core at a parallel region's barrier.
-* CUDA: channels_last weights and inputs, bf16 autocast, pre-processing on the GPU; ``compile`` adds
+* CUDA: channels_last weights and inputs, bf16 autocast, pre-processing on the GPU; each inference thread
+  works on its own CUDA stream, so ``--inference-streams 2`` overlaps one batch's decoding and copies with
+  another's forward pass (one stream stays the default until a GPU measurement says two pay); ``compile`` adds
   ``torch.compile`` warmed at start-up for fixed batch-size buckets (a batch is padded up to its bucket, so no
   request ever waits for a recompilation).
 * ``runtime="openvino"`` or ``"onnxruntime"`` (CPU): the model's ONNX graph in that runtime (``serve.runtimes``),
@@ -19,13 +21,15 @@ Speed per device (``optimize="auto"``):
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -158,6 +162,7 @@ class ModelRunner:
         self.buckets = batch_buckets(max_batch_size)
         self.runtime = resolve_runtime(execution.runtime, device, optimize)
         self.graph_origin: Optional[str] = None
+        self._thread_state = threading.local()  # each inference thread's CUDA stream
         model = model.eval().to(device)
         if self.runtime != "torch":
             if optimize != "auto":
@@ -239,16 +244,29 @@ class ModelRunner:
         """Per-image work done before queueing (decode + transform on CPU; almost nothing on GPU)."""
         return self.pipeline.prepare(payload, header)
 
+    def _own_stream(self) -> ContextManager:
+        """On CUDA, this inference thread's own stream, so that with ``--inference-streams 2`` one batch's decode,
+        resize and copy-back overlap another's forward pass instead of queueing behind it on the default stream;
+        nothing elsewhere. A new stream first waits for the default one (the weights were copied there)."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        stream = getattr(self._thread_state, "stream", None)
+        if stream is None:
+            stream = self._thread_state.stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.default_stream(self.device))
+        return torch.cuda.stream(stream)
+
     def predict(self, items: Sequence[Any]) -> List[Union[torch.Tensor, RequestError]]:
         """One row of scaled logits per prepared item, or the ``RequestError`` of an item that failed to decode."""
-        with torch.inference_mode():
+        with torch.inference_mode(), self._own_stream():
             batch, failed = self.pipeline.collate(items, self.device)
             rows = iter(self.scaled_logits(batch)) if batch is not None else iter(())
         return [failed[i] if i in failed else next(rows) for i in range(len(items))]
 
     def predict_tensors(self, items: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Scaled logits for already pre-processed CHW float images (the v2 protocol's FP32 input)."""
-        return list(self.scaled_logits(torch.stack(list(items)).to(self.device)))
+        with self._own_stream():
+            return list(self.scaled_logits(torch.stack(list(items)).to(self.device)))
 
     def warmup(self, rounds: int = 2) -> float:
         """Run every batch bucket ``rounds`` times and one real JPEG through the whole path (compiles, profiles,
