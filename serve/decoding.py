@@ -19,7 +19,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gcl_zoo.data.sources import torchvision_rgb
+from gcl_zoo.data.codecs import decode_rgb
 
 from .headers import read_header
 
@@ -35,7 +35,7 @@ ACCEPTED_PART_TYPES = ("image/", "application/octet-stream")
 FORM_FIELDS = ("model", "top_k", "function_to_apply")
 # raw bodies: one image as the whole request, as Hugging Face Inference Endpoints and TorchServe take it
 RAW_BODY_TYPES = ("image/", "application/octet-stream")
-# (format, mode) of the files torchvision's decoders turn into exactly the pixels of PIL's ``convert("RGB")``
+# (format, mode) of the files the tensor decoders (gcl_zoo.data.codecs) turn into exactly the pixels of PIL's ``convert("RGB")``
 # (tests/test_serve_units.py checks every pair); 16-bit PNGs, CMYK JPEGs and the rest go through PIL
 TENSOR_DECODABLE = frozenset({("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "L"),
                               ("PNG", "LA"), ("PNG", "P"), ("WEBP", "RGB"), ("WEBP", "RGBA")})
@@ -262,12 +262,12 @@ def pil_to_uint8(img: Image.Image) -> torch.Tensor:
 def decode_uint8(payload: ImagePayload, header: ImageHeader) -> torch.Tensor:
     """The RGB pixels as a uint8 CHW tensor, equal to ``pil_to_uint8(decode_pil(payload))``.
 
-    torchvision's decoders take a third of PIL's time for small images, so they read the (format, mode) pairs
-    where their pixels are PIL's; PIL reads everything else, and every file torchvision refuses, so a corrupt
-    file answers the same 422 either way.
+    The tensor decoders (``gcl_zoo.data.codecs``) take a third of PIL's time for small images, so they read the
+    (format, mode) pairs where their pixels are PIL's; PIL reads everything else, and every file they refuse, so a
+    corrupt file answers the same 422 either way.
     """
     if (header.format, header.mode) in TENSOR_DECODABLE:
-        image = torchvision_rgb(payload.data)
+        image = decode_rgb(payload.data)
         if image is not None and tuple(image.shape[1:]) == header.size[::-1]:
             return image
     return pil_to_uint8(decode_pil(payload))

@@ -2,6 +2,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from gcl_zoo.data import CIFARLongTail, ImageFolderLT, ListFileDataset, long_tail_counts, read_list_file
@@ -175,16 +176,43 @@ def test_image_folder_lt(tmp_path):
 
 
 def test_tensor_decoding_falls_back_to_pil_for_16_bit_images():
-    """torchvision decodes a 16-bit PNG to uint16; the training decoder hands such files to PIL (8-bit RGB)."""
+    """The tensor decoders give a 16-bit PNG as uint16; the training decoder hands such files to PIL (8-bit RGB)."""
     import io
 
-    from gcl_zoo.data.sources import decode_rgb_tensor, torchvision_rgb
+    from gcl_zoo.data.codecs import decode_rgb
+    from gcl_zoo.data.sources import decode_rgb_tensor
 
     gradient = (np.arange(12 * 8, dtype=np.uint16).reshape(8, 12) * 600).astype(np.uint16)
     out = io.BytesIO()
     Image.fromarray(gradient).convert("I;16").save(out, format="PNG")
     data = out.getvalue()
-    assert torchvision_rgb(data) is None
+    assert decode_rgb(data) is None
     image = decode_rgb_tensor(data, "deep.png")
     assert str(image.dtype) == "torch.uint8"
     assert np.array_equal(image.permute(1, 2, 0).numpy(), np.asarray(Image.open(io.BytesIO(data)).convert("RGB")))
+
+
+def test_images_decode_without_torchvisions_deprecated_decoders(cifar10_zip):
+    """Where TorchCodec is installed it decodes (torchvision's decoders are deprecated from 0.29 on): no
+    DeprecationWarning, and the pixels torchvision gives."""
+    import importlib.util
+    import warnings
+
+    import torchvision
+    from torchvision.io import ImageReadMode, decode_image
+
+    from gcl_zoo.data import codecs
+
+    if importlib.util.find_spec("torchcodec") is None:
+        pytest.skip("TorchCodec is not installed: torchvision decodes")
+    assert codecs.BACKEND == "torchcodec", f"torchcodec is installed but unusable beside torchvision {torchvision.__version__}"
+    with zipfile.ZipFile(cifar10_zip) as archive:
+        blobs = [archive.read(n) for n in sorted(archive.namelist()) if n.endswith(".webp")][:20]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        decoded = [codecs.decode_rgb(blob) for blob in blobs]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for blob, image in zip(blobs, decoded):
+            assert torch.equal(image, decode_image(torch.frombuffer(bytearray(blob), dtype=torch.uint8),
+                                                   mode=ImageReadMode.RGB))

@@ -99,7 +99,7 @@ def _encoded_variants(data: bytes):
 
 
 def test_tensor_decoding_gives_exactly_the_pixels_pil_gives(images):
-    """``decode_uint8`` (torchvision's decoders where they agree with PIL) equals ``convert("RGB")``, for every
+    """``decode_uint8`` (the tensor decoders where they agree with PIL) equals ``convert("RGB")``, for every
     (format, mode) it decodes itself and for the ones it hands to PIL; corrupt files answer PIL's 422."""
     for _, data, _ in images[:3]:
         for name, blob in _encoded_variants(data):

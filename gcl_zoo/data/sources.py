@@ -11,9 +11,10 @@ from typing import List, Optional, Union
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.io import ImageReadMode, decode_image
 
-__all__ = ["ImageSource", "open_source", "load_rgb", "torchvision_rgb", "decode_rgb_tensor", "IMAGE_EXTENSIONS"]
+from .codecs import decode_rgb
+
+__all__ = ["ImageSource", "open_source", "load_rgb", "decode_rgb_tensor", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".tif", ".tiff")
 
@@ -27,19 +28,10 @@ def load_rgb(data: bytes, name: str) -> Image.Image:
         raise ValueError(f"cannot read image {name}: {exc}; replace or remove the file") from exc
 
 
-def torchvision_rgb(data: bytes) -> Optional[torch.Tensor]:
-    """Image bytes as a uint8 CHW RGB tensor by torchvision's decoders (about 5x faster than PIL for small
-    images); None where they cannot give one (a format they do not read, a corrupt file, 16-bit samples)."""
-    try:
-        image = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError:
-        return None
-    return image if image.dtype == torch.uint8 else None
-
-
 def decode_rgb_tensor(data: bytes, name: str) -> torch.Tensor:
-    """Decode image bytes to a uint8 CHW RGB tensor: torchvision's decoders, PIL where they give nothing."""
-    image = torchvision_rgb(data)
+    """Decode image bytes to a uint8 CHW RGB tensor: the tensor decoders (``gcl_zoo.data.codecs``), PIL where
+    they give nothing."""
+    image = decode_rgb(data)
     return image if image is not None else torch.from_numpy(np.asarray(load_rgb(data, name)).copy()).permute(2, 0, 1)
 
 
