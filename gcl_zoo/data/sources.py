@@ -6,7 +6,7 @@ import os
 import threading
 import zipfile
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Union
 
 import numpy as np
 import torch
