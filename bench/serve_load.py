@@ -45,6 +45,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]  # tests/server_process.py: the 
 import timm  # noqa: E402
 
 import gcl_zoo  # noqa: E402,F401
+from gcl_zoo.devices import cpu_has_fast_bf16  # noqa: E402
 from gcl_zoo.hub import save_model_folder  # noqa: E402
 from serve.memory import retain_freed_memory  # noqa: E402
 from gcl_zoo.models.zoo import embedded_weights  # noqa: E402
@@ -63,7 +64,8 @@ def machine() -> Dict[str, Any]:
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_units": cpu_has_fast_bf16(),
+            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "retain_freed_memory": retain_freed_memory(),  # as the server does, so the raw figures get it too
             "python": platform.python_version(),
             "torch": torch.__version__, "timm": timm.__version__, "platform": platform.platform(),
@@ -84,7 +86,8 @@ class Transcript:
     def machine(self) -> Dict[str, Any]:
         """This machine's description, said first."""
         info = machine()
-        self.say(f"machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']} ({info['torch_threads']} "
+        self.say(f"machine: {info['cpu']} ({info['cpu_capability']}, bf16 units: {info['cpu_bf16_units']}), "
+                 f"{info['cores']} cores, torch {info['torch']} ({info['torch_threads']} "
                  f"threads), timm {info['timm']}, GPU: {info['gpu'] or 'none'}, load average "
                  f"{info['load_average_at_start']}")
         return info
