@@ -35,8 +35,8 @@ ACCEPTED_PART_TYPES = ("image/", "application/octet-stream")
 FORM_FIELDS = ("model", "top_k", "function_to_apply")
 # raw bodies: one image as the whole request, as Hugging Face Inference Endpoints and TorchServe take it
 RAW_BODY_TYPES = ("image/", "application/octet-stream")
-# (format, mode) of the files the tensor decoders (gcl_zoo.data.codecs) turn into exactly the pixels of PIL's ``convert("RGB")``
-# (tests/test_serve_units.py checks every pair); 16-bit PNGs, CMYK JPEGs and the rest go through PIL
+# (format, mode) of the files the tensor decoders (gcl_zoo.data.codecs) turn into exactly the pixels of PIL's
+# ``convert("RGB")`` (tests/test_serve_units.py checks every pair); 16-bit PNGs, CMYK JPEGs and the rest go through PIL
 TENSOR_DECODABLE = frozenset({("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "L"),
                               ("PNG", "LA"), ("PNG", "P"), ("WEBP", "RGB"), ("WEBP", "RGBA")})
 _DATA_URI = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
@@ -218,7 +218,8 @@ def inspect_image(payload: ImagePayload, max_pixels: int) -> ImageHeader:
     Common PNG, WebP and JPEG headers are read from their bytes (``serve.headers``, the same answer as Pillow's
     in a tenth of the time); for the rest only the plugins of the accepted formats are asked first: Pillow
     otherwise tries its plugins one by one and the header took six times as long. Pillow's own warning for
-    images over its ``MAX_IMAGE_PIXELS`` is left alone (``warnings.catch_warnings`` is not thread-safe, and decoding runs in a thread pool).
+    images over its ``MAX_IMAGE_PIXELS`` is left alone (``warnings.catch_warnings`` is not thread-safe, and
+    decoding runs in a thread pool).
     """
     known = read_header(payload.data)
     try:

@@ -205,7 +205,7 @@ def test_images_decode_without_torchvisions_deprecated_decoders(cifar10_zip):
 
     if importlib.util.find_spec("torchcodec") is None:
         pytest.skip("TorchCodec is not installed: torchvision decodes")
-    assert codecs.BACKEND == "torchcodec", f"torchcodec is installed but unusable beside torchvision {torchvision.__version__}"
+    assert codecs.backend() == "torchcodec", f"torchcodec is installed but unusable beside torchvision {torchvision.__version__}"
     with zipfile.ZipFile(cifar10_zip) as archive:
         blobs = [archive.read(n) for n in sorted(archive.namelist()) if n.endswith(".webp")][:20]
     with warnings.catch_warnings():

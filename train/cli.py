@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="device-resident data and augmentation for CIFAR-size data (auto: on for CUDA)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
-                        help="bf16 autocast (auto: on for CUDA; on a CPU only with AVX-512 or AMX bf16 units)")
+                        help="bf16 autocast (auto: on for CUDA only; on a CPU, use on only where it has AVX-512 "
+                             "or AMX bf16 units)")
     parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                         help="channels_last memory format (auto: on for CUDA)")
     parser.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard")

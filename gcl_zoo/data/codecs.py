@@ -7,39 +7,41 @@ with torchvision's nvJPEG: TorchCodec's wheels on PyPI are CPU builds.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+import functools
+from typing import Callable, Optional, Tuple
 
 import torch
 
-__all__ = ["BACKEND", "decode_rgb"]
+__all__ = ["backend", "decode_rgb"]
+
+Decoder = Callable[[bytes], torch.Tensor]
 
 
-def _torchcodec() -> Optional[Callable[[bytes], torch.Tensor]]:
+@functools.lru_cache(maxsize=1)
+def _decoder() -> Tuple[str, Decoder]:
+    """The library's name and its decode call, chosen on first use (``import gcl_zoo`` does not load TorchCodec)."""
     try:
         from torchcodec.decoders import decode_image
     except (ImportError, RuntimeError, OSError):  # not installed, too old for images, or its libraries do not load
-        return None
+        from torchvision.io import ImageReadMode
+        from torchvision.io import decode_image as torchvision_decode
+
+        return "torchvision", lambda data: torchvision_decode(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                                                              mode=ImageReadMode.RGB)
     # "auto": 16-bit PNGs stay uint16 (and so go to Pillow), as with torchvision
-    return lambda data: decode_image(data, mode="RGB", output_dtype="auto")
+    return "torchcodec", lambda data: decode_image(data, mode="RGB", output_dtype="auto")
 
 
-def _torchvision() -> Callable[[bytes], torch.Tensor]:
-    from torchvision.io import ImageReadMode, decode_image
-
-    return lambda data: decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-
-
-_decode = _torchcodec()
-BACKEND = "torchcodec" if _decode is not None else "torchvision"
-if _decode is None:
-    _decode = _torchvision()
+def backend() -> str:
+    """Which library decodes: ``"torchcodec"`` or ``"torchvision"``."""
+    return _decoder()[0]
 
 
 def decode_rgb(data: bytes) -> Optional[torch.Tensor]:
     """Image bytes as a uint8 CHW RGB tensor (about 5x faster than Pillow for small images); None where the
     decoder gives no such tensor (a format it does not read, a corrupt file, 16-bit samples, an animation)."""
     try:
-        image = _decode(data)
+        image = _decoder()[1](data)
     except (RuntimeError, ValueError):
         return None
     return image if image.dtype == torch.uint8 and image.dim() == 3 else None
