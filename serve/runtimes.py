@@ -3,9 +3,11 @@
 Each runtime turns a pre-processed float32 NCHW batch (a CPU tensor) into the model's raw outputs (cosine
 logits) and is called from the server's inference threads, several at once (one per stream):
 
-* ``openvino``: one compiled model with ``NUM_STREAMS`` streams and an infer request per inference thread; the
-  precision is the CPU plugin's default (bf16 on CPUs with bf16 instructions, which roughly doubled throughput on
-  the 2-core benchmark machine) unless ``precision="f32"`` pins float32.
+* ``openvino``: one compiled model with ``NUM_STREAMS`` streams and an infer request per inference thread. The CPU
+  plugin computes in bf16 on CPUs with bf16 instructions, but whether that pays depends on the CPU: bf16 served
+  1.9x float32 on a 2-core AMD EPYC (Zen 4) and 0.68x on a 2-core Xeon with AVX-512 BF16 and no AMX. So
+  ``precision="auto"`` times both at start-up and keeps bf16 only where it is clearly faster
+  (``choose_precision``); ``precision="f32"`` pins float32.
 * ``onnxruntime``: one session per inference thread, each with its own intra-op threads and no spin-waiting (a
   spinning pool takes the cores that HTTP parsing and decoding need); the CPU execution provider computes float32.
 
@@ -17,22 +19,28 @@ from __future__ import annotations
 import importlib
 import logging
 import tempfile
+import statistics
 import threading
+import time
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["RUNTIMES", "PRECISIONS", "EXTRA_FOR", "runtime_installed", "resolve_runtime", "onnx_graph",
-           "OpenVINOForward", "OnnxRuntimeForward", "create_onnx_forward"]
+__all__ = ["RUNTIMES", "PRECISIONS", "EXTRA_FOR", "MIN_SPEEDUP_FOR_BF16", "runtime_installed", "resolve_runtime",
+           "onnx_graph", "OpenVINOForward", "OnnxRuntimeForward", "choose_precision", "create_onnx_forward"]
 
 log = logging.getLogger("serve.runtimes")
 
 RUNTIMES = ("torch", "openvino", "onnxruntime")
 PRECISIONS = ("auto", "f32")
 EXTRA_FOR = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
+# bf16 serves only when it pays for what it costs: it moves probabilities by up to about 0.04 and flips about 0.5%
+# of top-1 labels (near-ties) on real test images; within 10% of float32's speed, exact float32 answers win
+MIN_SPEEDUP_FOR_BF16 = 1.1
+Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 def runtime_installed(runtime: str) -> bool:
@@ -116,6 +124,30 @@ class OpenVINOForward:
         return torch.from_numpy(np.array(request.get_output_tensor(0).data, dtype=np.float32))
 
 
+def choose_precision(candidates: Dict[str, Forward], batch: torch.Tensor,
+                     rounds: int = 3) -> Tuple[str, Dict[str, float]]:
+    """The precision to serve among ``candidates`` (``"f32"`` and a reduced one, each a compiled forward), and the
+    images/s each reached on ``batch``.
+
+    Each is called once untimed, then the candidates take turns for ``rounds`` timed calls each (a noisy machine
+    then slows both alike) and the median call counts. The reduced precision wins only when at least
+    ``MIN_SPEEDUP_FOR_BF16`` times as fast as float32.
+    """
+    times: Dict[str, list] = {name: [] for name in candidates}
+    for forward in candidates.values():
+        forward(batch)
+    for _ in range(rounds):
+        for name, forward in candidates.items():
+            start = time.perf_counter()
+            forward(batch)
+            times[name].append(time.perf_counter() - start)
+    speed = {name: batch.shape[0] / statistics.median(seconds) for name, seconds in times.items()}
+    reduced = [name for name in speed if name != "f32"]
+    best = max(reduced, key=speed.get, default="f32")
+    chosen = best if "f32" not in speed or speed[best] >= MIN_SPEEDUP_FOR_BF16 * speed["f32"] else "f32"
+    return chosen, speed
+
+
 class OnnxRuntimeForward:
     """An ONNX Runtime CPU session per calling thread, each with ``threads`` intra-op threads."""
 
@@ -147,12 +179,19 @@ class OnnxRuntimeForward:
         return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: batch.numpy()})[0])
 
 
-def create_onnx_forward(runtime: str, model_id: str, model: nn.Module, streams: int, threads: int,
-                        precision: str) -> Tuple[Callable[[torch.Tensor], torch.Tensor], str]:
-    """The model's ONNX graph loaded into ``runtime``; also says where the graph came from."""
+def create_onnx_forward(runtime: str, model_id: str, model: nn.Module, streams: int, threads: int, precision: str,
+                        batch: torch.Tensor) -> Tuple[Forward, str, Optional[Dict[str, float]]]:
+    """The model's ONNX graph loaded into ``runtime``; also says where the graph came from, and, when ``auto``
+    precision had a choice to make, the images/s each precision reached on ``batch`` (``choose_precision``)."""
     forward_cls = {"openvino": OpenVINOForward, "onnxruntime": OnnxRuntimeForward}[runtime]
+    speeds = None
     with tempfile.TemporaryDirectory(prefix="gcl-zoo-onnx-") as tmp:
         path, origin = onnx_graph(model_id, model, Path(tmp))
         forward = forward_cls(path, streams, threads, precision)
+        if precision == "auto" and forward.precision != "f32":
+            candidates = {forward.precision: forward, "f32": forward_cls(path, streams, threads, "f32")}
+            chosen, speeds = choose_precision(candidates, batch)
+            forward = candidates[chosen]
+            log.info("%s: %s", model_id, ", ".join(f"{name} {ips:.0f} images/s" for name, ips in speeds.items()))
     log.info("%s runs %s (%s, %s precision)", runtime, model_id, origin, forward.precision)
-    return forward, origin
+    return forward, origin, speeds

@@ -49,6 +49,9 @@ class ModelDescription(BaseModel):
     device: str
     runtime: str = Field(..., description="torch, openvino or onnxruntime")
     precision: str = Field(..., description="what the runtime computes in: f32 or bf16")
+    precision_speeds: Optional[Dict[str, float]] = Field(
+        None, description="with --precision auto, when the runtime offered a reduced precision: the images/s each "
+                          "precision reached on a full batch at start-up (bf16 serves only when at least 1.1x float32)")
     graph: Optional[str] = Field(None, description="where an ONNX runtime's graph came from")
     optimization: Optional[str] = Field(None, description="PyTorch runtime only: trace, eager or compile")
     autocast: Optional[str]

@@ -3,7 +3,8 @@ CIFAR-10 test images, and real servers that run it.
 
 Tolerances, on probabilities (softmax of the scaled logits) of the shipped ResNet-32: float32 runtimes agree with
 PyTorch within 1e-5; OpenVINO's default bf16 within 0.05 per probability, with at least 99% of top-1 labels the
-same on real test images (bf16 rounds the cosine logits by about 5e-3, which moves only near-ties).
+same on real test images (bf16 rounds the cosine logits by about 5e-3, which moves only near-ties). Whether bf16
+serves at all is measured at start-up (``choose_precision``): it must be clearly faster than float32.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -22,7 +24,8 @@ import gcl_zoo  # noqa: F401
 from gcl_zoo.hub import save_model_folder
 from serve.decoding import ImagePayload, inspect_image
 from serve.runner import ModelRunner, Execution
-from serve.runtimes import resolve_runtime
+from gcl_zoo.onnx_export import export_onnx
+from serve.runtimes import MIN_SPEEDUP_FOR_BF16, OpenVINOForward, choose_precision, resolve_runtime
 from server_process import ServerProcess
 from serve_images import cifar_test_images
 
@@ -92,6 +95,10 @@ def test_onnx_runtimes_answer_what_pytorch_answers_on_real_images(trained, test_
     else:
         assert runner.precision == "bf16" and diff <= BF16_PROB_TOL and agreement >= BF16_TOP1_AGREEMENT
     assert (runtime, precision) != ("onnxruntime", "auto") or runner.precision == "f32"
+    speeds = runner.describe()["precision_speeds"]
+    if speeds is not None:  # auto had bf16 to offer: it serves only where it was clearly the faster
+        assert (runtime, precision) == ("openvino", "auto") and set(speeds) == {"bf16", "f32"}
+        assert runner.precision == ("bf16" if speeds["bf16"] >= MIN_SPEEDUP_FOR_BF16 * speeds["f32"] else "f32")
     # two inference threads at once (one request or session each) give what one thread gives
     batch = torch.randn(8, 3, 32, 32)
     alone = runner.scaled_logits(batch)
@@ -109,12 +116,38 @@ def test_onnx_runtimes_answer_what_pytorch_answers_on_real_images(trained, test_
     assert runner.describe()["runtime"] == runtime and runner.describe()["optimization"] is None
 
 
+def test_openvino_default_precision_agrees_within_the_bf16_tolerance(tmp_path, trained, test_images, torch_probs):
+    """OpenVINO at the CPU plugin's own precision (bf16 where the CPU has bf16 instructions), checked whether or not
+    auto would serve it on this machine."""
+    export_onnx(trained, tmp_path / "model.onnx")
+    forward = OpenVINOForward(tmp_path / "model.onnx", streams=1, threads=1, precision="auto")
+    reference = ModelRunner(ZOO_NAME, trained, torch.device("cpu"), optimize="eager")
+    payloads = [ImagePayload(name, data) for name, data, _ in test_images]
+    batch, _ = reference.pipeline.collate([reference.prepare(p, inspect_image(p, max_pixels=10_000))
+                                           for p in payloads], torch.device("cpu"))
+    probs = (forward(batch) * reference.logit_scale).softmax(dim=1)
+    tolerance, agreement = (F32_PROB_TOL, 1.0) if forward.precision == "f32" else (BF16_PROB_TOL, BF16_TOP1_AGREEMENT)
+    assert float((probs - torch_probs).abs().max()) <= tolerance
+    assert float((probs.argmax(1) == torch_probs.argmax(1)).float().mean()) >= agreement
+
+
+def _sleeping(seconds: float):
+    return lambda batch: time.sleep(seconds)
+
+
+@pytest.mark.parametrize("bf16_seconds, chosen", [(0.005, "bf16"), (0.0196, "f32"), (0.04, "f32")])
+def test_bf16_serves_only_when_clearly_faster_than_f32(bf16_seconds, chosen):
+    """Four times as fast: bf16; 2% faster (under the 10% it must gain) or slower: exact float32."""
+    batch = torch.zeros(64, 3, 32, 32)
+    picked, speeds = choose_precision({"bf16": _sleeping(bf16_seconds), "f32": _sleeping(0.02)}, batch)
+    assert picked == chosen and set(speeds) == {"bf16", "f32"}
+    assert speeds["f32"] == pytest.approx(64 / 0.02, rel=0.3) and speeds["bf16"] == pytest.approx(64 / bf16_seconds, rel=0.3)
+
+
 def test_a_graph_of_another_model_is_refused(tmp_path, trained):
     """A folder whose model.onnx does not compute what its weights do (a stale export) does not serve."""
     folder = tmp_path / "stale"
     save_model_folder(trained, folder)
-    from gcl_zoo.onnx_export import export_onnx
-
     torch.manual_seed(1)
     export_onnx(timm.create_model("gcl_resnet32_cifar10_lt").eval(), folder / "model.onnx")
     loaded = timm.create_model(f"local-dir:{folder}", pretrained=True)
@@ -162,5 +195,8 @@ def test_default_cpu_server_runs_openvino(test_images):
             name, data, label = test_images[8]  # a ship the model gets right
             answer = http.post(f"{server.url}/predict", content=data, headers={"Content-Type": "image/webp"})
     assert described["runtime"] == "openvino" and described["precision"] in ("bf16", "f32")
+    speeds = described["precision_speeds"]  # None where the CPU has no bf16 to offer
+    assert speeds is None or described["precision"] == (
+        "bf16" if speeds["bf16"] >= MIN_SPEEDUP_FOR_BF16 * speeds["f32"] else "f32")
     assert described["graph"] == "exported at start-up" and health["models"] == ["gcl_resnet32_cifar10_lt"]
     assert answer.status_code == 200 and answer.json()[0]["label"] == "ship" == described["labels"][label]
