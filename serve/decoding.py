@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gcl_zoo.data.codecs import decode_rgb
 
 from .headers import read_header
+from .multipart import FormError, FormPart, parse_form
 
 __all__ = ["RequestError", "ImagePayload", "ImageHeader", "PredictRequest", "PredictParameters", "SUPPORTED_FORMATS",
            "TENSOR_DECODABLE", "payloads_from_json", "payloads_from_form", "check_counts", "check_top_k",
@@ -154,24 +155,23 @@ def payloads_from_json(body: bytes) -> ParsedRequest:
                          hf_schema=True, single=isinstance(request.inputs, str))
 
 
-async def payloads_from_form(form: Any) -> ParsedRequest:
-    """Parse multipart form data: every file part is an image; text fields ``model``, ``top_k`` and
+def payloads_from_form(parts: Sequence[FormPart]) -> ParsedRequest:
+    """Read multipart form parts: every file part is an image; text fields ``model``, ``top_k`` and
     ``function_to_apply``."""
     payloads: List[ImagePayload] = []
     fields: Dict[str, str] = {}
-    for key, value in form.multi_items():
-        if isinstance(value, str):
-            if key not in FORM_FIELDS:
-                raise RequestError(422, f"unknown form field {key!r}; send images as file parts plus optional "
+    for part in parts:
+        if part.filename is None:
+            if part.name not in FORM_FIELDS:
+                raise RequestError(422, f"unknown form field {part.name!r}; send images as file parts plus optional "
                                         f"fields {', '.join(FORM_FIELDS)}")
-            fields[key] = value
+            fields[part.name] = part.text()
             continue
-        name = f"file {value.filename or key!r}"
-        content_type = (value.content_type or "").lower()
-        if content_type and not content_type.startswith(ACCEPTED_PART_TYPES):
-            raise RequestError(415, f"{name} was sent as {content_type!r}; send images as image/* "
+        name = f"file {part.filename or part.name!r}"
+        if part.content_type and not part.content_type.startswith(ACCEPTED_PART_TYPES):
+            raise RequestError(415, f"{name} was sent as {part.content_type!r}; send images as image/* "
                                     f"({', '.join(SUPPORTED_FORMATS)}) or application/octet-stream")
-        payloads.append(ImagePayload(name, await value.read()))
+        payloads.append(ImagePayload(name, part.data))
     top_k = None
     if "top_k" in fields:
         try:
@@ -307,23 +307,18 @@ async def parse_predict_request(request: Any, max_images: int) -> ParsedRequest:
     """What a ``/predict`` request asks for: a multipart form, a JSON body, or one raw image as the body.
     ``top_k``, ``function_to_apply`` and ``model`` may also come as query parameters (what a raw body has), which
     the form's or JSON body's own values override."""
-    from starlette.exceptions import HTTPException
-
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     raw = not content_type or content_type.startswith(RAW_BODY_TYPES)
     query_top_k, query_function, query_model = query_parameters(dict(request.query_params))
     if content_type == "multipart/form-data":
         try:
-            form = await request.form(max_files=max_images, max_fields=len(FORM_FIELDS))
-        except HTTPException as exc:  # Starlette's multipart limits and parse errors
-            status = 413 if "Too many files" in str(exc.detail) else 422
-            hint = (f"send at most {max_images} images per request" if status == 413
+            parts = parse_form(await request.body(), request.headers.get("content-type", ""), max_images,
+                               len(FORM_FIELDS))
+        except FormError as exc:
+            hint = (f"send at most {max_images} images per request" if exc.status == 413
                     else "send well-formed multipart/form-data")
-            raise RequestError(status, f"cannot read the multipart body: {exc.detail}; {hint}") from exc
-        try:
-            parsed = await payloads_from_form(form)
-        finally:
-            await form.close()
+            raise RequestError(exc.status, f"cannot read the multipart body: {exc}; {hint}") from exc
+        parsed = payloads_from_form(parts)
     elif content_type == "application/json" or content_type.endswith("+json"):
         parsed = payloads_from_json(await request.body())
     elif raw:  # huggingface_hub sends bytes untyped
