@@ -1,12 +1,16 @@
 """The batching engine: images from concurrent requests are merged into batches for one forward pass.
 
-A request's images join a bounded queue (all or none: a request that does not fit answers 503 with
-Retry-After). One worker task per model waits for a free inference stream, then takes the first waiting image,
-keeps collecting until the batch holds ``max_batch_size`` images or ``max_wait_s`` has passed, and runs the batch
-in the inference threads, so the event loop keeps accepting and answering requests meanwhile. With several
-streams the next batch is collected and run while the previous one is still computing; images arriving while
-every stream is busy wait in the queue and make the next batch a full one. A request not answered within its
-timeout answers 504 and its images are dropped from any batch that has not started yet.
+A request's images join a bounded queue as one entry (all or none: a request that does not fit answers 503 with
+Retry-After). One worker task per model waits for a free inference stream, then takes images from the first
+waiting request on, keeps collecting until the batch holds ``max_batch_size`` images or ``max_wait_s`` has passed,
+and runs the batch in the inference threads, so the event loop keeps accepting and answering requests meanwhile.
+A request larger than the room left in a batch is split: its first images fill this batch, the rest start the
+next. With several streams the next batch is collected and run while the previous one is still computing; images
+arriving while every stream is busy wait in the queue and make the next batch a full one. A request not answered
+within its timeout answers 504 and its images are dropped from any batch that has not started yet.
+
+The queue holds requests, not images: one future per request instead of one per image (a future, a queue entry
+and a gather callback per image were the largest piece of the event loop's work for a 64-image request).
 """
 from __future__ import annotations
 
@@ -14,9 +18,10 @@ import asyncio
 import logging
 import math
 import time
+from collections import deque
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Callable, List, Optional, Sequence, Set
+from typing import Any, Callable, Deque, List, NamedTuple, Optional, Sequence, Set
 
 from .decoding import RequestError
 
@@ -29,10 +34,27 @@ PredictFn = Callable[[List[Any]], List[Any]]
 BatchObserver = Callable[[int, float], None]
 
 
-@dataclass
-class _Entry:
-    item: Any
+@dataclass(eq=False)
+class _Request:
+    """One ``submit`` call: its items, how many batches have taken so far, and its results as they come back."""
+
+    items: List[Any]
     future: asyncio.Future = field(repr=False)
+    taken: int = 0
+    results: List[Any] = field(init=False, repr=False)
+    missing: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.results = [None] * len(self.items)
+        self.missing = len(self.items)
+
+
+class _Slice(NamedTuple):
+    """Items ``start:stop`` of a request, as one batch computes them."""
+
+    request: _Request
+    start: int
+    stop: int
 
 
 class BatchingEngine:
@@ -52,7 +74,9 @@ class BatchingEngine:
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.on_batch = on_batch
-        self._queue: "asyncio.Queue[_Entry]" = asyncio.Queue()
+        self._waiting: Deque[_Request] = deque()
+        self._depth = 0  # images of waiting requests that no batch has taken yet
+        self._arrived = asyncio.Event()
         self._worker: Optional[asyncio.Task] = None
         self._in_flight: Set[asyncio.Task] = set()
         self._seconds_per_image = 0.0  # recent inference cost per image and stream, for Retry-After
@@ -60,7 +84,7 @@ class BatchingEngine:
     @property
     def depth(self) -> int:
         """Images waiting for a batch."""
-        return self._queue.qsize()
+        return self._depth
 
     def start(self) -> None:
         if self._worker is None:
@@ -73,8 +97,9 @@ class BatchingEngine:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._worker = None
-        while not self._queue.empty():
-            _fail([self._queue.get_nowait()], _shutting_down())
+        _fail(self._waiting, _shutting_down())
+        self._waiting.clear()
+        self._depth = 0
 
     def _retry_after(self) -> str:
         return str(max(1, math.ceil(self.depth * self._seconds_per_image / self.streams)))
@@ -85,13 +110,12 @@ class BatchingEngine:
             raise RequestError(503, f"the server is overloaded ({self.depth} images queued for {self.name}, "
                                     f"limit {self.max_queue}); retry after the Retry-After seconds",
                                headers={"Retry-After": self._retry_after()})
-        loop = asyncio.get_running_loop()
-        entries = [_Entry(item, loop.create_future()) for item in items]
-        for entry in entries:
-            self._queue.put_nowait(entry)
-        try:
-            results = await asyncio.wait_for(
-                asyncio.gather(*(e.future for e in entries), return_exceptions=True), timeout_s)
+        request = _Request(list(items), asyncio.get_running_loop().create_future())
+        self._waiting.append(request)
+        self._depth += len(request.items)
+        self._arrived.set()
+        try:  # on timeout (or when the caller is cancelled) the future is cancelled: no batch takes its images
+            results = await asyncio.wait_for(request.future, timeout_s)
         except asyncio.TimeoutError:
             raise RequestError(504, f"the request was not answered within {timeout_s:g} s (server busy); "
                                     "retry later or send fewer images per request") from None
@@ -100,26 +124,47 @@ class BatchingEngine:
                 raise result
         return results
 
-    async def _collect(self) -> List[_Entry]:
-        """The next batch: wait for one entry, then gather more until full or ``max_wait_s`` has passed."""
-        batch = [await self._queue.get()]
-        deadline = time.monotonic() + self.max_wait_s
+    def _next_waiting(self) -> Optional[_Request]:
+        """The first waiting request still wanted (those that timed out leave the queue here)."""
+        while self._waiting and self._waiting[0].future.done():
+            gone = self._waiting.popleft()
+            self._depth -= len(gone.items) - gone.taken
+        return self._waiting[0] if self._waiting else None
+
+    async def _arrival(self, timeout_s: Optional[float]) -> bool:
+        """Wait until a request arrives (at most ``timeout_s``); False when none did."""
+        self._arrived.clear()
         try:
-            while len(batch) < self.max_batch_size:
-                if self._queue.empty():
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
+            await asyncio.wait_for(self._arrived.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def _collect(self) -> List[_Slice]:
+        """The next batch: wait for one waiting request, then take images until full or ``max_wait_s`` has passed."""
+        batch: List[_Slice] = []
+        size, deadline = 0, None
+        try:
+            while size < self.max_batch_size:
+                request = self._next_waiting()
+                if request is None:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if (remaining is not None and remaining <= 0) or not await self._arrival(remaining):
                         break
-                    try:
-                        batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-                    except asyncio.TimeoutError:
-                        break
-                else:
-                    batch.append(self._queue.get_nowait())
-        except asyncio.CancelledError:  # stopped while collecting: these entries left the queue already
-            _fail(batch, _shutting_down())
+                    continue
+                take = min(self.max_batch_size - size, len(request.items) - request.taken)
+                batch.append(_Slice(request, request.taken, request.taken + take))
+                request.taken += take
+                self._depth -= take
+                size += take
+                if request.taken == len(request.items):
+                    self._waiting.popleft()
+                if deadline is None:
+                    deadline = time.monotonic() + self.max_wait_s
+        except asyncio.CancelledError:  # stopped while collecting: these images left the queue already
+            _fail([part.request for part in batch], _shutting_down())
             raise
-        return [entry for entry in batch if not entry.future.done()]  # drop requests that already timed out
+        return [part for part in batch if not part.request.future.done()]  # drop requests that already timed out
 
     async def _run(self) -> None:
         free_streams = asyncio.Semaphore(self.streams)
@@ -133,36 +178,36 @@ class BatchingEngine:
             self._in_flight.add(task)
             task.add_done_callback(lambda done: (self._in_flight.discard(done), free_streams.release()))
 
-    async def _infer(self, batch: List[_Entry]) -> None:
-        """Run one batch in the executor and hand every entry its result (or its own error)."""
+    async def _infer(self, batch: List[_Slice]) -> None:
+        """Run one batch in the executor and hand every request its results (or their own errors)."""
+        items = [item for part in batch for item in part.request.items[part.start:part.stop]]
         start = time.perf_counter()
         try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.predict, [e.item for e in batch])
+            results = await asyncio.get_running_loop().run_in_executor(self.executor, self.predict, items)
         except asyncio.CancelledError:
-            _fail(batch, _shutting_down())
+            _fail([part.request for part in batch], _shutting_down())
             raise
         except Exception as exc:  # a failed batch fails its requests, never the worker
-            log.exception("inference failed for a batch of %d on %s", len(batch), self.name)
-            results = [exc] * len(batch)
+            log.exception("inference failed for a batch of %d on %s", len(items), self.name)
+            results = [exc] * len(items)
         seconds = time.perf_counter() - start
-        self._seconds_per_image = seconds / len(batch)
+        self._seconds_per_image = seconds / len(items)
         if self.on_batch is not None:
-            self.on_batch(len(batch), seconds)
-        for entry, result in zip(batch, results):
-            if entry.future.done():
-                continue
-            if isinstance(result, BaseException):
-                entry.future.set_exception(result)
-            else:
-                entry.future.set_result(result)
+            self.on_batch(len(items), seconds)
+        offset = 0
+        for request, first, stop in batch:
+            request.results[first:stop] = results[offset:offset + stop - first]
+            offset += stop - first
+            request.missing -= stop - first
+            if request.missing == 0 and not request.future.done():
+                request.future.set_result(request.results)
 
 
 def _shutting_down() -> RequestError:
     return RequestError(503, "the server is shutting down; retry on another instance")
 
 
-def _fail(entries: Sequence[_Entry], error: RequestError) -> None:
-    for entry in entries:
-        if not entry.future.done():
-            entry.future.set_exception(error)
+def _fail(requests: Sequence[_Request], error: RequestError) -> None:
+    for request in requests:
+        if not request.future.done():
+            request.future.set_exception(error)

@@ -343,6 +343,31 @@ def test_engine_runs_as_many_batches_at_once_as_it_has_streams():
     assert inference_plan(3, torch.device("cpu"), "trace") == (3, max(1, torch.get_num_threads() // 3))
 
 
+def test_engine_splits_a_request_over_batches_and_keeps_each_answer_in_order():
+    """A request larger than the room left in a batch fills it and starts the next; an item's own error fails its
+    request alone."""
+    batches = []
+
+    def predict(items):
+        batches.append(list(items))
+        return [RequestError(422, "item 5 is corrupt") if i == 5 else 10 * i for i in items]
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as pool:
+            engine = BatchingEngine("m", predict, pool, max_batch_size=4, max_wait_s=0.05, max_queue=64)
+            engine.start()
+            answers = await asyncio.gather(engine.submit([1, 2, 3], 10), engine.submit([4, 5, 6, 7, 8, 9], 10),
+                                           engine.submit([10, 11], 10), return_exceptions=True)
+            depth = engine.depth
+            await engine.stop()
+            return answers, depth
+
+    (first, second, third), depth = asyncio.run(scenario())
+    assert batches == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11]] and depth == 0
+    assert first == [10, 20, 30] and third == [100, 110]
+    assert isinstance(second, RequestError) and second.status == 422 and "item 5" in second.message
+
+
 def test_engine_times_out_with_504_and_skips_expired_work(model):
     runner = ModelRunner("m", model, torch.device("cpu"), optimize="eager", max_batch_size=4)
     batches = []
