@@ -1,21 +1,34 @@
 """Exporting a training run, or a checkpoint shipped in the package, as a Hub-ready folder: weights, config, the
-ONNX graph, recipe, evaluation and a model card; and the committed cards of the shipped checkpoints."""
+ONNX graph (and an int8 copy of it), recipe, evaluation and a model card; and the committed cards of the shipped
+checkpoints."""
 from __future__ import annotations
 
 import json
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
+import torch
 import torch.nn as nn
 
 from .folders import (CARD_NAME, CONFIG_NAME, EVAL_NAME, RECIPE_NAME, TIMM_CONFIG_KEYS, InvalidModelFolder, read_json,
                       save_model_folder, validate_folder)
 
-__all__ = ["export_run", "export_embedded", "write_shipped_cards"]
+__all__ = ["Int8Calibration", "export_run", "export_embedded", "write_shipped_cards"]
 
 PathLike = Union[str, Path]
+
+
+@dataclass(frozen=True)
+class Int8Calibration:
+    """Where the images for int8 calibration come from (a folder or .zip of the model's domain), how many set the
+    activation ranges, and how many more, held out, check what quantisation changed."""
+
+    root: Path
+    images: int = 300
+    held_out: int = 500
 
 
 def _read_optional(path: Path) -> Optional[Dict[str, Any]]:
@@ -66,22 +79,46 @@ def _write_onnx(model: nn.Module, out_dir: Path, wanted: Optional[bool]) -> Opti
     return export_onnx(model, target)
 
 
-def _save_with_onnx(model: nn.Module, out_dir: Path, extras: Dict[str, Any], onnx: Optional[bool]) -> None:
-    from .onnx_export import ONNX_CONFIG_KEY
+def _write_int8(model: nn.Module, out_dir: Path, calibration: Optional[Int8Calibration]) -> Optional[Dict[str, Any]]:
+    """``model.int8.onnx`` quantised from the folder's ``model.onnx``; its ``config.json`` entry, or None (and no
+    stale file left behind) when no calibration was asked for."""
+    from .onnx_export import ONNX_NAME
+    from .quantize import INT8_ONNX_NAME, calibration_images, quantize_onnx
 
-    extras = {k: v for k, v in extras.items() if k != ONNX_CONFIG_KEY}
-    entry = _write_onnx(model, out_dir, onnx)
-    save_model_folder(model, out_dir, extra_config={**extras, **({ONNX_CONFIG_KEY: entry} if entry else {})})
+    target = out_dir / INT8_ONNX_NAME
+    if calibration is None:
+        target.unlink(missing_ok=True)
+        return None
+    images, source = calibration_images(model, calibration.root, calibration.images + calibration.held_out)
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))  # both spread over all classes
+    return quantize_onnx(out_dir / ONNX_NAME, target, images[order[:calibration.images]],
+                         images[order[calibration.images:]], source)
+
+
+def _save_with_onnx(model: nn.Module, out_dir: Path, extras: Dict[str, Any], onnx: Optional[bool],
+                    int8: Optional[Int8Calibration] = None) -> None:
+    from .onnx_export import ONNX_CONFIG_KEY
+    from .quantize import INT8_CONFIG_KEY
+
+    if int8 is not None and onnx is False:
+        raise ValueError("an int8 graph is quantised from model.onnx: drop --no-onnx to write both")
+    extras = {k: v for k, v in extras.items() if k not in (ONNX_CONFIG_KEY, INT8_CONFIG_KEY)}
+    entry = _write_onnx(model, out_dir, True if int8 is not None else onnx)
+    int8_entry = _write_int8(model, out_dir, int8)
+    save_model_folder(model, out_dir, extra_config={**extras, **({ONNX_CONFIG_KEY: entry} if entry else {}),
+                                                    **({INT8_CONFIG_KEY: int8_entry} if int8_entry else {})})
 
 
 def export_run(run_dir: PathLike, out_dir: PathLike, zoo_name: Optional[str] = None,
-               repo_id: Optional[str] = None, onnx: Optional[bool] = None) -> Path:
+               repo_id: Optional[str] = None, onnx: Optional[bool] = None,
+               int8: Optional[Int8Calibration] = None) -> Path:
     """Turn a training run folder into a Hub-ready folder: weights, config, recipe, evaluation and model card.
 
     Only ``model.safetensors`` and ``config.json`` are required in the run; a missing ``recipe.yaml``,
     ``eval.json`` or ``run.json`` is said in the card. ``zoo_name`` (default: run.json's, else inferred from the
     architecture and ``imb_ratio``) titles the card and picks the paper's number; ``repo_id`` goes in its usage
-    snippet. ``onnx`` adds ``model.onnx`` (see ``_write_onnx``). The output is validated by loading it back.
+    snippet. ``onnx`` adds ``model.onnx`` (see ``_write_onnx``), ``int8`` an int8 copy of it calibrated on those
+    images (``gcl_zoo.quantize``). The output is validated by loading it back.
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     if out_dir.resolve() == run_dir.resolve():
@@ -93,7 +130,7 @@ def export_run(run_dir: PathLike, out_dir: PathLike, zoo_name: Optional[str] = N
     run = _read_optional(run_dir / "run.json")
     missing = [n for n, d in (("eval.json", evaluation), ("recipe.yaml", recipe), ("run.json", run)) if d is None]
 
-    _save_with_onnx(model, out_dir, {k: v for k, v in config.items() if k not in TIMM_CONFIG_KEYS}, onnx)
+    _save_with_onnx(model, out_dir, {k: v for k, v in config.items() if k not in TIMM_CONFIG_KEYS}, onnx, int8)
     for target, source in ((RECIPE_NAME, "recipe.yaml"), (EVAL_NAME, EVAL_NAME)):
         if (run_dir / source).is_file():
             shutil.copyfile(run_dir / source, out_dir / target)
@@ -106,7 +143,8 @@ def export_run(run_dir: PathLike, out_dir: PathLike, zoo_name: Optional[str] = N
 
 
 def export_embedded(name: str, out_dir: PathLike, repo_id: Optional[str] = None,
-                    weights_dir: Optional[PathLike] = None, onnx: Optional[bool] = None) -> Path:
+                    weights_dir: Optional[PathLike] = None, onnx: Optional[bool] = None,
+                    int8: Optional[Int8Calibration] = None) -> Path:
     """Export a checkpoint shipped in the package (``<weights_dir>/<name>.safetensors`` + ``<name>.json``).
 
     ``weights_dir`` defaults to ``gcl_zoo/weights``. The JSON beside the weights is read like a run's
@@ -124,7 +162,7 @@ def export_embedded(name: str, out_dir: PathLike, repo_id: Optional[str] = None,
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
     info = _read_optional(weights_dir / f"{name}.json")
     out_dir = Path(out_dir)
-    _save_with_onnx(model, out_dir, {}, onnx)
+    _save_with_onnx(model, out_dir, {}, onnx, int8)
     recipe = info.get("recipe") if info and isinstance(info.get("recipe"), dict) else None
     run = {k: info[k] for k in ("command", "device", "notes") if info and info.get(k)} or None
     if info is not None:

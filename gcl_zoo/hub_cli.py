@@ -28,6 +28,13 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
                    help="write model.onnx (checked against PyTorch) for OpenVINO / ONNX Runtime servers; default: when"
                         " the exporter (the [openvino] or [onnxruntime] extra) is installed")
+    p.add_argument("--int8-calibration", metavar="DATA", type=Path,
+                   help="also write model.int8.onnx for `gcl-zoo serve --precision int8`, quantised with activation "
+                        "ranges from images under DATA (a folder or .zip of the model's domain, such as its training"
+                        " data; only its train/ folder when it has one) and checked on more of them; needs the [int8]"
+                        " extra")
+    p.add_argument("--int8-images", type=int, default=300, metavar="N",
+                   help="calibration images (default 300; 500 more are held out for the check)")
     return p
 
 
@@ -46,7 +53,9 @@ def _push_parser() -> argparse.ArgumentParser:
 
 def _export(argv: List[str]) -> int:
     from . import hub
+    from .folders import CONFIG_NAME, read_json
     from .onnx_export import ONNX_NAME, onnx_exporter_missing
+    from .quantize import INT8_CONFIG_KEY
 
     parser = _export_parser()
     args = parser.parse_args(argv)
@@ -61,13 +70,19 @@ def _export(argv: List[str]) -> int:
         parser.error("give SOURCE and OUT (or --shipped-cards DIR)")
     if not Path(args.source).is_dir() and any(sep in args.source for sep in ("/", "\\")):
         raise FileNotFoundError(f"{args.source}: no such run folder")
+    int8 = hub.Int8Calibration(args.int8_calibration, args.int8_images) if args.int8_calibration else None
     if Path(args.source).is_dir():
-        out = hub.export_run(args.source, args.out, zoo_name=args.zoo_name, repo_id=args.repo_id, onnx=args.onnx)
+        out = hub.export_run(args.source, args.out, zoo_name=args.zoo_name, repo_id=args.repo_id, onnx=args.onnx,
+                             int8=int8)
     else:
-        out = hub.export_embedded(args.source, args.out, repo_id=args.repo_id, onnx=args.onnx)
+        out = hub.export_embedded(args.source, args.out, repo_id=args.repo_id, onnx=args.onnx, int8=int8)
     print(f"exported {out}: load it with timm.create_model('local-dir:{out}', pretrained=True)")
     if (out / ONNX_NAME).is_file():
         print(f"  with {ONNX_NAME} for `gcl-zoo serve --runtime openvino|onnxruntime`")
+    if int8 is not None:
+        entry = read_json(out / CONFIG_NAME)[INT8_CONFIG_KEY]
+        print(f"  with {entry['file']} for `--precision int8`: top-1 labels of {entry['held_out_images']} held-out "
+              f"images {entry['top1_agreement_vs_float32']:.1%} the same as float32")
     elif args.onnx is None:
         print(f"  without {ONNX_NAME}: {onnx_exporter_missing()}")
     return 0

@@ -58,9 +58,10 @@ def build_parser(prog: str = "gcl-zoo serve") -> argparse.ArgumentParser:
     add("--runtime", choices=["auto", "torch", "openvino", "onnxruntime"],
         help="auto (default): OpenVINO on CPU when installed (pip install 'gcl-zoo[openvino]'), else PyTorch; "
              "onnxruntime: ONNX Runtime (the [onnxruntime] extra); both run the model's ONNX graph on the CPU")
-    add("--precision", choices=["auto", "f32"],
+    add("--precision", choices=["auto", "f32", "int8"],
         help="auto (default): bf16 where it pays (OpenVINO: timed against float32 at start-up, kept only when at "
-             "least 1.1x faster; CUDA: bf16 autocast); f32: exact float32")
+             "least 1.1x faster; CUDA: bf16 autocast); f32: exact float32; int8: the folder's model.int8.onnx "
+             "(gcl-zoo export --int8-calibration) in OpenVINO or ONNX Runtime")
     add("--inference-streams", type=int,
         help="batches computed at once, each on an equal share of the cores, on CUDA each on its own CUDA stream "
              "(default: 2 on CPU, 1 with --compile or on CUDA)")

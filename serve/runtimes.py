@@ -8,6 +8,8 @@ logits) and is called from the server's inference threads, several at once (one 
   1.9x float32 on a 2-core AMD EPYC (Zen 4) and 0.68x on a 2-core Xeon with AVX-512 BF16 and no AMX. So
   ``precision="auto"`` times both at start-up and keeps bf16 only where it is clearly faster
   (``choose_precision``); ``precision="f32"`` pins float32.
+* ``precision="int8"`` (either runtime): the folder's or Hub repo's ``model.int8.onnx``, quantised and checked at
+  export (``gcl_zoo.quantize``); it cannot be made at start-up, since calibration needs images of the model's domain.
 * ``onnxruntime``: one session per inference thread, each with its own intra-op threads and no spin-waiting (a
   spinning pool takes the cores that HTTP parsing and decoding need); the CPU execution provider computes float32.
 
@@ -35,7 +37,7 @@ __all__ = ["RUNTIMES", "PRECISIONS", "EXTRA_FOR", "MIN_SPEEDUP_FOR_BF16", "runti
 log = logging.getLogger("serve.runtimes")
 
 RUNTIMES = ("torch", "openvino", "onnxruntime")
-PRECISIONS = ("auto", "f32")
+PRECISIONS = ("auto", "f32", "int8")
 EXTRA_FOR = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
 # bf16 serves only when it pays for what it costs: it moves probabilities by up to about 0.04 and flips about 0.5%
 # of top-1 labels (near-ties) on real test images; within 10% of float32's speed, exact float32 answers win
@@ -54,13 +56,19 @@ def runtime_installed(runtime: str) -> bool:
     return True
 
 
-def resolve_runtime(runtime: str, device: torch.device, optimize: str = "auto") -> str:
+def resolve_runtime(runtime: str, device: torch.device, optimize: str = "auto", precision: str = "auto") -> str:
     """``auto``: OpenVINO on CPU when installed (the fastest here, see the serving benchmark), else PyTorch;
-    PyTorch on CUDA, or when a PyTorch optimisation (``--optimize``) is asked for. An ONNX runtime asked for on
-    CUDA, or one not installed, is refused with the fix."""
+    PyTorch on CUDA, or when a PyTorch optimisation (``--optimize``) is asked for; for ``int8``, OpenVINO or else
+    ONNX Runtime. An ONNX runtime asked for on CUDA, or one not installed, and int8 asked of PyTorch, are refused
+    with the fix."""
     if runtime == "auto":
         wants_torch = device.type != "cpu" or optimize != "auto"
-        return "openvino" if not wants_torch and runtime_installed("openvino") else "torch"
+        runtime = "openvino" if not wants_torch and runtime_installed("openvino") else "torch"
+        if precision == "int8" and runtime == "torch" and not wants_torch and runtime_installed("onnxruntime"):
+            runtime = "onnxruntime"
+    if precision == "int8" and runtime == "torch":
+        raise ValueError("--precision int8 runs the model's int8 ONNX graph in OpenVINO or ONNX Runtime, on the CPU: "
+                         "pip install 'gcl-zoo[openvino]' and serve with --runtime auto or openvino on --device cpu")
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; choose auto, {', '.join(RUNTIMES)}")
     if runtime != "torch" and device.type != "cpu":
@@ -71,19 +79,25 @@ def resolve_runtime(runtime: str, device: torch.device, optimize: str = "auto") 
     return runtime
 
 
-def onnx_graph(model_id: str, model: nn.Module, workdir: Path) -> Tuple[Path, str]:
-    """The model's ONNX file and where it came from: the folder's or Hub repo's ``model.onnx``, else a fresh
-    export into ``workdir``."""
+def onnx_graph(model_id: str, model: nn.Module, workdir: Path, precision: str = "auto") -> Tuple[Path, str]:
+    """The model's ONNX file and where it came from: the folder's or Hub repo's ``model.onnx`` (``model.int8.onnx``
+    for int8), else a fresh float32 export into ``workdir``; an int8 graph that is not there is refused with the fix."""
     from gcl_zoo.onnx_export import ONNX_NAME, export_onnx
+    from gcl_zoo.quantize import INT8_ONNX_NAME
 
+    name = INT8_ONNX_NAME if precision == "int8" else ONNX_NAME
     if model_id.startswith("local-dir:"):
-        path = Path(model_id.split(":", 1)[1]) / ONNX_NAME
+        path = Path(model_id.split(":", 1)[1]) / name
         if path.is_file():
             return path, str(path)
     elif model_id.startswith("hf-hub:"):
-        found = _hub_file(model_id.split(":", 1)[1], ONNX_NAME)
+        found = _hub_file(model_id.split(":", 1)[1], name)
         if found is not None:
-            return found, f"{model_id}/{ONNX_NAME}"
+            return found, f"{model_id}/{name}"
+    if precision == "int8":
+        raise ValueError(f"--precision int8 needs {INT8_ONNX_NAME} beside the weights of {model_id}, and it has none: "
+                         f"write one with `gcl-zoo export SOURCE OUT --int8-calibration TRAINING_IMAGES` and serve "
+                         "--model local-dir:OUT (or push OUT to the Hub)")
     path = workdir / ONNX_NAME
     export_onnx(model, path)
     return path, "exported at start-up"
@@ -110,10 +124,11 @@ class OpenVINOForward:
         import openvino
 
         config = {"NUM_STREAMS": str(streams), "INFERENCE_NUM_THREADS": str(streams * threads)}
-        if precision == "f32":
+        if precision in ("f32", "int8"):  # int8: the quantised layers run in int8, the others in float32
             config["INFERENCE_PRECISION_HINT"] = "f32"
         self.compiled = openvino.Core().compile_model(str(path), "CPU", config)
-        self.precision = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        hint = self.compiled.get_property("INFERENCE_PRECISION_HINT").to_string()
+        self.precision = "int8" if precision == "int8" else hint
         self._local = threading.local()
 
     def __call__(self, batch: torch.Tensor) -> torch.Tensor:
@@ -152,11 +167,11 @@ class OnnxRuntimeForward:
     """An ONNX Runtime CPU session per calling thread, each with ``threads`` intra-op threads."""
 
     runtime = "onnxruntime"
-    precision = "f32"
 
     def __init__(self, path: Path, streams: int, threads: int, precision: str):
         import onnxruntime
 
+        self.precision = "int8" if precision == "int8" else "f32"  # the CPU provider computes float32 otherwise
         self.model_bytes = Path(path).read_bytes()  # sessions are made in the inference threads, after the file may be gone
         self.options = onnxruntime.SessionOptions()
         self.options.intra_op_num_threads = threads
@@ -186,7 +201,7 @@ def create_onnx_forward(runtime: str, model_id: str, model: nn.Module, streams: 
     forward_cls = {"openvino": OpenVINOForward, "onnxruntime": OnnxRuntimeForward}[runtime]
     speeds = None
     with tempfile.TemporaryDirectory(prefix="gcl-zoo-onnx-") as tmp:
-        path, origin = onnx_graph(model_id, model, Path(tmp))
+        path, origin = onnx_graph(model_id, model, Path(tmp), precision)
         forward = forward_cls(path, streams, threads, precision)
         if precision == "auto" and forward.precision != "f32":
             candidates = {forward.precision: forward, "f32": forward_cls(path, streams, threads, "f32")}

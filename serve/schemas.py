@@ -48,7 +48,7 @@ class ModelDescription(BaseModel):
     logit_scale: float
     device: str
     runtime: str = Field(..., description="torch, openvino or onnxruntime")
-    precision: str = Field(..., description="what the runtime computes in: f32 or bf16")
+    precision: str = Field(..., description="what the runtime computes in: f32, bf16 or int8")
     precision_speeds: Optional[Dict[str, float]] = Field(
         None, description="with --precision auto, when the runtime offered a reduced precision: the images/s each "
                           "precision reached on a full batch at start-up (bf16 serves only when at least 1.1x float32)")

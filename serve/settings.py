@@ -43,10 +43,11 @@ class ServeSettings(BaseModel):
         "auto", description="auto: TorchScript trace on CPU, eager (bf16 autocast) on CUDA")
     runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
         "auto", description="auto: OpenVINO on CPU when installed (the [openvino] extra), else PyTorch; PyTorch on CUDA")
-    precision: Literal["auto", "f32"] = Field(
+    precision: Literal["auto", "f32", "int8"] = Field(
         "auto", description="auto: bf16 where it pays (OpenVINO on CPUs with bf16 instructions: timed against "
                             "float32 at start-up, kept only when at least 1.1x faster; bf16 autocast on CUDA); "
-                            "f32: float32 throughout")
+                            "f32: float32 throughout; int8: the exported int8 graph (model.int8.onnx) in OpenVINO or "
+                            "ONNX Runtime")
     inference_streams: Optional[int] = Field(
         None, ge=1, description="batches computed at once, each on an equal share of the CPU cores; "
                                 "default 2 on CPU (1 with compile), 1 on CUDA")

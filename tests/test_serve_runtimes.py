@@ -200,3 +200,74 @@ def test_default_cpu_server_runs_openvino(test_images):
         "bf16" if speeds["bf16"] >= MIN_SPEEDUP_FOR_BF16 * speeds["f32"] else "f32")
     assert described["graph"] == "exported at start-up" and health["models"] == ["gcl_resnet32_cifar10_lt"]
     assert answer.status_code == 200 and answer.json()[0]["label"] == "ship" == described["labels"][label]
+
+
+# ----------------------------------------------------------------------------------------------------------- int8
+# int8 is an approximation with a few large moves: on near-ties a probability can move by 0.4 and the label flip,
+# so what is bounded is the mean move of a probability (about 0.008 measured), and how many labels stay
+INT8_MEAN_PROB_TOL = 0.02
+INT8_TOP1_AGREEMENT = 0.95
+
+
+@pytest.fixture(scope="module")
+def int8_folder(tmp_path_factory, cifar10_zip):
+    """The shipped checkpoint exported with an int8 graph calibrated on CIFAR-10 training images."""
+    out = tmp_path_factory.mktemp("int8") / ZOO_NAME
+    done = subprocess.run([sys.executable, "-m", "gcl_zoo.cli", "export", ZOO_NAME, str(out), "--int8-calibration",
+                           str(cifar10_zip)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "model.int8.onnx for `--precision int8`" in done.stdout
+    return out
+
+
+def test_int8_export_is_calibrated_on_training_images_and_checked(int8_folder):
+    entry = json.loads((int8_folder / "config.json").read_text())["onnx_int8"]
+    assert entry["file"] == "model.int8.onnx" and (int8_folder / "model.int8.onnx").stat().st_size > 100_000
+    assert entry["calibration_source"] == "cifar10.zip:train/" and entry["calibration_images"] == 300
+    assert entry["held_out_images"] == 500 and entry["top1_agreement_vs_float32"] >= INT8_TOP1_AGREEMENT
+    assert (int8_folder / "model.int8.onnx").stat().st_size < (int8_folder / "model.onnx").stat().st_size / 2
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+def test_int8_graph_answers_close_to_pytorch_on_real_test_images(int8_folder, test_images, torch_probs, runtime):
+    model_id = f"local-dir:{int8_folder}"
+    loaded = timm.create_model(model_id, pretrained=True)
+    runner = ModelRunner(model_id, loaded, torch.device("cpu"), execution=Execution(runtime, "int8", 2, 1))
+    assert runner.precision == "int8" and runner.graph_origin == str(int8_folder / "model.int8.onnx")
+    probs = _probs(runner, test_images)
+    assert float((probs - torch_probs).abs().mean()) <= INT8_MEAN_PROB_TOL
+    assert float((probs.argmax(1) == torch_probs.argmax(1)).float().mean()) >= INT8_TOP1_AGREEMENT
+
+
+def test_int8_is_refused_where_there_is_no_int8_graph_or_runtime_for_it(trained, tmp_path, cifar10_zip):
+    with pytest.raises(ValueError, match="needs model.int8.onnx beside the weights .* --int8-calibration"):
+        ModelRunner(ZOO_NAME, trained, torch.device("cpu"), execution=Execution("openvino", "int8"))
+    with pytest.raises(ValueError, match="OpenVINO or ONNX Runtime, on the CPU"):
+        resolve_runtime("torch", torch.device("cpu"), precision="int8")
+    assert resolve_runtime("auto", torch.device("cpu"), precision="int8") == "openvino"
+    from gcl_zoo import hub
+
+    with pytest.raises(ValueError, match="quantised from model.onnx: drop --no-onnx"):
+        hub.export_embedded(ZOO_NAME, tmp_path / "x", onnx=False, int8=hub.Int8Calibration(cifar10_zip))
+    few = tmp_path / "few" / "train" / "ship"
+    few.mkdir(parents=True)
+    (few / "0.webp").write_bytes(cifar_test_images(cifar10_zip, per_class=1)[8][1])
+    with pytest.raises(ValueError, match=r"few:train/ holds 1 images .* need 800"):
+        hub.export_embedded(ZOO_NAME, tmp_path / "y", int8=hub.Int8Calibration(tmp_path / "few"))
+
+
+def test_server_serves_the_int8_graph(int8_folder, test_images, torch_probs):
+    """`gcl-zoo serve --precision int8` on the exported folder: /models says int8 and the answers keep the labels."""
+    with ServerProcess(["--model", f"local-dir:{int8_folder}", "--precision", "int8"],
+                       env={"GCL_ZOO_API_KEY": ""}) as server:
+        with httpx.Client(timeout=60) as http:
+            described = http.get(f"{server.url}/models").json()["models"][0]
+            response = http.post(f"{server.url}/predict", data={"top_k": "1"},
+                                 files=[("files", (f"{i}.webp", data, "image/webp"))
+                                        for i, (_, data, _) in enumerate(test_images[:64])])
+    assert described["runtime"] == "openvino" and described["precision"] == "int8"
+    assert described["graph"] == str(int8_folder / "model.int8.onnx")
+    classes = timm.create_model(ZOO_NAME).pretrained_cfg["label_names"]
+    labels = [answer[0]["label"] for answer in response.json()["predictions"]]
+    expected = [classes[i] for i in torch_probs[:64].argmax(1).tolist()]
+    assert sum(a == b for a, b in zip(labels, expected)) >= INT8_TOP1_AGREEMENT * 64
