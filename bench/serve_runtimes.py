@@ -3,8 +3,9 @@
     python bench/serve_runtimes.py                                   # shipped default model, 64 images a request
     python bench/serve_runtimes.py --rounds 5 --seconds 4 --concurrency 8
 
-For each runtime configuration (PyTorch TorchScript, OpenVINO at its default precision, OpenVINO float32, ONNX
-Runtime) the benchmark
+For each runtime configuration (PyTorch TorchScript, OpenVINO at auto precision, OpenVINO float32, ONNX
+Runtime, and OpenVINO and ONNX Runtime running the int8 graph that ``gcl-zoo export --int8-calibration`` writes,
+calibrated here on CIFAR-10 training images; the int8 ones need the ``[int8]`` extra) the benchmark
 1. measures the raw figure: the runtime's forward pass in this process on a batch of real pre-processed CIFAR-10
    test images, laid out as the server runs it (two streams of one thread on two cores);
 2. starts a real server (``gcl-zoo serve --runtime ...``); all servers are up at once and idle while another is
@@ -14,8 +15,9 @@ Runtime) the benchmark
    machine load; ratios are taken within a round and their median reported;
 4. profiles where a served image's CPU time goes: the server process's CPU seconds per image (from /proc),
    split into the model (this runtime's single-thread forward), decode + resize (``prepare``), batching and
-   normalisation (``collate``), and the rest (HTTP, multipart parsing, the event loop, answers); and the load
-   generator's own CPU seconds per image, which shares the machine;
+   normalisation (``collate``), multipart parsing, building the answer (top-k, JSON), and the rest (HTTP, the
+   event loop, the hand-offs between threads); and the load generator's own CPU seconds per image, which shares
+   the machine;
 5. reports top-1 agreement with PyTorch float32 on real test images, and the largest probability difference.
 
 Results: a table on stdout, ``bench/results/serve_runtimes.json`` and ``serve_runtimes.log``.
@@ -27,6 +29,7 @@ import asyncio
 import os
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
@@ -39,15 +42,20 @@ sys.path[:0] = [str(REPO), str(REPO / "bench"), str(REPO / "tests")]
 import timm  # noqa: E402
 
 import gcl_zoo  # noqa: E402,F401
-from serve.decoding import ImagePayload, inspect_image  # noqa: E402
+from gcl_zoo.hub import Int8Calibration, export_embedded  # noqa: E402
+from gcl_zoo.quantize import int8_quantizer_missing  # noqa: E402
+from serve.app import predict_response  # noqa: E402
+from serve.decoding import ImagePayload, ParsedRequest, inspect_image  # noqa: E402
+from serve.multipart import parse_form  # noqa: E402
 from serve.runner import Execution, ModelRunner  # noqa: E402
 from serve.runtimes import runtime_installed  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
 from serve_load import Transcript, add_data_and_out, load_cell, load_images, multipart_body, throughput  # noqa: E402
 
 # name -> (runtime, precision)
-CONFIGS = {"torch (TorchScript)": ("torch", "auto"), "openvino (default precision)": ("openvino", "auto"),
-           "openvino f32": ("openvino", "f32"), "onnxruntime": ("onnxruntime", "auto")}
+CONFIGS = {"torch (TorchScript)": ("torch", "auto"), "openvino (auto precision)": ("openvino", "auto"),
+           "openvino f32": ("openvino", "f32"), "onnxruntime": ("onnxruntime", "auto"),
+           "openvino int8": ("openvino", "int8"), "onnxruntime int8": ("onnxruntime", "int8")}
 BASELINE = "torch (TorchScript)"
 
 
@@ -61,6 +69,7 @@ def prepared(runner: ModelRunner, images: Sequence[bytes]) -> Tuple[List[Any], f
     """The images prepared by the runner's pipeline, and the single-thread seconds per image that ``prepare``
     (header check, decode, resize) and ``collate`` (batching, normalisation) took."""
     payloads = [ImagePayload(str(i), data) for i, data in enumerate(images)]
+    runner.prepare(payloads[0], inspect_image(payloads[0], max_pixels=sys.maxsize))  # loads the decoder, untimed
     start = time.perf_counter()
     for _ in range(5):
         items = [runner.prepare(p, inspect_image(p, max_pixels=sys.maxsize)) for p in payloads]
@@ -70,6 +79,22 @@ def prepared(runner: ModelRunner, images: Sequence[bytes]) -> Tuple[List[Any], f
         runner.pipeline.collate(items, runner.device)
     collate_s = (time.perf_counter() - start) / (20 * len(images))
     return items, prepare_s, collate_s
+
+
+def request_costs(runner: ModelRunner, body: Tuple[bytes, str], images: int, rounds: int = 50) -> Dict[str, float]:
+    """Single-thread seconds per image of the event loop's own steps for one request: parsing the multipart body,
+    and building the answer (top-k, JSON) from the batch's logits."""
+    start = time.perf_counter()
+    for _ in range(rounds):
+        parts = parse_form(*body, max_files=images, max_fields=3)
+    multipart_s = (time.perf_counter() - start) / (rounds * images)
+    rows = list(torch.randn(images, runner.num_classes))
+    request = ParsedRequest([ImagePayload(p.filename, p.data) for p in parts], top_k=5, function_to_apply="softmax",
+                            hf_schema=False, single=False)
+    start = time.perf_counter()
+    for _ in range(rounds):
+        predict_response(runner.model_id, rows, runner.labels, 5, request)
+    return {"multipart": multipart_s, "answer": (time.perf_counter() - start) / (rounds * images)}
 
 
 def probabilities(runner: ModelRunner, items: Sequence[Any]) -> torch.Tensor:
@@ -104,11 +129,18 @@ def main(argv: List[str] = None) -> int:
     transcript = Transcript()
     say = transcript.say
     info = transcript.machine()
-    configs = {name: spec for name, spec in CONFIGS.items() if runtime_installed(spec[0])}
+    configs = {name: spec for name, spec in CONFIGS.items() if runtime_installed(spec[0])
+               and (spec[1] != "int8" or int8_quantizer_missing() is None)}
     images = load_images(args.data, max(args.images_per_request, args.agreement_images))
     model = timm.create_model(args.model, pretrained=True).eval()
+    model_ids = {name: args.model for name in configs}
+    if any(precision == "int8" for _, precision in configs.values()):
+        folder = Path(tempfile.mkdtemp(prefix="gcl-zoo-int8-")) / "model"
+        shipped = f"{model.pretrained_cfg['architecture']}.{model.pretrained_cfg['tag']}"
+        export_embedded(shipped, folder, int8=Int8Calibration(args.data / "cifar10" / "cifar10.zip"))
+        model_ids.update({name: f"local-dir:{folder}" for name, (_, precision) in configs.items() if precision == "int8"})
     cpu = torch.device("cpu")
-    runners = {name: ModelRunner(args.model, model, cpu, execution=Execution(runtime, precision, 2, 1))
+    runners = {name: ModelRunner(model_ids[name], model, cpu, execution=Execution(runtime, precision, 2, 1))
                for name, (runtime, precision) in configs.items()}
     reference = ModelRunner(args.model, model, cpu, optimize="eager", execution=Execution("torch", "f32"))
     items, prepare_s, collate_s = prepared(reference, images[:args.images_per_request])
@@ -119,16 +151,17 @@ def main(argv: List[str] = None) -> int:
     for name, runner in runners.items():
         probs = probabilities(runner, all_items)
         per_config[name] = {
-            "runtime": runner.runtime, "precision": runner.precision,
+            "runtime": runner.runtime, "precision": runner.precision, "precision_speeds": runner.precision_speeds,
             "top1_agreement_vs_pytorch_f32": float((probs.argmax(1) == expected.argmax(1)).float().mean()),
             "max_abs_prob_diff": float((probs - expected).abs().max()),
             "model_ms_per_image_1_thread": 1000 / throughput(runner.forward, batch, args.seconds / 2, 1, 1),
             "raw_images_per_s": [], "served": []}
     body = multipart_body(images[:args.images_per_request])
+    request_s = request_costs(reference, body, args.images_per_request)
     servers = {}
     try:
         for name, (runtime, precision) in configs.items():
-            servers[name] = ServerProcess(["--model", args.model, "--runtime", runtime, "--precision", precision,
+            servers[name] = ServerProcess(["--model", model_ids[name], "--runtime", runtime, "--precision", precision,
                                            "--log-level", "warning"], env={"GCL_ZOO_API_KEY": ""}).start()
         for round_ in range(args.rounds):
             for name, runner in runners.items():
@@ -152,24 +185,25 @@ def main(argv: List[str] = None) -> int:
         result["served_vs_torchscript_served"] = statistics.median(s / b for s, b in zip(served, baseline))
         server_ms = statistics.median(c["server_cpu_ms_per_image"] for c in result["served"])
         model_ms = result["model_ms_per_image_1_thread"]
-        result["server_cpu_ms_per_image"] = {
-            "total": server_ms, "model": model_ms, "decode_resize": 1000 * prepare_s, "collate_normalize": 1000 * collate_s,
-            "http_multipart_loop_answers": server_ms - model_ms - 1000 * (prepare_s + collate_s)}
+        stages = {"model": model_ms, "decode_resize": 1000 * prepare_s, "collate_normalize": 1000 * collate_s,
+                  "multipart": 1000 * request_s["multipart"], "answer": 1000 * request_s["answer"]}
+        result["server_cpu_ms_per_image"] = {"total": server_ms, **stages,
+                                             "http_loop_threads": server_ms - sum(stages.values())}
         result["client_cpu_ms_per_image"] = statistics.median(c["client_cpu_ms_per_image"] for c in result["served"])
 
     say()
     say(f"{args.images_per_request} images a request, {args.concurrency} clients, {args.rounds} alternating rounds of "
-        f"{args.seconds:g} s; medians. CPU ms per served image: server (model / decode+resize / collate / rest) and "
-        "load generator")
+        f"{args.seconds:g} s; medians. CPU ms per served image: server (model / decode+resize / collate / multipart "
+        "/ answer / HTTP, loop and threads) and load generator")
     say(f"{'runtime':30s} {'precision':>9} {'raw/s':>7} {'served/s':>9} {'vs TS served':>12} {'of raw':>7} "
-        f"{'agree':>7} {'server ms':>27} {'client ms':>9}")
+        f"{'agree':>7} {'server ms':>43} {'client ms':>9}")
     for name, r in per_config.items():
         ms = r["server_cpu_ms_per_image"]
-        split = f"{ms['total']:.3f} ({ms['model']:.3f}/{ms['decode_resize']:.3f}/{ms['collate_normalize']:.3f}/" \
-                f"{ms['http_multipart_loop_answers']:.3f})"
+        split = f"{ms['total']:.3f} (" + "/".join(f"{ms[k]:.3f}" for k in ("model", "decode_resize", "collate_normalize",
+                                                                          "multipart", "answer", "http_loop_threads")) + ")"
         say(f"{name:30s} {r['precision']:>9} {r['raw_images_per_s_median']:7.0f} {r['served_images_per_s_median']:9.0f} "
             f"{r['served_vs_torchscript_served']:11.2f}x {r['served_share_of_raw']:7.0%} "
-            f"{r['top1_agreement_vs_pytorch_f32']:7.2%} {split:>27} {r['client_cpu_ms_per_image']:9.3f}")
+            f"{r['top1_agreement_vs_pytorch_f32']:7.2%} {split:>43} {r['client_cpu_ms_per_image']:9.3f}")
     result = {"machine": info, "model": args.model, "images_per_request": args.images_per_request,
               "concurrency": args.concurrency, "rounds": args.rounds, "seconds_per_window": args.seconds,
               "agreement_images": len(all_items), "configs": per_config}
