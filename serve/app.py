@@ -129,9 +129,10 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
     bearer = HTTPBearer(auto_error=False, description="the API key as a bearer token")
     header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key")
 
-    def require_api_key(credentials: Optional[HTTPAuthorizationCredentials] = Security(bearer),
-                        key: Optional[str] = Security(header_key)) -> None:
-        """When an API key is configured, /predict needs it as a bearer token or an X-API-Key header."""
+    async def require_api_key(credentials: Optional[HTTPAuthorizationCredentials] = Security(bearer),
+                              key: Optional[str] = Security(header_key)) -> None:
+        """When an API key is configured, /predict needs it as a bearer token or an X-API-Key header. A coroutine,
+        so FastAPI runs it on the event loop: a plain function would cost every request a hop to a worker thread."""
         if state.api_key is None:
             return
         given = key or (credentials.credentials if credentials else None)

@@ -73,6 +73,9 @@ async def load_models(state: ServerState, on_failure: Optional[Callable[[str], N
         state.inference_pool = ThreadPoolExecutor(streams, thread_name_prefix="inference",
                                                   initializer=torch.set_num_threads, initargs=(threads,))
         state.inference = {"inference_streams": streams, "threads_per_stream": threads}
+        # the event loop's own tensor work (a request's rows: stack, softmax, top-k) is tiny; with the default team
+        # every parallel region in it woke an OpenMP worker that then spun: 16% of a core under load, measured
+        torch.set_num_threads(1)
         execution = Execution(settings.runtime, settings.precision, streams, threads)
         for model_id in settings.models:
             runner = await loop.run_in_executor(state.inference_pool, create_runner, model_id, device,
