@@ -147,9 +147,13 @@ def validate_folder(folder: PathLike) -> nn.Module:
                                  f" (gcl-zoo writes and reads safetensors only)")
     config = read_json(config_path)
     arch, _ = _check_config(config, config_path)
-    onnx_file = (config.get("onnx") or {}).get("file") if isinstance(config.get("onnx"), dict) else None
-    if onnx_file and not (folder / onnx_file).is_file():
-        raise InvalidModelFolder(f"{config_path}: field 'onnx' names {onnx_file}, which is missing; re-export the folder")
+    from .onnx_export import ONNX_CONFIG_KEY
+    from .quantize import INT8_CONFIG_KEY
+
+    for key in (ONNX_CONFIG_KEY, INT8_CONFIG_KEY):
+        graph = (config.get(key) or {}).get("file") if isinstance(config.get(key), dict) else None
+        if graph and not (folder / graph).is_file():
+            raise InvalidModelFolder(f"{config_path}: field '{key}' names {graph}, which is missing; re-export the folder")
     _check_classifier(config, _tensor_shapes(weights), folder)
     try:
         return timm.create_model(f"local-dir:{folder}", pretrained=True)

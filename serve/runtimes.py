@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import importlib
 import logging
-import tempfile
 import statistics
+import tempfile
 import threading
 import time
 from pathlib import Path

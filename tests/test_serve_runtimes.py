@@ -9,6 +9,7 @@ serves at all is measured at start-up (``choose_precision``): it must be clearly
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
@@ -226,6 +227,16 @@ def test_int8_export_is_calibrated_on_training_images_and_checked(int8_folder):
     assert entry["calibration_source"] == "cifar10.zip:train/" and entry["calibration_images"] == 300
     assert entry["held_out_images"] == 500 and entry["top1_agreement_vs_float32"] >= INT8_TOP1_AGREEMENT
     assert (int8_folder / "model.int8.onnx").stat().st_size < (int8_folder / "model.onnx").stat().st_size / 2
+
+
+def test_a_folder_without_the_int8_graph_its_config_names_is_invalid(int8_folder, tmp_path):
+    from gcl_zoo.hub import InvalidModelFolder, validate_folder
+
+    broken = tmp_path / "broken"
+    shutil.copytree(int8_folder, broken)
+    (broken / "model.int8.onnx").unlink()
+    with pytest.raises(InvalidModelFolder, match="field 'onnx_int8' names model.int8.onnx, which is missing"):
+        validate_folder(broken)
 
 
 @pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
