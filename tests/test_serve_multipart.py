@@ -7,6 +7,8 @@ from typing import List, Tuple
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
@@ -100,3 +102,28 @@ def test_file_and_field_limits_are_counted_separately():
     with pytest.raises(FormError, match="too many fields, the limit is 0") as refused:
         parse_form(body, content_type, max_files=3, max_fields=0)
     assert refused.value.status == 422
+
+
+part_names = st.text(st.characters(codec="utf-8", exclude_characters='\r\n"\\\x00'), min_size=1, max_size=12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(parts=st.lists(st.tuples(part_names, st.one_of(st.none(), part_names), st.binary(max_size=300),
+                                st.sampled_from([None, "image/png", "application/octet-stream"])),
+                      min_size=1, max_size=6))
+def test_any_body_httpx_encodes_parses_as_starlettes_parser_reads_it(parts):
+    files = [(name, (filename or "f", data, content_type)) for name, filename, data, content_type in parts]
+    body, content_type = encoded(files=files)
+    assert ours(body, content_type) == starlettes(body, content_type)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=400), boundary=st.sampled_from(["b", "xYz", "--"]))
+def test_arbitrary_bytes_either_parse_or_are_refused_with_a_form_error(body, boundary):
+    for candidate in (body, b"--" + boundary.encode() + body):
+        try:
+            parts = parse_form(candidate, f"multipart/form-data; boundary={boundary}", max_files=8, max_fields=8)
+        except FormError as refused:
+            assert refused.status in (413, 422) and str(refused)
+        else:
+            assert all(isinstance(part, FormPart) for part in parts)
