@@ -30,6 +30,11 @@ class Int8Calibration:
     images: int = 300
     held_out: int = 500
 
+    def __post_init__(self) -> None:
+        if self.images < 1 or self.held_out < 1:
+            raise ValueError(f"int8 calibration needs at least one calibration and one held-out image, got "
+                             f"{self.images} and {self.held_out}; pass --int8-images 1 or more")
+
 
 def _read_optional(path: Path) -> Optional[Dict[str, Any]]:
     """A run's optional JSON/YAML file as a dict; None when absent, a clear error when unreadable."""

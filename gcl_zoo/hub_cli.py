@@ -79,12 +79,12 @@ def _export(argv: List[str]) -> int:
     print(f"exported {out}: load it with timm.create_model('local-dir:{out}', pretrained=True)")
     if (out / ONNX_NAME).is_file():
         print(f"  with {ONNX_NAME} for `gcl-zoo serve --runtime openvino|onnxruntime`")
+    elif args.onnx is None:
+        print(f"  without {ONNX_NAME}: {onnx_exporter_missing()}")
     if int8 is not None:
         entry = read_json(out / CONFIG_NAME)[INT8_CONFIG_KEY]
         print(f"  with {entry['file']} for `--precision int8`: top-1 labels of {entry['held_out_images']} held-out "
               f"images {entry['top1_agreement_vs_float32']:.1%} the same as float32")
-    elif args.onnx is None:
-        print(f"  without {ONNX_NAME}: {onnx_exporter_missing()}")
     return 0
 
 

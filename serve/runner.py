@@ -217,7 +217,8 @@ class ModelRunner:
         return {
             "id": self.model_id, "num_classes": self.num_classes, "labels": self.labels,
             "logit_scale": self.logit_scale, "device": str(self.device), "runtime": self.runtime,
-            "precision": self.precision, "precision_speeds": self.precision_speeds, "graph": self.graph_origin, "optimization": self.optimization,
+            "precision": self.precision, "precision_speeds": self.precision_speeds, "graph": self.graph_origin,
+            "optimization": self.optimization,
             "autocast": "bfloat16" if self.autocast_dtype is not None else None,
             "preprocessing": {**{k: (list(v) if isinstance(v, tuple) else v) for k, v in self.config.items()},
                               "where": "gpu" if isinstance(self.pipeline, DevicePipeline) else "cpu"},

@@ -167,6 +167,7 @@ def test_export_writes_a_checked_graph_that_the_server_runs(tmp_path, test_image
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "with model.onnx" in done.stdout and (out / "model.onnx").stat().st_size > 1_000_000
+    assert "without" not in done.stdout and "int8" not in done.stdout
     entry = json.loads((out / "config.json").read_text())["onnx"]
     assert entry["file"] == "model.onnx" and entry["opset"] >= 17 and entry["dynamic_batch"] is True
     assert entry["input_shape"] == ["batch", 3, 32, 32] and entry["max_abs_diff_vs_pytorch"] < 1e-4
@@ -258,6 +259,8 @@ def test_int8_is_refused_where_there_is_no_int8_graph_or_runtime_for_it(trained,
     assert resolve_runtime("auto", torch.device("cpu"), precision="int8") == "openvino"
     from gcl_zoo import hub
 
+    with pytest.raises(ValueError, match="pass --int8-images 1 or more"):
+        hub.Int8Calibration(cifar10_zip, images=0)
     with pytest.raises(ValueError, match="quantised from model.onnx: drop --no-onnx"):
         hub.export_embedded(ZOO_NAME, tmp_path / "x", onnx=False, int8=hub.Int8Calibration(cifar10_zip))
     few = tmp_path / "few" / "train" / "ship"
