@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Union
 import torch
 import torch.nn as nn
 
+from .files import replace_file
 from .folders import (CARD_NAME, CONFIG_NAME, EVAL_NAME, RECIPE_NAME, TIMM_CONFIG_KEYS, InvalidModelFolder, read_json,
                       save_model_folder, validate_folder)
 
@@ -68,48 +69,55 @@ def _write_card(folder: Path, model: nn.Module, name: str, evaluation: Optional[
     (folder / CARD_NAME).write_text(render_card(inputs), encoding="utf-8")
 
 
-def _write_onnx(model: nn.Module, out_dir: Path, wanted: Optional[bool]) -> Optional[Dict[str, Any]]:
-    """``model.onnx`` beside the weights, checked against PyTorch; its ``config.json`` entry, or None when not written.
+def _write_onnx(model: nn.Module, staging: Path, wanted: Optional[bool]) -> Optional[Dict[str, Any]]:
+    """``model.onnx`` in ``staging``, checked against PyTorch; its ``config.json`` entry, or None when not written.
 
     ``wanted``: True insists (an error names the packages to install), False skips, None exports when the
-    exporter is installed. A graph not written now never stays behind from an earlier export of another model.
+    exporter is installed.
     """
     from .onnx_export import ONNX_NAME, export_onnx, onnx_exporter_missing
 
-    target = out_dir / ONNX_NAME
     if wanted is False or (wanted is None and onnx_exporter_missing()):
-        target.unlink(missing_ok=True)
         return None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return export_onnx(model, target)
+    return export_onnx(model, staging / ONNX_NAME)
 
 
-def _write_int8(model: nn.Module, out_dir: Path, calibration: Optional[Int8Calibration]) -> Optional[Dict[str, Any]]:
-    """``model.int8.onnx`` quantised from the folder's ``model.onnx``; its ``config.json`` entry, or None (and no
-    stale file left behind) when no calibration was asked for."""
+def _write_int8(model: nn.Module, staging: Path, calibration: Optional[Int8Calibration]) -> Optional[Dict[str, Any]]:
+    """``model.int8.onnx`` quantised from ``staging``'s ``model.onnx``; its ``config.json`` entry, or None when no
+    calibration was asked for."""
     from .onnx_export import ONNX_NAME
     from .quantize import INT8_ONNX_NAME, calibration_images, quantize_onnx
 
-    target = out_dir / INT8_ONNX_NAME
     if calibration is None:
-        target.unlink(missing_ok=True)
         return None
     images, source = calibration_images(model, calibration.root, calibration.images + calibration.held_out)
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))  # both spread over all classes
-    return quantize_onnx(out_dir / ONNX_NAME, target, images[order[:calibration.images]],
+    return quantize_onnx(staging / ONNX_NAME, staging / INT8_ONNX_NAME, images[order[:calibration.images]],
                          images[order[calibration.images:]], source)
 
 
 def _save_with_onnx(model: nn.Module, out_dir: Path, extras: Dict[str, Any], onnx: Optional[bool],
                     int8: Optional[Int8Calibration] = None) -> None:
-    from .onnx_export import ONNX_CONFIG_KEY
-    from .quantize import INT8_CONFIG_KEY
+    """Weights, config and graphs together: the graphs are built and checked beside the folder first, so a failed
+    export or int8 check leaves an earlier export's folder as it was, and a graph not written now never stays
+    behind from an earlier export of another model."""
+    from .onnx_export import ONNX_CONFIG_KEY, ONNX_NAME
+    from .quantize import INT8_CONFIG_KEY, INT8_ONNX_NAME
 
     if int8 is not None and onnx is False:
         raise ValueError("an int8 graph is quantised from model.onnx: drop --no-onnx to write both")
     extras = {k: v for k, v in extras.items() if k not in (ONNX_CONFIG_KEY, INT8_CONFIG_KEY)}
-    entry = _write_onnx(model, out_dir, True if int8 is not None else onnx)
-    int8_entry = _write_int8(model, out_dir, int8)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{out_dir.name}-graphs-", dir=out_dir.parent) as tmp:
+        staging = Path(tmp)
+        entry = _write_onnx(model, staging, True if int8 is not None else onnx)
+        int8_entry = _write_int8(model, staging, int8)
+        out_dir.mkdir(exist_ok=True)
+        for name in (ONNX_NAME, INT8_ONNX_NAME):
+            if (staging / name).is_file():
+                replace_file(staging / name, out_dir / name)
+            else:
+                (out_dir / name).unlink(missing_ok=True)
     save_model_folder(model, out_dir, extra_config={**extras, **({ONNX_CONFIG_KEY: entry} if entry else {}),
                                                     **({INT8_CONFIG_KEY: int8_entry} if int8_entry else {})})
 

@@ -240,6 +240,21 @@ def test_a_folder_without_the_int8_graph_its_config_names_is_invalid(int8_folder
         validate_folder(broken)
 
 
+def test_a_failed_int8_check_leaves_the_earlier_export_as_it_was(int8_folder, tmp_path, cifar10_zip, monkeypatch):
+    """Re-exporting another checkpoint over a folder: when its int8 check fails, no new graph or config lands."""
+    from gcl_zoo import hub, quantize
+
+    folder = tmp_path / "export"
+    shutil.copytree(int8_folder, folder)
+    before = {f.name: f.read_bytes() for f in folder.iterdir()}
+    monkeypatch.setattr(quantize, "MIN_TOP1_AGREEMENT", 1.01)  # a check no graph can pass
+    with pytest.raises(ValueError, match="int8 quantisation moved"):
+        hub.export_embedded("gcl_resnet32_cifar10_lt.ir50", folder,
+                            int8=hub.Int8Calibration(cifar10_zip, images=20, held_out=20))
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]  # no staging folder left behind
+
+
 @pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
 def test_int8_graph_answers_close_to_pytorch_on_real_test_images(int8_folder, test_images, torch_probs, runtime):
     model_id = f"local-dir:{int8_folder}"
