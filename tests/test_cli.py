@@ -45,6 +45,20 @@ def test_train_speed_benchmark_runs_on_cpu(tmp_path, cifar10_zip):
     assert "speed-up of the fast path" in result.stdout
 
 
+@pytest.mark.slow
+def test_train_speed_benchmark_times_the_compiled_and_eager_fast_path_in_one_run(tmp_path, cifar10_zip):
+    out = tmp_path / "speed.json"
+    result = subprocess.run([sys.executable, "bench/train_speed.py", "--data-root", str(cifar10_zip), "--steps", "2",
+                             "--warmup", "1", "--workers", "0", "--device", "cpu", "--compile", "--out", str(out)],
+                            cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["compile"] and report["fast_eager"]["steps_timed"] == 2
+    assert report["compile_speedup"] == pytest.approx(report["fast_eager"]["seconds_per_epoch"]
+                                                      / report["fast"]["seconds_per_epoch"])
+    assert "speed-up of torch.compile on the fast path" in result.stdout
+
+
 def test_packed_subset_reads_like_the_full_archive(tmp_path, cifar10_zip):
     packed = tmp_path / "c10lt100.zip"
     result = subprocess.run([sys.executable, "bench/pack_cifar_lt.py", str(cifar10_zip), str(packed), "--imb-ratio", "100"],
