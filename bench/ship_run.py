@@ -88,14 +88,15 @@ def main() -> int:
     run_info = json.loads((run / "run.json").read_text())
     recipe = yaml.safe_load(repo_relative((run / "recipe.yaml").read_text(), args.data_root))
     options = run_info["options"]
-    precision = ", ".join(k for k, on in (("bf16 autocast", options["amp"] == "on"),
+    settings = ", ".join(k for k, on in (("bf16 autocast", options["amp"] == "on"),
                                           ("channels_last", options["channels_last"] == "on"),
-                                          ("device-resident data path", run_info.get("fast_path"))) if on)
+                                          ("device-resident data path", run_info.get("fast_path")),
+                                          ("torch.compile", options.get("compile"))) if on)
     shipped = {k: _rounded(report.get(k)) for k in SHIPPED_KEYS}
     shipped.update({
         "imb_ratio": recipe["imb_ratio"], "final_epoch": True,
         "command": repo_relative(run_info["command"], args.data_root),
-        "device": f"{machine()}, {precision}" if run_info["device"] == "cpu" else run_info["device"],
+        "device": f"{machine()}, {settings}" if run_info["device"] == "cpu" else run_info["device"],
         "train_minutes": wall_minutes(run_info),
         "notes": " ".join(filter(None, [
             f"The authors' full recipe ({recipe['epochs']} + {recipe['stage2']['epochs']} epochs, "
