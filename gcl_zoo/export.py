@@ -167,6 +167,7 @@ def export_embedded(name: str, out_dir: PathLike, repo_id: Optional[str] = None,
     import timm
 
     from .models.zoo import WEIGHTS_DIR
+    from .quantize import INT8_CONFIG_KEY
 
     weights_dir = Path(weights_dir or WEIGHTS_DIR)
     weights = weights_dir / f"{name}.safetensors"
@@ -174,6 +175,8 @@ def export_embedded(name: str, out_dir: PathLike, repo_id: Optional[str] = None,
         raise InvalidModelFolder(f"{weights}: missing; no weights ship for {name!r}")
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(weights)})
     info = _read_optional(weights_dir / f"{name}.json")
+    if info is not None:
+        info.pop(INT8_CONFIG_KEY, None)  # the record of the int8 graph shipped beside it; the export makes its own
     out_dir = Path(out_dir)
     _save_with_onnx(model, out_dir, {}, onnx, int8)
     recipe = info.get("recipe") if info and isinstance(info.get("recipe"), dict) else None

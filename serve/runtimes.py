@@ -8,8 +8,9 @@ logits) and is called from the server's inference threads, several at once (one 
   1.9x float32 on a 2-core AMD EPYC (Zen 4) and 0.68x on a 2-core Xeon with AVX-512 BF16 and no AMX. So
   ``precision="auto"`` times both at start-up and keeps bf16 only where it is clearly faster
   (``choose_precision``); ``precision="f32"`` pins float32.
-* ``precision="int8"`` (either runtime): the folder's or Hub repo's ``model.int8.onnx``, quantised and checked at
-  export (``gcl_zoo.quantize``); it cannot be made at start-up, since calibration needs images of the model's domain.
+* ``precision="int8"`` (either runtime): the folder's or Hub repo's ``model.int8.onnx`` (or the one shipped beside a
+  packaged checkpoint), quantised and checked at export (``gcl_zoo.quantize``); it cannot be made at start-up, since
+  calibration needs images of the model's domain.
 * ``onnxruntime``: one session per inference thread, each with its own intra-op threads and no spin-waiting (a
   spinning pool takes the cores that HTTP parsing and decoding need); the CPU execution provider computes float32.
 
@@ -81,7 +82,9 @@ def resolve_runtime(runtime: str, device: torch.device, optimize: str = "auto", 
 
 def onnx_graph(model_id: str, model: nn.Module, workdir: Path, precision: str = "auto") -> Tuple[Path, str]:
     """The model's ONNX file and where it came from: the folder's or Hub repo's ``model.onnx`` (``model.int8.onnx``
-    for int8), else a fresh float32 export into ``workdir``; an int8 graph that is not there is refused with the fix."""
+    for int8; for a checkpoint shipped in the package, the int8 graph shipped beside it), else a fresh float32 export
+    into ``workdir``; an int8 graph that is not there is refused with the fix."""
+    from gcl_zoo.models.zoo import embedded_int8_graph
     from gcl_zoo.onnx_export import ONNX_NAME, export_onnx
     from gcl_zoo.quantize import INT8_ONNX_NAME
 
@@ -94,6 +97,10 @@ def onnx_graph(model_id: str, model: nn.Module, workdir: Path, precision: str = 
         found = _hub_file(model_id.split(":", 1)[1], name)
         if found is not None:
             return found, f"{model_id}/{name}"
+    elif precision == "int8":
+        shipped = embedded_int8_graph(model)
+        if shipped is not None:
+            return shipped, f"shipped in the package ({shipped.name})"
     if precision == "int8":
         raise ValueError(f"--precision int8 needs {INT8_ONNX_NAME} beside the weights of {model_id}, and it has none: "
                          f"write one with `gcl-zoo export SOURCE OUT --int8-calibration TRAINING_IMAGES` and serve "

@@ -31,6 +31,7 @@ def test_wheel_installs_no_generic_names_and_its_commands_run(tmp_path):
     assert {t for t in top if not t.endswith(".dist-info")} == {"gcl_zoo", "gcl_zoo_train", "gcl_zoo_serve"}
     assert "gcl_zoo_train/recipes/cifar100_lt.yaml" in names and "gcl_zoo_serve/__main__.py" in names
     assert any(n.startswith("gcl_zoo/weights/") and n.endswith(".safetensors") for n in names)
+    assert any(n.startswith("gcl_zoo/weights/") and n.endswith(".int8.onnx") for n in names)
     assert not any(n.endswith("testing.py") or n.startswith("tests/") for n in names)
     entry_points = next(zipfile.ZipFile(wheel).read(n).decode() for n in names if n.endswith("entry_points.txt"))
     assert "gcl_zoo_train.cli:main" in entry_points and "gcl_zoo_serve.cli:main" in entry_points

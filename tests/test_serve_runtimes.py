@@ -267,8 +267,10 @@ def test_int8_graph_answers_close_to_pytorch_on_real_test_images(int8_folder, te
 
 
 def test_int8_is_refused_where_there_is_no_int8_graph_or_runtime_for_it(trained, tmp_path, cifar10_zip):
+    plain = save_model_folder(trained, tmp_path / "plain")  # a folder with weights and config only
     with pytest.raises(ValueError, match="needs model.int8.onnx beside the weights .* --int8-calibration"):
-        ModelRunner(ZOO_NAME, trained, torch.device("cpu"), execution=Execution("openvino", "int8"))
+        ModelRunner(f"local-dir:{plain}", timm.create_model(f"local-dir:{plain}", pretrained=True),
+                    torch.device("cpu"), execution=Execution("openvino", "int8"))
     with pytest.raises(ValueError, match="OpenVINO or ONNX Runtime, on the CPU"):
         resolve_runtime("torch", torch.device("cpu"), precision="int8")
     assert resolve_runtime("auto", torch.device("cpu"), precision="int8") == "openvino"
@@ -285,17 +287,20 @@ def test_int8_is_refused_where_there_is_no_int8_graph_or_runtime_for_it(trained,
         hub.export_embedded(ZOO_NAME, tmp_path / "y", int8=hub.Int8Calibration(tmp_path / "few"))
 
 
-def test_server_serves_the_int8_graph(int8_folder, test_images, torch_probs):
-    """`gcl-zoo serve --precision int8` on the exported folder: /models says int8 and the answers keep the labels."""
-    with ServerProcess(["--model", f"local-dir:{int8_folder}", "--precision", "int8"],
-                       env={"GCL_ZOO_API_KEY": ""}) as server:
+@pytest.mark.parametrize("source", ["exported", "shipped"])
+def test_server_serves_the_int8_graph(source, int8_folder, test_images, torch_probs):
+    """`gcl-zoo serve --precision int8` on the exported folder, and on the zoo name whose int8 graph ships in the
+    package: /models says int8 and where the graph came from, and the answers keep the labels."""
+    model, graph = {"exported": (f"local-dir:{int8_folder}", str(int8_folder / "model.int8.onnx")),
+                    "shipped": ("gcl_resnet32_cifar10_lt", f"shipped in the package ({ZOO_NAME}.int8.onnx)")}[source]
+    with ServerProcess(["--model", model, "--precision", "int8"], env={"GCL_ZOO_API_KEY": ""}) as server:
         with httpx.Client(timeout=60) as http:
             described = http.get(f"{server.url}/models").json()["models"][0]
             response = http.post(f"{server.url}/predict", data={"top_k": "1"},
                                  files=[("files", (f"{i}.webp", data, "image/webp"))
                                         for i, (_, data, _) in enumerate(test_images[:64])])
     assert described["runtime"] == "openvino" and described["precision"] == "int8"
-    assert described["graph"] == str(int8_folder / "model.int8.onnx")
+    assert described["graph"] == graph
     classes = timm.create_model(ZOO_NAME).pretrained_cfg["label_names"]
     labels = [answer[0]["label"] for answer in response.json()["predictions"]]
     expected = [classes[i] for i in torch_probs[:64].argmax(1).tolist()]

@@ -1,4 +1,5 @@
-"""bench/ship_run.py turns a finished run into a shipped checkpoint: weights, JSON, record and card agree."""
+"""bench/ship_run.py turns a finished run into a shipped checkpoint: weights, JSON, record and card agree; and
+bench/ship_int8.py puts a checked int8 graph beside shipped weights."""
 import json
 import shutil
 import subprocess
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from gcl_zoo.models.zoo import WEIGHTS_DIR
 from test_train import tiny_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,3 +54,24 @@ def _ship_and_check(inside: Path, tmp_path: Path, cifar10_zip: Path) -> None:
     summary = json.loads((results / "baseline_x" / "summary.json").read_text())
     assert summary["final"]["top1"] == shipped["top1"] and summary["stage1"]["num_samples"] == 200
     assert not (weights / "baseline_x.json").exists() and not (cards / "baseline_x.md").exists()
+
+
+def test_ship_int8_puts_the_checked_graph_and_its_record_beside_the_weights(tmp_path, cifar10_zip):
+    name = "gcl_resnet32_cifar10_lt.ir50"
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for suffix in (".safetensors", ".json"):
+        shutil.copyfile(WEIGHTS_DIR / f"{name}{suffix}", weights / f"{name}{suffix}")
+    done = subprocess.run([sys.executable, "bench/ship_int8.py", name, "--data-root", str(cifar10_zip),
+                           "--weights-dir", str(weights), "--images", "20", "--held-out", "20"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads((weights / f"{name}.json").read_text())
+    entry = info.pop("onnx_int8")
+    shipped = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
+    shipped.pop("onnx_int8", None)
+    assert info == shipped  # the rest of the record kept as it was
+    assert entry["file"] == f"{name}.int8.onnx" and entry["calibration_images"] == entry["held_out_images"] == 20
+    assert entry["calibration_source"] == "cifar10.zip:train/" and (weights / entry["file"]).stat().st_size > 100_000
+    assert sorted(p.name for p in weights.iterdir()) == sorted([f"{name}.safetensors", f"{name}.json", entry["file"]])
+    assert f"shipped {entry['file']}" in done.stdout

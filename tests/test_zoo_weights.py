@@ -12,6 +12,7 @@ from gcl_zoo.data import CIFARLongTail
 from gcl_zoo.data.preprocessing import Normalize
 from gcl_zoo.metrics import accuracy_report
 from gcl_zoo.models.zoo import WEIGHTS_DIR
+from gcl_zoo.quantize import MIN_TOP1_AGREEMENT
 
 SHIPPED = sorted(p.name[: -len(".safetensors")] for p in WEIGHTS_DIR.glob("*.safetensors"))
 
@@ -21,6 +22,15 @@ def test_timm_lists_exactly_the_shipped_checkpoints():
     assert {"gcl_resnet32_cifar10_lt.ir100", "gcl_resnet32_cifar10_lt.ir50", "gcl_resnet32_cifar10_lt.ir200"} <= set(SHIPPED)
     for name in SHIPPED:
         assert (WEIGHTS_DIR / f"{name}.json").is_file(), f"{name} ships without its evaluation JSON"
+
+
+def test_every_shipped_checkpoint_has_its_checked_int8_graph():
+    """``gcl-zoo serve --precision int8`` runs these graphs; their record says how they were calibrated and checked."""
+    for name in SHIPPED:
+        entry = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())["onnx_int8"]
+        assert entry["file"] == f"{name}.int8.onnx" and (WEIGHTS_DIR / entry["file"]).stat().st_size > 100_000
+        assert entry["calibration_source"].endswith(":train/") and entry["held_out_images"] == 500
+        assert entry["top1_agreement_vs_float32"] >= MIN_TOP1_AGREEMENT
 
 
 CIFAR_ZIPS = {"gcl_resnet32_cifar10_lt": "cifar10_zip", "gcl_resnet32_cifar100_lt": "cifar100_zip"}

@@ -1,10 +1,10 @@
 """The GCL model zoo, registered with timm on ``import gcl_zoo``.
 
 One table (``default_cfgs``) holds every entry and its preprocessing; each ``@register_model`` function is one
-line naming the backbone. An entry claims weights only when they exist: the embedded CIFAR-10-LT checkpoint
-ships inside the package (``gcl_zoo/weights/``), and the rest are trained with ``gcl-zoo train``. Setting
-``GCL_ZOO_HUB_ORG=<org>`` before the import points every entry at the Hub repo ``<org>/<name.tag>``
-(see ``gcl_zoo.models.weights``).
+line naming the backbone. An entry claims weights only when they exist: the CIFAR-LT checkpoints ship inside the
+package (``gcl_zoo/weights/``, each with an int8 ONNX graph beside it), and the rest are trained with
+``gcl-zoo train``. Setting ``GCL_ZOO_HUB_ORG=<org>`` before the import points every entry at the Hub repo
+``<org>/<name.tag>`` (see ``gcl_zoo.models.weights``).
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from ..data.labels import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD, ima
 from .gcl import GCLModel
 from .weights import explain_load_errors, safe_hub_overlay, with_hub_repos
 
-__all__ = ["WEIGHTS_DIR", "embedded_weights", "RECIPE_FOR_ENTRY", "training_command"]
+__all__ = ["WEIGHTS_DIR", "embedded_weights", "embedded_int8_graph", "RECIPE_FOR_ENTRY", "training_command"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 PAPER_ID = "arXiv:2305.11733"
@@ -42,6 +42,16 @@ def embedded_weights(name: str) -> Optional[str]:
     """Path of the weights shipped in the package for ``name`` ('arch.tag'), or None when none ship."""
     path = WEIGHTS_DIR / f"{name}.safetensors"
     return str(path) if path.is_file() else None
+
+
+def embedded_int8_graph(model: nn.Module) -> Optional[Path]:
+    """The int8 ONNX graph shipped beside the packaged weights ``model`` was built from (``<name>.int8.onnx``), or None
+    for a model whose weights do not come from the package or have no such graph."""
+    file = (getattr(model, "pretrained_cfg", None) or {}).get("file")
+    if not file or Path(file).parent != WEIGHTS_DIR or not file.endswith(".safetensors"):
+        return None
+    graph = WEIGHTS_DIR / (Path(file).name[: -len(".safetensors")] + ".int8.onnx")
+    return graph if graph.is_file() else None
 
 
 def training_command(variant: str, tag: Optional[str]) -> str:
