@@ -1,4 +1,4 @@
-"""Real test images for the server tests: CIFAR-10 test images from the shared zip, re-encoded on demand."""
+"""Real test images for the server tests: CIFAR test images from the shared zips, re-encoded on demand."""
 from __future__ import annotations
 
 import io
@@ -6,18 +6,19 @@ import struct
 import zipfile
 import zlib
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 from PIL import Image
 
-CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+from gcl_zoo.data.labels import CIFAR10_CLASSES
 
 
-def cifar_test_images(zip_path: Path, per_class: int, start: int = 0) -> List[Tuple[str, bytes, int]]:
+def cifar_test_images(zip_path: Path, per_class: int, start: int = 0,
+                      classes: Sequence[str] = CIFAR10_CLASSES) -> List[Tuple[str, bytes, int]]:
     """``per_class`` test images of every class as (name, original WebP bytes, label), classes interleaved."""
     with zipfile.ZipFile(zip_path) as archive:
         by_class = [[(f"test/{c}/{i:05d}.webp", label) for i in range(start, start + per_class)]
-                    for label, c in enumerate(CLASSES)]
+                    for label, c in enumerate(classes)]
         return [(name, archive.read(name), label) for group in zip(*by_class) for name, label in group]
 
 

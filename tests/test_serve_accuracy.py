@@ -1,5 +1,6 @@
-"""The embedded default model, served over HTTP, classifies real CIFAR-10 test images with the accuracy its
-model card states (``gcl_zoo/weights/gcl_resnet32_cifar10_lt.ir100.json``, measured on all 10,000 images)."""
+"""Zoo models, served over HTTP, classify real CIFAR test images with the accuracy their model cards state (the JSON
+beside the weights in ``gcl_zoo/weights/``, measured on all 10,000 test images): the embedded default model
+(CIFAR-10) and the CIFAR-100 entry, which answers with CIFAR-100's label names."""
 from __future__ import annotations
 
 import base64
@@ -9,19 +10,24 @@ import math
 import httpx
 import pytest
 
+from gcl_zoo.data import CIFAR10_CLASSES, CIFAR100_CLASSES
 from gcl_zoo.models.zoo import WEIGHTS_DIR
 from server_process import ServerProcess
-from serve_images import CLASSES, cifar_test_images
+from serve_images import cifar_test_images
 
-CARD = WEIGHTS_DIR / "gcl_resnet32_cifar10_lt.ir100.json"
-WEIGHTS = WEIGHTS_DIR / "gcl_resnet32_cifar10_lt.ir100.safetensors"
 REQUEST_SIZE = 50
+
+
+def card_top1(name: str) -> float:
+    """The top-1 accuracy the shipped checkpoint's JSON (and so its model card) states."""
+    card, weights = WEIGHTS_DIR / f"{name}.json", WEIGHTS_DIR / f"{name}.safetensors"
+    assert card.is_file() and weights.is_file(), f"{name} must ship in gcl_zoo/weights/"
+    return float(json.loads(card.read_text())["top1"])
 
 
 @pytest.fixture(scope="module")
 def stated_top1() -> float:
-    assert CARD.is_file() and WEIGHTS.is_file(), "the embedded default weights must ship in gcl_zoo/weights/"
-    return float(json.loads(CARD.read_text())["top1"])
+    return card_top1("gcl_resnet32_cifar10_lt.ir100")
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +54,11 @@ def classify(url: str, images: list, as_base64: bool) -> list:
     return labels
 
 
-def check_accuracy(url: str, images: list, stated_top1: float, sigmas: float) -> None:
+def check_accuracy(url: str, images: list, stated_top1: float, sigmas: float, classes=CIFAR10_CLASSES) -> None:
     multipart = classify(url, images, as_base64=False)
     assert classify(url, images, as_base64=True) == multipart  # same bytes, same answers either way
-    correct = sum(CLASSES[label] == got for (_, _, label), got in zip(images, multipart))
+    assert set(multipart) <= set(classes), "answers must be the data set's label names"
+    correct = sum(classes[label] == got for (_, _, label), got in zip(images, multipart))
     accuracy = 100.0 * correct / len(images)
     p = stated_top1 / 100
     tolerance = sigmas * 100 * math.sqrt(p * (1 - p) / len(images)) + 0.05  # sampling error (+ rounding)
@@ -63,6 +70,18 @@ def check_accuracy(url: str, images: list, stated_top1: float, sigmas: float) ->
 def test_default_model_accuracy_matches_its_card(default_server, cifar10_zip, stated_top1):
     """300 test images (30 per class, as balanced as the full test set): within 3 standard errors."""
     check_accuracy(default_server.url, cifar_test_images(cifar10_zip, per_class=30), stated_top1, sigmas=3)
+
+
+def test_cifar100_model_answers_with_cifar100_labels_at_its_card_accuracy(cifar100_zip):
+    """``--model gcl_resnet32_cifar100_lt`` (the .ir100 default tag, shipped in the package): 500 test images, 5 per
+    class, answered with CIFAR-100's fine label names, within 3 standard errors of its card."""
+    stated = card_top1("gcl_resnet32_cifar100_lt.ir100")
+    images = cifar_test_images(cifar100_zip, per_class=5, classes=CIFAR100_CLASSES)
+    with ServerProcess(["--model", "gcl_resnet32_cifar100_lt"], env={"GCL_ZOO_API_KEY": ""}) as server:
+        models = httpx.get(f"{server.url}/models", timeout=30).json()
+        check_accuracy(server.url, images, stated, sigmas=3, classes=CIFAR100_CLASSES)
+    (described,) = models["models"]
+    assert described["num_classes"] == 100 and described["labels"] == list(CIFAR100_CLASSES)
 
 
 @pytest.mark.slow

@@ -2,7 +2,7 @@
 
 One table (``default_cfgs``) holds every entry and its preprocessing; each ``@register_model`` function is one
 line naming the backbone. An entry claims weights only when they exist: the CIFAR-LT checkpoints ship inside the
-package (``gcl_zoo/weights/``, each with an int8 ONNX graph beside it), and the rest are trained with
+package (``gcl_zoo/weights/``, the CIFAR-10 ones with an int8 ONNX graph beside them), and the rest are trained with
 ``gcl-zoo train``. Setting ``GCL_ZOO_HUB_ORG=<org>`` before the import points every entry at the Hub repo
 ``<org>/<name.tag>`` (see ``gcl_zoo.models.weights``).
 """
