@@ -29,6 +29,7 @@ __all__ = ["ONNX_NAME", "ONNX_CONFIG_KEY", "OPSET", "INPUT_NAME", "OUTPUT_NAME",
 
 ONNX_NAME = "model.onnx"
 ONNX_CONFIG_KEY = "onnx"
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"  # per-node metadata naming the exporting machine's source files
 OPSET = 18
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -100,6 +101,7 @@ def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Optional[t
             torch.onnx.export(model, (example,), staging, dynamo=True, opset_version=OPSET, external_data=False,
                               input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                               dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},))
+        _drop_stack_traces(staging)
         diff = check_onnx(staging, model, input_size)
         replace_file(staging, path)
     finally:
@@ -108,6 +110,19 @@ def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Optional[t
             "input_shape": ["batch", *input_size], "dynamic_batch": True, "dtype": "float32",
             "outputs_are": "cosine logits: multiply by logit_scale before the softmax",
             "max_abs_diff_vs_pytorch": diff}
+
+
+def _drop_stack_traces(path: str) -> None:
+    """The exporter records the Python stack behind every node, with the absolute paths of the machine that
+    exported it; a graph meant for publishing keeps the node's other metadata and drops those."""
+    import onnx
+
+    graph = onnx.load(path)
+    for node in graph.graph.node:
+        kept = [prop for prop in node.metadata_props if prop.key != STACK_TRACE_KEY]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    onnx.save(graph, path)
 
 
 @contextlib.contextmanager

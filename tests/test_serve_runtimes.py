@@ -21,11 +21,11 @@ import pytest
 import timm
 import torch
 
-import gcl_zoo  # noqa: F401
+import gcl_zoo
 from gcl_zoo.hub import save_model_folder
 from serve.decoding import ImagePayload, inspect_image
 from serve.runner import ModelRunner, Execution
-from gcl_zoo.onnx_export import export_onnx
+from gcl_zoo.onnx_export import STACK_TRACE_KEY, export_onnx
 from serve.runtimes import MIN_SPEEDUP_FOR_BF16, OpenVINOForward, choose_precision, resolve_runtime
 from server_process import ServerProcess
 from serve_images import cifar_test_images
@@ -115,6 +115,17 @@ def test_onnx_runtimes_answer_what_pytorch_answers_on_real_images(trained, test_
         t.join()
     assert all(torch.equal(t, alone) for t in together)
     assert runner.describe()["runtime"] == runtime and runner.describe()["optimization"] is None
+
+
+def test_exported_graph_names_no_path_of_the_machine_that_exported_it(tmp_path, trained):
+    """Published graphs travel: the exporter's per-node stack traces (absolute source paths) are dropped."""
+    import onnx
+
+    export_onnx(trained, tmp_path / "model.onnx")
+    graph = onnx.load(str(tmp_path / "model.onnx"))
+    keys = {prop.key for node in graph.graph.node for prop in node.metadata_props}
+    assert STACK_TRACE_KEY not in keys and "pkg.torch.onnx.fx_node" in keys  # the rest of the metadata stays
+    assert str(Path(gcl_zoo.__file__).parent).encode() not in (tmp_path / "model.onnx").read_bytes()
 
 
 def test_openvino_default_precision_agrees_within_the_bf16_tolerance(tmp_path, trained, test_images, torch_probs):

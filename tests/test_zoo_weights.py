@@ -13,6 +13,7 @@ from gcl_zoo.data import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFARLongTail
 from gcl_zoo.data.preprocessing import Normalize
 from gcl_zoo.metrics import accuracy_report
 from gcl_zoo.models.zoo import WEIGHTS_DIR
+from gcl_zoo.onnx_export import STACK_TRACE_KEY
 from gcl_zoo.quantize import MIN_TOP1_AGREEMENT
 
 SHIPPED = sorted(p.name[: -len(".safetensors")] for p in WEIGHTS_DIR.glob("*.safetensors"))
@@ -37,6 +38,7 @@ def test_shipped_int8_graphs_are_checked_and_every_cifar10_checkpoint_has_one():
         assert entry["file"] == f"{name}.int8.onnx" and (WEIGHTS_DIR / entry["file"]).stat().st_size > 100_000
         assert entry["calibration_source"].endswith(":train/") and entry["held_out_images"] == 500
         assert entry["top1_agreement_vs_float32"] >= MIN_TOP1_AGREEMENT
+        assert STACK_TRACE_KEY.encode() not in (WEIGHTS_DIR / entry["file"]).read_bytes()  # no exporter's paths
 
 
 @pytest.mark.parametrize("base, classes", [("gcl_resnet32_cifar10_lt", CIFAR10_CLASSES),
