@@ -123,7 +123,7 @@ def pulled(hub, hf_home, pushed, pickled_repo, tmp_path_factory):
     missing repo, a zoo entry nobody pushed and the pickle-only repo; with the requests it sent."""
     out = tmp_path_factory.mktemp("pulled")
     before = len(hub.requests)
-    names = [f"hf-hub:{REPO_ID}", ZOO_NAME, "hf-hub:org/does-not-exist", "gcl_resnet32_cifar100_lt.ir200",
+    names = [f"hf-hub:{REPO_ID}", ZOO_NAME, "hf-hub:org/does-not-exist", "gcl_resnet50_inat18",
              f"hf-hub:{pickled_repo}"]
     results = _pull(hub, hf_home, out, names, GCL_ZOO_HUB_ORG="org")
     return out, {entry["name"]: entry for entry in results["models"]}, results, hub.requests[before:]
@@ -152,8 +152,8 @@ def test_missing_repos_give_one_clear_error(pulled):
     _, models, _, _ = pulled
     missing = models["hf-hub:org/does-not-exist"]["error"]
     assert "RepositoryNotFoundError" in missing and "org/does-not-exist" in missing
-    zoo = models["gcl_resnet32_cifar100_lt.ir200"]["error"]
-    assert zoo.startswith("RuntimeError: Hub repo org/gcl_resnet32_cifar100_lt.ir200 does not exist")
+    zoo = models["gcl_resnet50_inat18"]["error"]
+    assert zoo.startswith("RuntimeError: Hub repo org/gcl_resnet50_inat18 does not exist")
     assert "GCL_ZOO_HUB_ORG='org'" in zoo and "gcl-zoo push" in zoo
 
 
@@ -166,7 +166,7 @@ def test_pickle_only_repo_is_refused_not_unpickled(pulled, pickled_repo):
 def test_offline_loading_from_the_cache(hub, hf_home, pushed, pulled, tmp_path):
     folder, _ = pushed
     requests_before = len(hub.requests)
-    results = _pull(hub, hf_home, tmp_path, [f"hf-hub:{REPO_ID}", ZOO_NAME, "gcl_resnet32_cifar100_lt.ir200"],
+    results = _pull(hub, hf_home, tmp_path, [f"hf-hub:{REPO_ID}", ZOO_NAME, "gcl_resnet50_inat18"],
                     HF_HUB_OFFLINE="1", GCL_ZOO_HUB_ORG="org")
     assert len(hub.requests) == requests_before  # nothing went over the network
     reference = _reference(folder)
@@ -174,7 +174,7 @@ def test_offline_loading_from_the_cache(hub, hf_home, pushed, pulled, tmp_path):
     for entry in cached:
         assert "error" not in entry, entry
         _assert_same(tmp_path / entry["file"], reference)
-    assert uncached["error"].startswith("RuntimeError: model.safetensors of Hub repo org/gcl_resnet32_cifar100_lt.ir200"
+    assert uncached["error"].startswith("RuntimeError: model.safetensors of Hub repo org/gcl_resnet50_inat18"
                                         " is not in the Hub cache")
 
 

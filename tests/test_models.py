@@ -43,7 +43,7 @@ def test_every_zoo_name_creates_and_runs(name, classes, size):
 
 @pytest.mark.parametrize("name, needed", [
     ("gcl_resnet50_imagenet_lt", {"--recipe": "imagenet_lt", "--train-list": "TRAIN_LIST.txt"}),
-    ("gcl_resnet32_cifar100_lt.ir200", {"--recipe": "cifar100_lt", "--imb-ratio": "200"}),
+    ("gcl_resnet32_cifar100_lt.ir50", {"--recipe": "cifar100_lt", "--imb-ratio": "50"}),
 ])
 def test_pretrained_without_weights_prints_a_training_command_that_parses(name, needed):
     """The suggested command is complete: the trainer's own parser accepts it and it trains the asked-for entry."""
