@@ -5,6 +5,7 @@ Pulls run in fresh processes (``tests/hub_client.py``) because ``huggingface_hub
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from hub_server import HubServer
 
 TESTS = Path(__file__).resolve().parent
 TOKEN = "hf_test_token"
-ZOO_NAME = "gcl_resnet32_cifar100_lt.ir50"  # an entry without weights shipped in the package
+ZOO_NAME = "gcl_resnet32_cifar100_lt.ir50"  # its packaged weights are left out of the users' install below
 REPO_ID = f"org/{ZOO_NAME}"
 
 
@@ -38,10 +39,20 @@ def hf_home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("hf_home")
 
 
+def _install_without_zoo_weights(root: Path) -> Path:
+    """A copy of ``gcl_zoo`` whose package lacks ``ZOO_NAME``'s weights (as a slim wheel would), so that the zoo name
+    can only be served from the Hub; made once under ``root``."""
+    site = root / "install_without_zoo_weights"
+    if not site.is_dir():
+        shutil.copytree(TESTS.parent / "gcl_zoo", site / "gcl_zoo", ignore=shutil.ignore_patterns(f"{ZOO_NAME}.*"))
+    return site
+
+
 def _env(hub: HubServer, hf_home: Path, **extra: str) -> dict:
     """The environment of a user's process: our server, a private HF home, no real token or network."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE_", "GCL_ZOO_"))}
-    env.update(PYTHONPATH=str(TESTS.parent), HF_ENDPOINT=hub.url, HF_HOME=str(hf_home),
+    site = _install_without_zoo_weights(hf_home.parent)
+    env.update(PYTHONPATH=os.pathsep.join([str(site), str(TESTS.parent)]), HF_ENDPOINT=hub.url, HF_HOME=str(hf_home),
                HF_HUB_CACHE=str(hf_home / "hub"), HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
                OMP_NUM_THREADS="1")
     env.update(extra)

@@ -4,6 +4,7 @@ import torch
 
 import gcl_zoo
 from gcl_zoo import CosineClassifier, GCLLoss, create_gcl_model, prepare_retraining
+from gcl_zoo.models.zoo import training_command
 
 ZOO = ["gcl_resnet32_cifar10_lt", "gcl_resnet32_cifar100_lt", "gcl_resnet50_imagenet_lt", "gcl_resnet50_inat18",
        "gcl_resnet152_places_lt"]
@@ -43,7 +44,7 @@ def test_every_zoo_name_creates_and_runs(name, classes, size):
 
 @pytest.mark.parametrize("name, needed", [
     ("gcl_resnet50_imagenet_lt", {"--recipe": "imagenet_lt", "--train-list": "TRAIN_LIST.txt"}),
-    ("gcl_resnet32_cifar100_lt.ir50", {"--recipe": "cifar100_lt", "--imb-ratio": "50"}),
+    ("gcl_resnet50_inat18", {"--recipe": "inat18", "--train-list": "TRAIN_LIST.txt"}),
 ])
 def test_pretrained_without_weights_prints_a_training_command_that_parses(name, needed):
     """The suggested command is complete: the trainer's own parser accepts it and it trains the asked-for entry."""
@@ -59,6 +60,22 @@ def test_pretrained_without_weights_prints_a_training_command_that_parses(name, 
     for flag, value in needed.items():
         assert command[command.index(flag) + 1] == value
     assert args.out and f"local-dir:{args.out}" in str(info.value)
+
+
+@pytest.mark.parametrize("variant, tag, archive", [
+    ("gcl_resnet32_cifar10_lt", "ir200", "DATA/cifar10/cifar10.zip"),
+    ("gcl_resnet32_cifar100_lt", "ir50", "DATA/cifar100/cifar100.zip"),
+])
+def test_cifar_training_command_names_the_ratio_and_the_archive(variant, tag, archive):
+    """What a CIFAR entry whose weights are missing from the package (a wheel built without them) tells the user."""
+    import shlex
+
+    from train.cli import build_parser
+
+    command = shlex.split(training_command(variant, tag))[2:]
+    args = build_parser().parse_args(command)
+    assert command[command.index("--imb-ratio") + 1] == tag[2:]
+    assert command[command.index("--data-root") + 1] == archive and str(args.out) == f"runs/{variant}.{tag}"
 
 
 def test_resnet32_parameter_count():
