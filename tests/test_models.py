@@ -1,3 +1,7 @@
+import argparse
+import re
+import shlex
+
 import pytest
 import timm
 import torch
@@ -5,6 +9,7 @@ import torch
 import gcl_zoo
 from gcl_zoo import CosineClassifier, GCLLoss, create_gcl_model, prepare_retraining
 from gcl_zoo.models.zoo import training_command
+from train.cli import build_parser
 
 ZOO = ["gcl_resnet32_cifar10_lt", "gcl_resnet32_cifar100_lt", "gcl_resnet50_imagenet_lt", "gcl_resnet50_inat18",
        "gcl_resnet152_places_lt"]
@@ -42,21 +47,21 @@ def test_every_zoo_name_creates_and_runs(name, classes, size):
         assert len(cfg["label_names"]) == classes
 
 
+def _parse_training_command(suggested: str) -> tuple[list[str], argparse.Namespace]:
+    """The arguments of a suggested `gcl-zoo train ...` command, and what the trainer's own parser makes of them."""
+    command = shlex.split(re.search(r"gcl-zoo train ([^`]+)", suggested).group(1))
+    return command, build_parser().parse_args(command)
+
+
 @pytest.mark.parametrize("name, needed", [
     ("gcl_resnet50_imagenet_lt", {"--recipe": "imagenet_lt", "--train-list": "TRAIN_LIST.txt"}),
     ("gcl_resnet50_inat18", {"--recipe": "inat18", "--train-list": "TRAIN_LIST.txt"}),
 ])
 def test_pretrained_without_weights_prints_a_training_command_that_parses(name, needed):
     """The suggested command is complete: the trainer's own parser accepts it and it trains the asked-for entry."""
-    import re
-    import shlex
-
-    from train.cli import build_parser
-
     with pytest.raises(RuntimeError, match="no weights are published") as info:
         timm.create_model(name, pretrained=True)
-    command = shlex.split(re.search(r"`gcl-zoo train ([^`]+)`", str(info.value)).group(1))
-    args = build_parser().parse_args(command)
+    command, args = _parse_training_command(str(info.value))
     for flag, value in needed.items():
         assert command[command.index(flag) + 1] == value
     assert args.out and f"local-dir:{args.out}" in str(info.value)
@@ -68,12 +73,7 @@ def test_pretrained_without_weights_prints_a_training_command_that_parses(name, 
 ])
 def test_cifar_training_command_names_the_ratio_and_the_archive(variant, tag, archive):
     """What a CIFAR entry whose weights are missing from the package (a wheel built without them) tells the user."""
-    import shlex
-
-    from train.cli import build_parser
-
-    command = shlex.split(training_command(variant, tag))[2:]
-    args = build_parser().parse_args(command)
+    command, args = _parse_training_command(training_command(variant, tag))
     assert command[command.index("--imb-ratio") + 1] == tag[2:]
     assert command[command.index("--data-root") + 1] == archive and str(args.out) == f"runs/{variant}.{tag}"
 

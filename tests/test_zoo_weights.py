@@ -21,7 +21,8 @@ SHIPPED = sorted(p.name[: -len(".safetensors")] for p in WEIGHTS_DIR.glob("*.saf
 
 def test_timm_lists_exactly_the_shipped_checkpoints():
     assert sorted(timm.list_pretrained("gcl_*")) == SHIPPED
-    every_cifar_entry = {f"gcl_resnet32_{data}_lt.ir{ratio}" for data in ("cifar10", "cifar100") for ratio in (50, 100, 200)}
+    every_cifar_entry = {f"gcl_resnet32_{data}_lt.ir{ratio}"
+                         for data in ("cifar10", "cifar100") for ratio in (50, 100, 200)}
     assert every_cifar_entry <= set(SHIPPED)
     for name in SHIPPED:
         assert (WEIGHTS_DIR / f"{name}.json").is_file(), f"{name} ships without its evaluation JSON"
