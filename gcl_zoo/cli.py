@@ -2,8 +2,8 @@
 
 The library's own subcommands (``export``, ``push``) live in ``gcl_zoo.hub_cli``; the applications built on the
 library register theirs under the ``gcl_zoo.commands`` entry-point group (the trainer installs as
-``gcl_zoo_train``: ``train``, ``eval``; the server as ``gcl_zoo_serve``: ``serve``). A subcommand's module is
-imported only when it runs, and the library never names an application's module.
+``gcl_zoo_train``: ``train``, ``eval``, ``calibrate``; the server as ``gcl_zoo_serve``: ``serve``). A subcommand's
+module is imported only when it runs, and the library never names an application's module.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ OWN = {"export": "gcl_zoo.hub_cli", "push": "gcl_zoo.hub_cli"}
 HELP = {
     "train": "train a model (stage 1 GCL, stage 2 classifier re-training)",
     "eval": "evaluate a run or checkpoint: eval.json and plots",
+    "calibrate": "refit a trained model's score scale and implied prior on its validation split",
     "export": "export a run as a Hub-ready folder (safetensors, ONNX, config.json, model card)",
     "push": "push an exported folder to the Hugging Face Hub",
     "serve": "serve models over HTTP (FastAPI + uvicorn)",

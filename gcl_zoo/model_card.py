@@ -89,12 +89,24 @@ def card_data(inputs: CardInputs) -> ModelCardData:
                    dataset_split=split, metric_type="accuracy", metric_name=label, metric_value=value)
         for key, label in _GROUPS if (value := _metric(inputs.evaluation, key)) is not None
     ]
+    ece = _calibrated_ece(inputs.evaluation)
+    if ece is not None:
+        results.append(EvalResult(
+            task_type="image-classification", task_name="Image Classification",
+            dataset_type=data["hub_id"] or data["key"] or "custom", dataset_name=data["name"], dataset_split=split,
+            metric_type="ece", metric_name="Expected calibration error (%, 15 bins)", metric_value=ece))
     pretrained_cfg = inputs.config.get("pretrained_cfg", {})
     tags = ["image-classification", "timm", "long-tailed", "gcl", f"arxiv:{ARXIV_ID}"]
     return ModelCardData(
         library_name="timm", pipeline_tag="image-classification", license=pretrained_cfg.get("license", "apache-2.0"),
         tags=tags, datasets=[data["hub_id"]] if data["hub_id"] else None, metrics=["accuracy"],
         model_name=inputs.name, eval_results=results or None)
+
+
+def _calibrated_ece(evaluation: Optional[Dict[str, Any]]) -> Optional[float]:
+    """The test-set ECE of the calibrated scores, when the evaluation measured it."""
+    after = ((evaluation or {}).get("calibration") or {}).get("after") or {}
+    return _metric(after, "ece")
 
 
 def _usage(inputs: CardInputs) -> str:
@@ -107,7 +119,7 @@ def _usage(inputs: CardInputs) -> str:
         "transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))",
         'x = transform(Image.open("image.jpg").convert("RGB")).unsqueeze(0)',
         "with torch.no_grad():",
-        "    probs = (model.logit_scale * model(x)).softmax(-1)  # cosine logits times the trained scale",
+        "    probs = model(x).softmax(-1)  # calibrated probabilities",
         'labels = model.pretrained_cfg.get("label_names")',
         "top = probs[0].topk(5)",
         "print([(labels[i] if labels else int(i), round(float(p), 3)) for p, i in zip(top.values, top.indices)])",
@@ -156,6 +168,7 @@ def render_card(inputs: CardInputs, template_path: Optional[Path] = None) -> str
         num_samples=evaluation.get("num_samples"), split=evaluation.get("split"),
         usage=_usage(inputs), command=run.get("command"), device=run.get("device"), training_notes=run.get("notes"),
         started=run.get("started"), finished=run.get("finished"), recipe_yaml=_recipe_yaml(inputs.recipe),
+        calibration=(evaluation.get("calibration") or {}) if evaluation.get("calibration", {}).get("after") else None,
         has_eval=inputs.evaluation is not None, has_recipe=inputs.recipe is not None, notes=inputs.notes,
         arxiv_id=ARXIV_ID, paper_title=PAPER_TITLE, cvf_url=CVF_URL, code_url=CODE_URL)
     return str(card)

@@ -2,8 +2,10 @@
 
 ``model.onnx`` sits beside ``model.safetensors`` in an exported folder so CPU servers can run the model with
 OpenVINO or ONNX Runtime. The graph takes a float32 NCHW batch of any size (one dynamic batch axis) and returns
-the model's raw outputs, the cosine logits of a GCL head: the consumer multiplies them by ``logit_scale`` (in
-``config.json``) before a softmax, as ``serve`` does. ``config.json``'s ``onnx`` entry says so (``ONNX_CONFIG_KEY``).
+the model's raw logits (``GCLModel.forward_raw``: the cosine logits of a GCL head): the consumer multiplies them by
+the calibrated ``logit_scale`` (``model_args`` in ``config.json``) before a softmax, as ``serve`` does, so a model
+recalibrated with ``gcl-zoo calibrate`` keeps its graphs. ``config.json``'s ``onnx`` entry says so
+(``ONNX_CONFIG_KEY``).
 The exporter is PyTorch's ``torch.export``-based one, which needs the ``onnx`` and ``onnxscript`` packages
 (the ``[openvino]`` and ``[onnxruntime]`` extras bring them).
 """
@@ -23,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from .files import replace_file
+from .models.gcl import raw_logits_module
 
 __all__ = ["ONNX_NAME", "ONNX_CONFIG_KEY", "OPSET", "INPUT_NAME", "OUTPUT_NAME", "ExportUnavailable",
            "export_onnx", "onnx_exporter_missing", "onnx_runner", "check_onnx"]
@@ -92,7 +95,7 @@ def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Optional[t
         raise ExportUnavailable(reason)
     input_size = tuple(input_size or model.pretrained_cfg["input_size"])
     path = Path(path)
-    model = model.eval().float().cpu()
+    model = raw_logits_module(model.eval().float().cpu())
     example = torch.zeros((2, *input_size))
     fd, staging = tempfile.mkstemp(prefix=".exporting-", suffix=".onnx", dir=path.parent)
     os.close(fd)
@@ -108,7 +111,7 @@ def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Optional[t
         Path(staging).unlink(missing_ok=True)
     return {"file": path.name, "opset": OPSET, "input": INPUT_NAME, "output": OUTPUT_NAME,
             "input_shape": ["batch", *input_size], "dynamic_batch": True, "dtype": "float32",
-            "outputs_are": "cosine logits: multiply by logit_scale before the softmax",
+            "outputs_are": "raw logits (cosines): multiply by model_args.logit_scale before the softmax",
             "max_abs_diff_vs_pytorch": diff}
 
 

@@ -16,7 +16,7 @@ import logging
 import secrets
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Sequence
+from typing import Any, AsyncIterator, Callable, List, Optional, Sequence
 
 import torch
 from fastapi import FastAPI, Request, Security
@@ -27,12 +27,14 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import __version__
-from .decoding import ImagePayload, ParsedRequest, RequestError, check_top_k, inspect_image, parse_predict_request
+from .decoding import (ImagePayload, ParsedRequest, RequestError, check_target_prior, check_top_k, inspect_image,
+                       parse_predict_request)
 from .limits import BodyBudget, BodyLimitMiddleware, DrainMiddleware, error_response
 from .memory import retain_freed_memory
 from .metrics import CONTENT_TYPE, MetricsMiddleware, ServerMetrics
 from .oip import protocol_name
 from .oip import register_routes as register_open_inference_routes
+from .priors import output_scores
 from .runner import ModelRunner, start_parallel_runtime
 from .schemas import (ERRORS, NOT_READY, PREDICT_ANSWERS, ModelDescription, ModelsResponse, StatusResponse,
                       install_openapi, predict_body)
@@ -50,22 +52,19 @@ def prepare_images(runner: ModelRunner, payloads: Sequence[ImagePayload], max_pi
     return [runner.prepare(payload, inspect_image(payload, max_pixels)) for payload in payloads]
 
 
-OUTPUT_TRANSFORMS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "softmax": lambda logits: logits.softmax(dim=1), "sigmoid": torch.sigmoid, "none": lambda logits: logits}
-
-
-def predict_response(model_id: str, rows: Sequence[torch.Tensor], labels: Sequence[str], top_k: int,
+def predict_response(model_id: str, scores: Sequence[torch.Tensor], labels: Sequence[str], top_k: int,
                      request: ParsedRequest) -> Response:
-    """The answer for scaled-logit ``rows``, serialised directly: building and re-validating pydantic objects for
-    64 images x top_k labels cost more than the rest of the request's event-loop work.
+    """The answer for one row of ``scores`` per image (``output_scores``), serialised directly: building and
+    re-validating pydantic objects for 64 images x top_k labels cost more than the rest of the request's event-loop
+    work.
 
     Hugging Face task shape for JSON and raw-image requests (``[{label, score}]`` for one image, one such list per
     image for a list of inputs), the ``{"model", "predictions"}`` envelope for multipart forms; the model that
     answered is in the ``X-Model-Id`` header either way.
     """
-    scores, indices = torch.topk(OUTPUT_TRANSFORMS[request.function_to_apply](torch.stack(list(rows))), top_k, dim=1)
+    best, indices = torch.topk(torch.stack(list(scores)), top_k, dim=1)
     predictions = [[{"label": labels[i], "score": s} for s, i in zip(row_scores, row_indices)]
-                   for row_scores, row_indices in zip(scores.tolist(), indices.tolist())]
+                   for row_scores, row_indices in zip(best.tolist(), indices.tolist())]
     if not request.hf_schema:
         body: Any = {"model": model_id, "predictions": predictions}
     else:
@@ -107,7 +106,8 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
                        budget=BodyBudget(settings.max_inflight_bytes), body_timeout_s=settings.body_timeout_s)
     app.add_middleware(DrainMiddleware, state=state)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics, routes=app.routes)
-    install_openapi(app, settings.max_images, [protocol_name(m) for m in settings.models], state.api_key is not None)
+    install_openapi(app, settings.max_images, [protocol_name(m) for m in settings.models], state.api_key is not None,
+                    lambda: list(state.runners.values()) if state.ready else [])
 
     @app.exception_handler(RequestError)
     async def on_request_error(request: Request, exc: RequestError) -> JSONResponse:
@@ -145,18 +145,21 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
 
     async def predict(request: Request, _auth: None = Security(require_api_key)) -> Response:
         """One image as the body (``image/*``, ``application/octet-stream``), JSON ``{"inputs": <base64> |
-        [<base64>, ...], "parameters": {"top_k": 5, "function_to_apply": "softmax"}, "model": "..."}`` (both the
-        Hugging Face image-classification task: the answer is its ``[{label, score}]`` list), or multipart files
-        (answered as ``{"model", "predictions": [[...], ...]}``); the top_k labels per image, sorted by score."""
+        [<base64>, ...], "parameters": {"top_k": 5, "function_to_apply": "softmax", "target_prior": "uniform"},
+        "model": "..."}`` (both the Hugging Face image-classification task: the answer is its ``[{label, score}]``
+        list), or multipart files (answered as ``{"model", "predictions": [[...], ...]}``); the top_k labels per
+        image, sorted by score."""
         state.check_ready()
         parsed = await parse_predict_request(request, settings.max_images)
         runner = state.pick(parsed.model)
         top_k = check_top_k(parsed.top_k, runner.num_classes, settings.default_top_k)
+        prior = check_target_prior(parsed.target_prior, state.default_priors[runner.model_id], runner)
         loop = asyncio.get_running_loop()
         items = await loop.run_in_executor(state.decode_pool, prepare_images, runner, parsed.payloads,
                                            settings.max_pixels)
         rows = await state.engines[runner.model_id].submit(items, settings.request_timeout_s)
-        return predict_response(runner.model_id, rows, runner.labels, top_k, parsed)
+        scores = output_scores(torch.stack(list(rows)), runner, prior, parsed.function_to_apply)
+        return predict_response(runner.model_id, scores, runner.labels, top_k, parsed)
 
     for path in ("/predict", "/"):  # the root too: Hugging Face clients post to the endpoint URL itself
         app.add_api_route(path, predict, methods=["POST"], responses={200: PREDICT_ANSWERS, **ERRORS},
@@ -177,7 +180,9 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
 
     @app.get("/models", response_model=ModelsResponse, summary="loaded models: classes and pre-processing")
     async def models() -> ModelsResponse:
-        descriptions = [ModelDescription(**runner.describe(), **state.inference) for runner in state.runners.values()]
+        descriptions = [ModelDescription(**runner.describe(), **state.inference,
+                                         target_prior=settings.target_prior_for(runner.model_id))
+                        for runner in state.runners.values()]
         return ModelsResponse(default=next(iter(state.runners), None), models=descriptions)
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")

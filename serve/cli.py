@@ -49,6 +49,10 @@ def build_parser(prog: str = "gcl-zoo serve") -> argparse.ArgumentParser:
                                                f"(default: {fields['shutdown_grace_s'].default:g})")
     add("--default-top-k", type=int, help=f"labels per image when a request names no top_k "
                                           f"(default: {fields['default_top_k'].default})")
+    add("--target-prior", metavar="VALUE",
+        help="the deployment's class prior, where a request names no target_prior: uniform (default: the scores as "
+             "calibrated), train (each model's training class counts) or a JSON file holding a list of class weights "
+             "for every model, or a mapping from model id to a list, uniform or train")
     add("--api-key-env", metavar="VAR",
         help="environment variable holding the API key /predict requires; unset or empty variable: no key "
              "(default: GCL_ZOO_API_KEY)")

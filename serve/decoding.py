@@ -13,27 +13,32 @@ import io
 import json
 import re
 from dataclasses import dataclass, replace
-from typing import Annotated, Any, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from gcl_zoo.data.codecs import decode_rgb
+from gcl_zoo.prior import PriorError
 
 from .headers import read_header
 from .multipart import FormError, FormPart, parse_form
+from .priors import PriorSpec, prior_from_json, prior_from_text, resolve_prior
 
 __all__ = ["RequestError", "ImagePayload", "ImageHeader", "PredictRequest", "PredictParameters", "SUPPORTED_FORMATS",
            "TENSOR_DECODABLE", "payloads_from_json", "payloads_from_form", "check_counts", "check_top_k",
            "inspect_image", "decode_pil", "decode_uint8", "decode_jpegs_on_device", "pil_to_uint8",
-           "parse_predict_request", "query_parameters", "ParsedRequest", "OUTPUT_FUNCTIONS", "RAW_BODY_TYPES"]
+           "parse_predict_request", "query_parameters", "ParsedRequest", "OUTPUT_FUNCTIONS", "RAW_BODY_TYPES",
+           "body_over_query", "requested_prior", "check_target_prior"]
 
 # what Pillow calls the formats the server accepts (MPO: the multi-picture JPEG that phone cameras write)
 SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 PIL_PLUGINS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # the Pillow plugins reading them (MPO: JPEG's)
 ACCEPTED_PART_TYPES = ("image/", "application/octet-stream")
-FORM_FIELDS = ("model", "top_k", "function_to_apply")
+# the parameters a form field or the query string may carry (each a ParsedRequest field of the same name)
+FORM_FIELDS = ("model", "top_k", "function_to_apply", "target_prior")
 # raw bodies: one image as the whole request, as Hugging Face Inference Endpoints and TorchServe take it
 RAW_BODY_TYPES = ("image/", "application/octet-stream")
 # (format, mode) of the files the tensor decoders (gcl_zoo.data.codecs) turn into exactly the pixels of PIL's
@@ -81,6 +86,19 @@ class PredictParameters(BaseModel):
     function_to_apply: Optional[Literal["softmax", "sigmoid", "none"]] = Field(
         None, description="how scores come from the scaled cosine logits: softmax (the default), sigmoid, or none "
                           "(the logits themselves)")
+    target_prior: Optional[Union[Literal["uniform", "train"], List[float]]] = Field(
+        None, description="the deployment's class prior the scores are moved to (default: the server's, "
+                          "--target-prior)")
+
+    @field_validator("target_prior", mode="before")
+    @classmethod
+    def _read_prior(cls, value: Any) -> Optional[PriorSpec]:
+        if value is None:
+            return None
+        try:
+            return prior_from_json(value)
+        except PriorError as exc:  # its message as it is, without pydantic's "Value error, "
+            raise PydanticCustomError("target_prior", "{message}", {"message": str(exc)}) from None
 
 
 @dataclass(frozen=True)
@@ -96,6 +114,7 @@ class ParsedRequest:
     top_k: Optional[int] = None
     model: Optional[str] = None
     function_to_apply: Optional[str] = None  # None: softmax
+    target_prior: Optional[PriorSpec] = None  # None: the server's default for the model
     hf_schema: bool = True
     single: bool = True
 
@@ -152,12 +171,12 @@ def payloads_from_json(body: bytes) -> ParsedRequest:
     payloads = [ImagePayload(name, decode_base64(text, name)) for name, text in zip(names, texts)]
     parameters = request.parameters or PredictParameters()
     return ParsedRequest(payloads, parameters.top_k, request.model, parameters.function_to_apply,
-                         hf_schema=True, single=isinstance(request.inputs, str))
+                         parameters.target_prior, hf_schema=True, single=isinstance(request.inputs, str))
 
 
 def payloads_from_form(parts: Sequence[FormPart]) -> ParsedRequest:
-    """Read multipart form parts: every file part is an image; text fields ``model``, ``top_k`` and
-    ``function_to_apply``."""
+    """Read multipart form parts: every file part is an image; text fields ``model``, ``top_k``,
+    ``function_to_apply`` and ``target_prior``."""
     payloads: List[ImagePayload] = []
     fields: Dict[str, str] = {}
     for part in parts:
@@ -181,7 +200,8 @@ def payloads_from_form(parts: Sequence[FormPart]) -> ParsedRequest:
     function = fields.get("function_to_apply")
     if function is not None and function not in OUTPUT_FUNCTIONS:
         raise RequestError(422, f"function_to_apply={function!r} is not one of {', '.join(OUTPUT_FUNCTIONS)}")
-    return ParsedRequest(payloads, top_k, fields.get("model"), function, hf_schema=False, single=False)
+    return ParsedRequest(payloads, top_k, fields.get("model"), function,
+                         requested_prior(fields.get("target_prior"), prior_from_text), hf_schema=False, single=False)
 
 
 def check_counts(payloads: Sequence[ImagePayload], max_images: int) -> None:
@@ -195,6 +215,28 @@ def check_counts(payloads: Sequence[ImagePayload], max_images: int) -> None:
     for payload in payloads:
         if not payload.data:
             raise RequestError(422, f"{payload.name} is empty; send the image file's bytes")
+
+
+def requested_prior(value: Any, parse: Callable[[Any], PriorSpec]) -> Optional[PriorSpec]:
+    """A request's ``target_prior`` as ``parse`` reads its encoding (None when absent); a malformed one answers 422."""
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except PriorError as exc:
+        raise RequestError(422, str(exc)) from None
+
+
+def check_target_prior(spec: Optional[PriorSpec], default: Optional[torch.Tensor],
+                       runner: Any) -> Optional[torch.Tensor]:
+    """The prior a request asks for, checked against the model that answers (422 naming the fault), else the
+    server's ``default`` for that model."""
+    if spec is None:
+        return default
+    try:
+        return resolve_prior(spec, runner)
+    except PriorError as exc:
+        raise RequestError(422, f"target_prior: {exc}") from None
 
 
 def check_top_k(top_k: Optional[int], num_classes: int, default: int) -> int:
@@ -305,11 +347,11 @@ def decode_jpegs_on_device(payloads: Sequence[ImagePayload],
 
 async def parse_predict_request(request: Any, max_images: int) -> ParsedRequest:
     """What a ``/predict`` request asks for: a multipart form, a JSON body, or one raw image as the body.
-    ``top_k``, ``function_to_apply`` and ``model`` may also come as query parameters (what a raw body has), which
-    the form's or JSON body's own values override."""
+    ``top_k``, ``function_to_apply``, ``model`` and ``target_prior`` may also come as query parameters (what a raw
+    body has), which the form's or JSON body's own values override."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     raw = not content_type or content_type.startswith(RAW_BODY_TYPES)
-    query_top_k, query_function, query_model = query_parameters(dict(request.query_params))
+    query = query_parameters(dict(request.query_params))
     if content_type == "multipart/form-data":
         try:
             parts = parse_form(await request.body(), request.headers.get("content-type", ""), max_images,
@@ -328,19 +370,26 @@ async def parse_predict_request(request: Any, max_images: int) -> ParsedRequest:
                                 "multipart/form-data, base64 images as application/json, or one image as the body "
                                 "(image/jpeg, image/png, image/webp or application/octet-stream)")
     check_counts(parsed.payloads, max_images)
-    return replace(parsed, top_k=parsed.top_k if parsed.top_k is not None else query_top_k,
-                   model=parsed.model if parsed.model is not None else query_model,
-                   function_to_apply=parsed.function_to_apply or query_function or "softmax")
+    merged = body_over_query(parsed, query)
+    return replace(merged, function_to_apply=merged.function_to_apply or "softmax")
 
 
-def query_parameters(query: Dict[str, str]) -> Tuple[Optional[int], Optional[str], Optional[str]]:
-    """``top_k``, ``function_to_apply`` and ``model`` from the query string, checked; anything else is refused."""
+def body_over_query(body: ParsedRequest, query: ParsedRequest) -> ParsedRequest:
+    """``body``'s own parameters, and ``query``'s where the body leaves one out."""
+    missing = {name: getattr(query, name) for name in FORM_FIELDS if getattr(body, name) is None}
+    return replace(body, **missing)
+
+
+def query_parameters(query: Dict[str, str]) -> ParsedRequest:
+    """``top_k``, ``function_to_apply``, ``model`` and ``target_prior`` from the query string, checked (a request
+    without images); anything else is refused."""
     unknown = sorted(set(query) - set(FORM_FIELDS))
     if unknown:
-        raise RequestError(422, f"unknown query parameter(s) {', '.join(unknown)}; /predict takes top_k, "
-                                "function_to_apply and model")
+        raise RequestError(422, f"unknown query parameter(s) {', '.join(unknown)}; /predict takes "
+                                f"{', '.join(FORM_FIELDS)}")
     try:
         parameters = PredictParameters(top_k=query.get("top_k"), function_to_apply=query.get("function_to_apply"))
     except ValidationError as exc:
         raise RequestError(422, f"invalid query: {_describe_validation(exc)}") from exc
-    return parameters.top_k, parameters.function_to_apply, query.get("model")
+    return ParsedRequest([], parameters.top_k, query.get("model"), parameters.function_to_apply,
+                         requested_prior(query.get("target_prior"), prior_from_text))

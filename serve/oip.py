@@ -4,10 +4,11 @@ Routes: ``/v2/health/live``, ``/v2/health/ready``, ``/v2``, ``/v2/models/{name}`
 ``/v2/models/{name}/infer``. A model takes one of two inputs:
   * ``image``: ``BYTES``, shape ``[N]``, encoded image files (decoded and pre-processed like ``/predict``'s);
   * ``input``: ``FP32``, shape ``[N, 3, H, W]``, already pre-processed (the model's input size, mean and std);
-and answers ``probabilities`` (``FP32 [N, C]``, the softmax of the scaled logits) and ``labels`` (``BYTES [N, k]``,
-the top ``k`` class names, best first; ``k`` is the request parameter ``top_k``). Request and response tensors may
-use the binary tensor extension (``Inference-Header-Content-Length``), as ``tritonclient`` does by default; in
-plain JSON an ``image`` element is the file base64-encoded.
+and answers ``probabilities`` (``FP32 [N, C]``, the softmax of the scaled logits, moved to the request parameter
+``target_prior`` as ``/predict``'s scores are) and ``labels`` (``BYTES [N, k]``, the top ``k`` class names, best
+first; ``k`` is the request parameter ``top_k``). Request and response tensors may use the binary tensor extension
+(``Inference-Header-Content-Length``), as ``tritonclient`` does by default; in plain JSON an ``image`` element is
+the file base64-encoded.
 Errors are the protocol's ``{"error": "..."}`` with the same status codes as ``/predict``.
 """
 import asyncio
@@ -23,7 +24,9 @@ from fastapi import Request, Security
 from fastapi.responses import JSONResponse, Response
 
 from . import __version__
-from .decoding import ImagePayload, RequestError, check_counts, check_top_k, decode_base64
+from .decoding import (ImagePayload, RequestError, check_counts, check_target_prior, check_top_k, decode_base64,
+                       requested_prior)
+from .priors import PriorSpec, output_scores, prior_from_json
 from .schemas import NOT_READY, UNKNOWN_MODEL, V2_ERRORS, V2_INFER_BODY
 
 __all__ = ["InferRequest", "parse_infer_request", "infer_response", "model_metadata", "protocol_name", "register_routes",
@@ -60,6 +63,7 @@ class InferRequest:
     tensor: Optional[torch.Tensor]
     top_k: Optional[int]
     outputs: List[Tuple[str, bool]]  # (name, binary) in the order asked for
+    target_prior: Optional[PriorSpec] = None  # None: the server's default for the model
 
     @property
     def count(self) -> int:
@@ -172,17 +176,19 @@ def parse_infer_request(body: bytes, header_length: Optional[str], input_size: T
             raise RequestError(400, f"unknown output {output.get('name')!r}; this model answers {', '.join(OUTPUTS)}")
         binary_out = _mapping(output.get("parameters"), f"outputs[{i}].parameters").get("binary_data", False)
         outputs.append((output["name"], bool(binary_out)))
-    top_k = _mapping(request.get("parameters"), "parameters").get("top_k")
+    parameters = _mapping(request.get("parameters"), "parameters")
+    top_k = parameters.get("top_k")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
         raise RequestError(400, f"parameter top_k must be an integer, got {top_k!r}")
-    return InferRequest(request.get("id"), images, batch, top_k, outputs)
+    return InferRequest(request.get("id"), images, batch, top_k, outputs,
+                        requested_prior(parameters.get("target_prior"), prior_from_json))
 
 
-def infer_response(name: str, request: InferRequest, logits: torch.Tensor, labels: List[str],
+def infer_response(name: str, request: InferRequest, probs: torch.Tensor, labels: List[str],
                    default_top_k: int) -> Tuple[bytes, Dict[str, str]]:
-    """The v2 response body and headers for scaled ``logits`` (binary outputs where the client asked for them)."""
+    """The v2 response body and headers for probabilities ``probs`` (``output_scores``; binary outputs where the
+    client asked for them)."""
     top_k = check_top_k(request.top_k, len(labels), default_top_k)
-    probs = logits.softmax(dim=1)
     outputs, blobs = [], []
     for output, binary in request.outputs:
         if output == "probabilities":
@@ -256,6 +262,7 @@ def register_routes(app: Any, state: Any, auth: Any, prepare: Any) -> None:
         runner = runner_named(name)
         parsed = parse_infer_request(await request.body(), request.headers.get(HEADER_LENGTH),
                                      tuple(runner.config["input_size"]), state.settings.max_images)
+        prior = check_target_prior(parsed.target_prior, state.default_priors[runner.model_id], runner)
         timeout = state.settings.request_timeout_s
         if parsed.images is not None:
             items = await asyncio.get_running_loop().run_in_executor(
@@ -263,6 +270,6 @@ def register_routes(app: Any, state: Any, auth: Any, prepare: Any) -> None:
             rows = await state.engines[runner.model_id].submit(items, timeout)
         else:
             rows = await state.tensor_engines[runner.model_id].submit(list(parsed.tensor), timeout)
-        body, headers = infer_response(name, parsed, torch.stack(list(rows)), runner.labels,
-                                       state.settings.default_top_k)
+        probs = output_scores(torch.stack(list(rows)), runner, prior)
+        body, headers = infer_response(name, parsed, probs, runner.labels, state.settings.default_top_k)
         return Response(body, headers=headers)

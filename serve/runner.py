@@ -1,7 +1,9 @@
 """Model runners: load a zoo model, make it fast for its device, warm it up, and turn batches into scaled logits.
 
-Probabilities are ``softmax(logit_scale * logits)``: a GCL cosine head's logits lie in [-1, 1] and the scale the
-model was trained with (the ``logit_scale`` buffer saved with its weights) makes the softmax meaningful.
+Every runtime computes the model's raw logits (``gcl_zoo.models.gcl.raw_logits_module``: cosines in [-1, 1] for
+a GCL head, the same graph an exported ``model.onnx`` holds); the runner multiplies them by the calibrated
+``logit_scale`` saved with the weights, so ``softmax`` of its rows is the model's calibrated probabilities, the
+same numbers as ``model(x).softmax(-1)`` in timm.
 
 Speed per device (``optimize="auto"``):
 
@@ -38,13 +40,15 @@ import torch.nn as nn
 from PIL import Image
 
 from gcl_zoo.devices import autocast_for
+from gcl_zoo.models.gcl import raw_logits_module, score_scale
+from gcl_zoo.prior import PriorError, check_prior
 
 from .decoding import ImageHeader, ImagePayload, RequestError, inspect_image
 from .preprocess import DevicePipeline, Pipeline, create_pipeline, data_config
 from .runtimes import create_onnx_forward, resolve_runtime
 
 __all__ = ["ModelRunner", "Execution", "create_runner", "start_parallel_runtime", "resolve_optimization",
-           "inference_plan", "load_model", "batch_buckets", "logit_scale_of", "label_names_of"]
+           "inference_plan", "load_model", "batch_buckets", "label_names_of", "implied_prior_of", "train_prior_of"]
 
 log = logging.getLogger("serve.runner")
 
@@ -89,12 +93,6 @@ def load_model(model_id: str) -> nn.Module:
     return timm.create_model(model_id, pretrained=True)
 
 
-def logit_scale_of(model: nn.Module) -> float:
-    """The scale applied before the softmax: GCL models carry it, plain timm classifiers use 1."""
-    scale = getattr(model, "logit_scale", None)
-    return float(scale) if scale is not None else 1.0
-
-
 def label_names_of(model: nn.Module) -> List[str]:
     """Class names from the model's ``pretrained_cfg``; ``LABEL_<i>`` (the Hugging Face convention) without them."""
     num_classes = int(model.num_classes)
@@ -104,6 +102,31 @@ def label_names_of(model: nn.Module) -> List[str]:
     if len(names) != num_classes:
         raise ValueError(f"the model has {num_classes} classes but its config names {len(names)} labels")
     return [str(n) for n in names]
+
+
+def _model_prior(weights: Any, model: nn.Module, what: str) -> Optional[torch.Tensor]:
+    """``weights`` the model carries as a probability vector; a broken one stops the model from loading."""
+    if weights is None:
+        return None
+    try:
+        return check_prior(weights, int(model.num_classes))
+    except PriorError as exc:
+        raise ValueError(f"the model's {what} cannot be used: {exc}") from None
+
+
+def implied_prior_of(model: nn.Module) -> Optional[torch.Tensor]:
+    """The class prior a GCL model's calibrated scores imply (its ``implied_prior`` buffer); None for a plain
+    classifier, whose scores count as balanced."""
+    buffer = getattr(model, "implied_prior", None)
+    return _model_prior(buffer.detach().cpu() if buffer is not None else None, model, "implied_prior")
+
+
+def train_prior_of(model: nn.Module) -> Optional[torch.Tensor]:
+    """A GCL model's training class counts (its ``train_class_counts`` buffer), normalised; None when unknown."""
+    counts = getattr(model, "train_class_counts", None)
+    if counts is None or not bool(counts.any()):
+        return None
+    return _model_prior(counts.detach().cpu(), model, "train_class_counts")
 
 
 def batch_buckets(max_batch_size: int) -> List[int]:
@@ -159,7 +182,9 @@ class ModelRunner:
         self.model_id = model_id
         self.device = device
         self.labels = label_names_of(model)
-        self.logit_scale = logit_scale_of(model)
+        self.logit_scale = score_scale(model)
+        self.implied_prior = implied_prior_of(model)  # what the deployment's prior is measured against
+        self.train_prior = train_prior_of(model)  # what target_prior "train" names
         self.config = data_config(model)
         self.pipeline: Pipeline = create_pipeline(self.config, device)
         self.buckets = batch_buckets(max_batch_size)
@@ -189,13 +214,13 @@ class ModelRunner:
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True  # batch shapes repeat, so the autotuned kernels pay off
-        self.forward = self._optimized(model)
+        self.forward = self._optimized(raw_logits_module(model))
 
     def _check_agreement(self, model: nn.Module) -> None:
         """Refuse to serve a graph that does not compute what the model does (a stale or foreign model.onnx)."""
         batch = self._random_batch(4)
         with torch.inference_mode():
-            diff = float((self.forward(batch) - model(batch).float()).abs().max())
+            diff = float((self.forward(batch) - raw_logits_module(model)(batch).float()).abs().max())
         limit = AGREEMENT.get(self.precision, AGREEMENT["bf16"])
         if not diff <= limit:
             raise ValueError(f"the ONNX graph of {self.model_id} ({self.graph_origin}) differs from its weights by "
@@ -217,6 +242,8 @@ class ModelRunner:
         return {
             "id": self.model_id, "num_classes": self.num_classes, "labels": self.labels,
             "logit_scale": self.logit_scale, "device": str(self.device), "runtime": self.runtime,
+            "implied_prior": self.implied_prior.tolist() if self.implied_prior is not None else None,
+            "has_train_class_counts": self.train_prior is not None,
             "precision": self.precision, "precision_speeds": self.precision_speeds, "graph": self.graph_origin,
             "optimization": self.optimization,
             "autocast": "bfloat16" if self.autocast_dtype is not None else None,

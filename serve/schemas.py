@@ -8,22 +8,25 @@ shape) is in the descriptions, and answered 422/400.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
 from .decoding import FORM_FIELDS, OUTPUT_FUNCTIONS, PredictRequest
+from .priors import PRIOR_WORDS, text_prior_pattern
 
 __all__ = ["LabelScore", "PredictResponse", "ErrorResponse", "StatusResponse", "ModelDescription", "ModelsResponse",
-           "ERRORS", "V2_ERRORS", "predict_body", "PREDICT_ANSWERS", "V2_INFER_BODY", "install_openapi"]
+           "ERRORS", "V2_ERRORS", "predict_body", "PREDICT_ANSWERS", "V2_INFER_BODY", "install_openapi",
+           "prior_schemas"]
 
 RAW_IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/octet-stream")
 
 class LabelScore(BaseModel):
     label: str
-    score: float = Field(..., description="softmax probability of the label (scaled cosine logits)")
+    score: float = Field(..., description="the label's calibrated probability (softmax of the scaled cosine "
+                                          "logits), moved to the request's target_prior")
 
 
 class PredictResponse(BaseModel):
@@ -58,6 +61,12 @@ class ModelDescription(BaseModel):
     inference_streams: int = Field(..., description="batches computed at once")
     threads_per_stream: int = Field(..., description="intra-op CPU threads of each stream")
     preprocessing: Dict[str, Any]
+    implied_prior: Optional[List[float]] = Field(
+        ..., description="the class prior the model's calibrated scores imply, which target_prior is measured "
+                         "against (null: a plain classifier, taken as uniform)")
+    has_train_class_counts: bool = Field(..., description="whether target_prior 'train' can be used for this model")
+    target_prior: Union[str, List[float]] = Field(..., description="the prior a request without target_prior gets "
+                                                                   "(--target-prior)")
 
 
 class ModelsResponse(BaseModel):
@@ -68,7 +77,7 @@ class ModelsResponse(BaseModel):
 _ERROR_TEXTS = {
     401: "missing or wrong API key", 404: "unknown model", 408: "the body did not arrive within --body-timeout-s",
     413: "payload, image count or pixel count too large", 415: "unsupported content or image type",
-    422: "not an image, corrupt image, bad base64/JSON or top_k",
+    422: "not an image, corrupt image, bad base64/JSON, top_k or target_prior",
     503: "models still loading, queue or body budget full, or shutting down (see Retry-After)",
     504: "not answered within the request timeout",
 }
@@ -79,10 +88,16 @@ V2_ERRORS = {400: {"model": ErrorResponse, "description": "a malformed v2 reques
 NOT_READY = {503: ERRORS[503]}
 UNKNOWN_MODEL = {404: ERRORS[404], 503: ERRORS[503]}
 
+
+def _ref(component: str) -> Dict[str, str]:
+    return {"$ref": f"#/components/schemas/{component}"}
+
+
 _FORM_FIELD_SCHEMAS = {"model": {"type": "string", "description": "which loaded model answers (default: the first)"},
                        "top_k": {"type": "integer", "minimum": 1,
                                  "description": "labels per image, best first (more than the class count: all)"},
-                       "function_to_apply": {"type": "string", "enum": list(OUTPUT_FUNCTIONS)}}
+                       "function_to_apply": {"type": "string", "enum": list(OUTPUT_FUNCTIONS)},
+                       "target_prior": _ref("TargetPriorText")}
 _IMAGE_FILE = {"type": "string", "format": "binary",
                "description": "an image file (JPEG, PNG, WebP, BMP, GIF, TIFF); other bytes answer 422"}
 
@@ -126,25 +141,56 @@ V2_INFER_BODY = {"requestBody": {"required": True, "content": {
         "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
             "name": {"type": "string", "enum": ["probabilities", "labels"]},
             "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}},
-        "parameters": {"type": "object", "properties": {"top_k": {"type": "integer", "minimum": 1}}}}}},
+        "parameters": {"type": "object", "properties": {"top_k": {"type": "integer", "minimum": 1},
+                                                        "target_prior": _ref("TargetPrior")}}}}},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description": (
         "the binary tensor extension: the JSON request, then the tensors' bytes; the JSON part's length in the "
         "Inference-Header-Content-Length header")}},
 }}}
 
 
-def install_openapi(app: FastAPI, max_images: int, model_names: List[str], needs_key: bool) -> None:
+_PRIOR_TEXT = ("uniform (the scores as calibrated), train (the model's training class counts, normalised) or one "
+               "non-negative weight per class in the model's label order, not all zero")
+
+
+def prior_schemas(counts: Sequence[int], train: bool) -> Dict[str, Dict[str, Any]]:
+    """The schemas of ``target_prior`` as JSON carries it (``TargetPrior``) and as text (``TargetPriorText``, in a
+    query string or form field): a list holds as many weights as a served model has classes (``counts``; any number
+    while the models load), and "train" is offered when every served model knows its training class counts."""
+    lengths = [{"minItems": count, "maxItems": count} for count in counts] or [{"minItems": 1}]
+    words = {"type": "string", "enum": [word for word in PRIOR_WORDS if train or word != "train"]}
+    weights = [{"type": "array", "items": {"type": "number", "minimum": 0}, **length,
+                "contains": {"type": "number", "exclusiveMinimum": 0}} for length in lengths]
+    # a plain decimal weight is positive exactly when it holds a digit 1-9: so "not all zero" is that pattern
+    text = {"type": "string", "allOf": [{"pattern": text_prior_pattern(counts)}, {"pattern": "[1-9]"}]}
+    return {"TargetPrior": {"anyOf": [words, *weights], "description": f"the deployment's class prior: {_PRIOR_TEXT}; "
+                                                                     "a list as a JSON list of numbers"},
+            "TargetPriorText": {"anyOf": [words, text], "description": f"the deployment's class prior: {_PRIOR_TEXT}; "
+                                                                       "a list as plain decimals separated by commas, "
+                                                                       "optionally in square brackets"}}
+
+
+def install_openapi(app: FastAPI, max_images: int, model_names: List[str], needs_key: bool,
+                    served: Callable[[], Sequence[Any]]) -> None:
     """OpenAPI with the bodies the routes read themselves and the schemas they write, with the request limits;
-    ``{name}`` of the v2 routes is one of ``model_names``, and a server without an API key declares no security."""
+    ``{name}`` of the v2 routes is one of ``model_names``, and a server without an API key declares no security.
+    ``served()`` are the loaded model runners, whose class counts and training counts bound ``target_prior``: none
+    while the models load, and the document is kept only once they are known."""
 
     def openapi() -> Dict[str, Any]:
         if app.openapi_schema is None:
+            runners = served()
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(prior_schemas(sorted({r.num_classes for r in runners}),
+                                            all(r.train_prior is not None for r in runners)))
             for model in (PredictRequest, PredictResponse):  # the bodies the /predict route reads and writes
                 model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(model_schema.pop("$defs", {}))
                 components[model.__name__] = model_schema
+            parameters = components["PredictParameters"]["properties"]
+            parameters["target_prior"] = {"anyOf": [_ref("TargetPrior"), {"type": "null"}],
+                                          "description": parameters["target_prior"]["description"]}
             inputs = components["PredictRequest"]["properties"]["inputs"]
             for option in inputs.get("anyOf", []):
                 if option.get("type") == "array":
@@ -160,6 +206,8 @@ def install_openapi(app: FastAPI, max_images: int, model_names: List[str], needs
             if not needs_key:
                 components.pop("securitySchemes", None)
                 schema["components"].pop("securitySchemes", None)
+            if not runners:
+                return schema
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -6,9 +6,11 @@ values, and a bad value fails at start-up with a message naming the setting.
 from __future__ import annotations
 
 import os
-from typing import Any, List, Literal, Mapping, Optional
+from typing import Any, Dict, List, Literal, Mapping, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from .priors import PriorSpec, read_prior_setting
 
 __all__ = ["ServeSettings", "ENV_PREFIX", "DEFAULT_MODEL"]
 
@@ -38,6 +40,11 @@ class ServeSettings(BaseModel):
     body_timeout_s: float = Field(30.0, gt=0, description="a request's body must arrive within this of its start")
     shutdown_grace_s: float = Field(30.0, ge=0, description="on SIGTERM, how long requests in flight may finish")
     default_top_k: int = Field(5, ge=1)
+    target_prior: str = Field(
+        "uniform", description="the deployment's class prior where a request names none: uniform (the scores as "
+                               "calibrated), train (each model's training class counts), or a JSON file holding a "
+                               "list of class weights (every model) or a mapping from model id to a list, uniform "
+                               "or train")
     api_key_env: Optional[str] = Field("GCL_ZOO_API_KEY", description="environment variable holding the API key")
     optimize: Literal["auto", "eager", "trace", "compile"] = Field(
         "auto", description="auto: TorchScript trace on CPU, eager (bf16 autocast) on CUDA")
@@ -53,6 +60,7 @@ class ServeSettings(BaseModel):
                                 "default 2 on CPU (1 with compile), 1 on CUDA")
     decode_workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1)
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    _target_priors: Dict[str, PriorSpec] = PrivateAttr(default_factory=dict)  # per model, read from target_prior
 
     @field_validator("models")
     @classmethod
@@ -74,6 +82,16 @@ class ServeSettings(BaseModel):
             raise ValueError(f"max_inflight_mb ({self.max_inflight_mb:g}) must be at least max_body_mb "
                              f"({self.max_body_mb:g}), or a full-size request could never be read")
         return self
+
+    @model_validator(mode="after")
+    def _read_target_prior(self) -> "ServeSettings":
+        """Read a prior file once, at start-up, so a bad one stops the server before anything loads."""
+        self._target_priors = read_prior_setting(self.target_prior, self.models)
+        return self
+
+    def target_prior_for(self, model_id: str) -> PriorSpec:
+        """The default prior of a served model (its class count is checked when it loads)."""
+        return self._target_priors[model_id]
 
     @property
     def max_body_bytes(self) -> int:

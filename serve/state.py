@@ -15,6 +15,7 @@ from gcl_zoo.devices import resolve_device
 from .batching import BatchingEngine
 from .decoding import RequestError
 from .metrics import ServerMetrics
+from .priors import default_prior
 from .runner import Execution, ModelRunner, create_runner, inference_plan, resolve_optimization
 from .settings import ServeSettings
 
@@ -33,6 +34,7 @@ class ServerState:
     runners: Dict[str, ModelRunner] = field(default_factory=dict)
     engines: Dict[str, BatchingEngine] = field(default_factory=dict)
     tensor_engines: Dict[str, BatchingEngine] = field(default_factory=dict)  # pre-processed inputs (v2 FP32)
+    default_priors: Dict[str, Optional[torch.Tensor]] = field(default_factory=dict)  # --target-prior, per model
     ready: bool = False
     load_error: Optional[str] = None
     decode_pool: Optional[ThreadPoolExecutor] = None
@@ -80,6 +82,7 @@ async def load_models(state: ServerState, on_failure: Optional[Callable[[str], N
         for model_id in settings.models:
             runner = await loop.run_in_executor(state.inference_pool, create_runner, model_id, device,
                                                 settings.optimize, settings.max_batch_size, execution)
+            state.default_priors[model_id] = default_prior(settings.target_prior_for(model_id), runner)
             engine, tensor_engine = (BatchingEngine(
                 model_id, predict, state.inference_pool, max_batch_size=settings.max_batch_size,
                 max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import json
 import re
 from pathlib import Path
 from typing import Dict, List
@@ -21,6 +22,7 @@ from timm.data import create_transform, resolve_model_data_config
 
 import gcl_zoo
 from gcl_zoo.hub import save_model_folder
+from gcl_zoo.prior import adjust_logits, check_prior
 from serve.oip import protocol_name
 from serve.runner import inference_plan
 from server_process import ServerProcess
@@ -28,6 +30,11 @@ from serve_images import cifar_test_images, png_header_only, reencode
 
 API_KEY = "test-key-123"
 NO_KEY = {"GCL_ZOO_API_KEY": ""}  # the servers without a key must not pick one up from the environment
+# the CIFAR-10 test model's implied prior (as if measured on validation data), and deployment priors for it
+IMPLIED_10 = [0.16, 0.14, 0.12, 0.11, 0.1, 0.09, 0.08, 0.07, 0.07, 0.06]
+REQUEST_PRIOR = [50, 30, 20, 10, 6, 4, 2, 1.5, 1, 0.5]
+SERVER_PRIOR = [1, 1, 1, 1, 1, 8, 8, 8, 8, 8]
+TRAIN_COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 
 
 # ------------------------------------------------------------------------------------------------------ fixtures
@@ -35,8 +42,9 @@ NO_KEY = {"GCL_ZOO_API_KEY": ""}  # the servers without a key must not pick one 
 def model_dirs(tmp_path_factory) -> Dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
-    return {name: save_model_folder(timm.create_model(name), root / name)
-            for name in ("gcl_resnet32_cifar10_lt", "gcl_resnet32_cifar100_lt")}
+    models = {name: timm.create_model(name) for name in ("gcl_resnet32_cifar10_lt", "gcl_resnet32_cifar100_lt")}
+    models["gcl_resnet32_cifar10_lt"].implied_prior.copy_(torch.tensor(IMPLIED_10))
+    return {name: save_model_folder(model, root / name) for name, model in models.items()}
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +80,17 @@ def images(cifar10_zip) -> List[tuple]:
 
 @pytest.fixture(scope="module")
 def offline(model10_id):
-    """The offline reference: ``softmax(logit_scale * model(transform(image)))`` with timm's eval transform."""
+    """The offline reference: timm's calibrated logits ``model(transform(image))`` with its eval transform, moved to
+    a deployment's ``prior`` (a list of class weights; None: as they are) by the library against the model's own
+    implied prior, then through ``function``."""
     model = timm.create_model(model10_id, pretrained=True).eval()
     transform = create_transform(**resolve_model_data_config(model))
 
-    def probabilities(blobs: List[bytes], function: str = "softmax") -> torch.Tensor:
+    def probabilities(blobs: List[bytes], function: str = "softmax", prior=None) -> torch.Tensor:
         with torch.no_grad():
             x = torch.stack([transform(Image.open(io.BytesIO(data)).convert("RGB")) for data in blobs])
-            logits = model.logit_scale * model(x)
+            target = check_prior(prior, model.num_classes) if prior is not None else None
+            logits = adjust_logits(model(x), target, model.implied_prior)
         return {"softmax": lambda: logits.softmax(dim=1), "sigmoid": logits.sigmoid, "none": lambda: logits}[function]()
 
     return model.pretrained_cfg["label_names"], probabilities
@@ -108,6 +119,28 @@ def assert_matches_offline(answer: list, probs: torch.Tensor, labels) -> None:
         assert got["score"] == pytest.approx(want, abs=1e-5)
 
 
+def prior_answers(http: httpx.Client, url: str, blobs: List[bytes], prior, function: str = "softmax",
+                  headers: Dict[str, str] = None) -> Dict[str, List[list]]:
+    """The top-10 answers for ``blobs`` with ``prior`` in each encoding /predict reads: the JSON body's parameters,
+    a form field (weights separated by commas) and the query string (a JSON list's text)."""
+    words = isinstance(prior, str)
+    options = {"top_k": "10", "function_to_apply": function}
+    as_json = http.post(url, json={"inputs": [b64(b) for b in blobs], "parameters": {**options, "target_prior": prior}},
+                        headers=headers)
+    as_form = http.post(url, files=files(*blobs), data={**options, "target_prior": prior if words else
+                                                        ",".join(map(str, prior))}, headers=headers)
+    as_query = http.post(url, files=files(*blobs), params={**options, "target_prior": prior if words else
+                                                           json.dumps(prior)}, headers=headers)
+    return {"json": as_json.json(), "form": as_form.json()["predictions"], "query": as_query.json()["predictions"]}
+
+
+def assert_all_match_offline(answers: Dict[str, List[list]], probs: torch.Tensor, labels) -> None:
+    for encoding, answer in answers.items():
+        assert len(answer) == len(probs), encoding
+        for row, one in zip(probs, answer):
+            assert_matches_offline(one, row, labels)
+
+
 def metric_value(text: str, name: str, **labels: str) -> float:
     """The value of one sample in Prometheus text (labels given must match; others may be present)."""
     for line in text.splitlines():
@@ -131,6 +164,8 @@ def test_health_ready_models_docs(http, server, model10_id, model100_id):
     first = listing["models"][0]
     assert first["num_classes"] == 10 and first["labels"][0] == "airplane" and first["logit_scale"] == 20.0
     assert first["preprocessing"]["input_size"] == [3, 32, 32] and first["optimization"] == "trace"
+    assert first["implied_prior"] == pytest.approx(IMPLIED_10) and first["has_train_class_counts"] is False
+    assert first["target_prior"] == "uniform"
     assert (first["inference_streams"], first["threads_per_stream"]) == inference_plan(None, torch.device("cpu"), "trace")
     assert listing["models"][1]["num_classes"] == 100
     spec = http.get(f"{server.url}/openapi.json").json()
@@ -139,6 +174,8 @@ def test_health_ready_models_docs(http, server, model10_id, model100_id):
                          "application/octet-stream"}
     assert spec["paths"]["/"]["post"]["requestBody"] == spec["paths"]["/predict"]["post"]["requestBody"]
     assert "PredictRequest" in spec["components"]["schemas"] and "PredictResponse" in spec["components"]["schemas"]
+    lists = spec["components"]["schemas"]["TargetPrior"]["anyOf"][1:]  # one list length per served model's classes
+    assert [(o["minItems"], o["maxItems"]) for o in lists] == [(10, 10), (100, 100)]
 
 
 @pytest.mark.parametrize("page", ["/docs", "/redoc"])
@@ -243,6 +280,45 @@ def test_query_parameters_apply_to_every_body_and_the_body_wins(http, server, im
     assert bad.status_code == 422 and "top_k" in bad.json()["error"]
 
 
+# ---------------------------------------------------------------------------------- the deployment's class prior
+def test_default_and_uniform_target_prior_leave_the_answers_as_they_were(http, server, images, offline):
+    labels, probabilities = offline
+    url, blobs = f"{server.url}/predict", [data for _, data, _ in images[:4]]
+    calibrated = probabilities(blobs)
+    by_default = http.post(url, files=files(*blobs), data={"top_k": "10"}).json()["predictions"]
+    equal_weights = prior_answers(http, url, blobs, [3] * 10)
+    assert_all_match_offline({"default": by_default, **prior_answers(http, url, blobs, "uniform"),
+                              **{f"{k}, equal weights": v for k, v in equal_weights.items()}}, calibrated, labels)
+    body_wins = http.post(url, json={"inputs": [b64(b) for b in blobs], "parameters": {"top_k": 10,
+                                                                                      "target_prior": "uniform"}},
+                          params={"target_prior": json.dumps(REQUEST_PRIOR)}).json()
+    assert_all_match_offline({"body over query": body_wins}, calibrated, labels)
+
+
+@pytest.mark.parametrize("function", ["softmax", "sigmoid", "none"])
+def test_target_prior_moves_the_scores_as_the_library_does(http, server, images, offline, function):
+    """softmax(logits + log pi - log q), q the model's implied prior, before the output function: every encoding
+    answers what gcl_zoo.prior computes offline on the same images."""
+    labels, probabilities = offline
+    blobs = [data for _, data, _ in images[:4]]
+    expected = probabilities(blobs, function, REQUEST_PRIOR)
+    assert not torch.allclose(expected, probabilities(blobs, function), atol=1e-2)
+    assert_all_match_offline(prior_answers(http, f"{server.url}/predict", blobs, REQUEST_PRIOR, function), expected,
+                             labels)
+
+
+def test_open_inference_protocol_takes_target_prior(http, server, images, offline, model10_id):
+    labels, probabilities = offline
+    blobs = [data for _, data, _ in images[:3]]
+    request = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [3], "data": [b64(b) for b in blobs]}],
+               "parameters": {"top_k": 3, "target_prior": REQUEST_PRIOR}}
+    answer = http.post(f"{server.url}/v2/models/{protocol_name(model10_id)}/infer", json=request).json()
+    outputs = {output["name"]: output["data"] for output in answer["outputs"]}
+    expected = probabilities(blobs, prior=REQUEST_PRIOR)
+    assert torch.allclose(torch.tensor(outputs["probabilities"]).view(3, 10), expected, atol=1e-5)
+    assert outputs["labels"] == [labels[i] for row in expected.topk(3, dim=1).indices.tolist() for i in row]
+
+
 # ------------------------------------------------------------------------- KServe / Triton: Open Inference Protocol
 def test_open_inference_protocol_with_the_triton_client(server, images, offline, model10_id, model100_id):
     """tritonclient[http], unmodified: health, metadata, and inference from encoded images (BYTES) and from
@@ -298,6 +374,8 @@ def test_open_inference_protocol_errors_are_its_json_errors(http, server, images
         (dict(json={"inputs": [{**good, "data": ["%%%"]}]}), 422, "image[0] is not valid base64"),
         (dict(json={"inputs": [{**good, "data": [b64(b"text")]}]}), 422, "not an image"),
         (dict(json={"inputs": [good], "parameters": {"top_k": 0}}), 422, "1 or more"),
+        (dict(json={"inputs": [good], "parameters": {"target_prior": [1, 2]}}), 422, "2 weights but the model has 10"),
+        (dict(json={"inputs": [good], "parameters": {"target_prior": "balanced"}}), 422, '"balanced"'),
         (dict(json={"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0]}]}),
          400, "holds 1 values"),
         (dict(content=b'{"inputs": []}', headers={"content-type": "application/json",
@@ -358,6 +436,14 @@ def bad_requests(images, model10_id) -> list:
     webp = images[0][1]
     jpeg = reencode(webp, "JPEG", size=(256, 256), quality=90)
     too_many = [("files", (f"i{i}.webp", webp, "image/webp")) for i in range(65)]
+
+    def prior(value) -> dict:
+        return dict(json={"inputs": b64(webp), "parameters": {"target_prior": value}})
+
+    def prior_token(token: str) -> dict:  # NaN, Infinity: what Python's JSON reads though no JSON encoder writes it
+        body = f'{{"inputs": "{b64(webp)}", "parameters": {{"target_prior": [{token}, 1, 1, 1, 1, 1, 1, 1, 1, 1]}}}}'
+        return dict(content=body.encode(), headers={"content-type": "application/json"})
+
     return [
         ("not an image", dict(files=[("files", ("notes.png", b"hello, not pixels", "image/png"))]), 422, "notes.png"),
         ("truncated jpeg", dict(files=[("files", ("cut.jpg", jpeg[: len(jpeg) // 2], "image/jpeg"))]), 422, "cut.jpg"),
@@ -387,6 +473,18 @@ def bad_requests(images, model10_id) -> list:
          "function_to_apply"),
         ("unknown output function in a form", dict(files=files(webp), data={"function_to_apply": "max"}), 422,
          "function_to_apply"),
+        ("prior of the wrong length", prior([1, 2, 3]), 422, "3 weights but the model has 10 classes"),
+        ("negative prior weight", prior([1] * 9 + [-1]), 422, "weight for class 9 is negative"),
+        ("all-zero prior", prior([0] * 10), 422, "all zero"),
+        ("NaN prior weight", prior_token("NaN"), 422, "NaN"),
+        ("infinite prior weight", prior_token("Infinity"), 422, "infinite"),
+        ("prior that is no list", prior(5), 422, "not 'uniform', 'train' or a list of class weights"),
+        ("unknown prior word", prior("balanced"), 422, '"balanced"'),
+        ("train prior without class counts", prior("train"), 422, "does not know its training class counts"),
+        ("prior of the wrong length in a form", dict(files=files(webp), data={"target_prior": "1,2"}), 422,
+         "2 weights"),
+        ("negative prior weight in the query", dict(files=files(webp), params={"target_prior": "1,-2"}), 422,
+         "'1,-2'"),
     ]
 
 
@@ -411,10 +509,13 @@ def test_unknown_path_is_a_json_404(http, server):
 
 # ----------------------------------------------------------------------------- API key, overload and timeouts
 @pytest.fixture(scope="module")
-def small_server(model10_id):
-    """Eager model, a queue of 8 images, an API key from the environment."""
+def small_server(model10_id, tmp_path_factory):
+    """Eager model, a queue of 8 images, an API key from the environment, a server-wide deployment prior from a
+    file mapping model ids to priors."""
+    priors = tmp_path_factory.mktemp("priors") / "priors.json"
+    priors.write_text(json.dumps({model10_id: SERVER_PRIOR}))
     args = ["--model", model10_id, "--optimize", "eager", "--max-queue", "8", "--max-images", "8",
-            "--max-batch-size", "8", "--api-key-env", "TEST_SERVE_KEY"]
+            "--max-batch-size", "8", "--api-key-env", "TEST_SERVE_KEY", "--target-prior", str(priors)]
     with ServerProcess(args, env={"TEST_SERVE_KEY": API_KEY}) as proc:
         yield proc
 
@@ -435,6 +536,24 @@ def test_api_key(http, small_server, images):
     assert http.post(infer, json=request).status_code == 401  # the v2 protocol takes the same key
     assert http.post(infer, json=request, headers={"X-API-Key": API_KEY}).status_code == 200
     assert http.get(f"{small_server.url}/v2/health/ready").json() == {"ready": True}
+
+
+def test_server_wide_target_prior_applies_and_a_request_overrides_it(http, small_server, images, offline):
+    labels, probabilities = offline
+    url, headers = f"{small_server.url}/predict", {"X-API-Key": API_KEY}
+    blobs = [data for _, data, _ in images[:4]]
+    by_default = http.post(url, files=files(*blobs), data={"top_k": "10"}, headers=headers).json()["predictions"]
+    assert_all_match_offline({"default": by_default}, probabilities(blobs, prior=SERVER_PRIOR), labels)
+    assert_all_match_offline(prior_answers(http, url, blobs, "uniform", headers=headers), probabilities(blobs), labels)
+    assert_all_match_offline(prior_answers(http, url, blobs, REQUEST_PRIOR, headers=headers),
+                             probabilities(blobs, prior=REQUEST_PRIOR), labels)
+    described = http.get(f"{small_server.url}/models").json()["models"][0]
+    assert described["target_prior"] == SERVER_PRIOR
+    request = {"inputs": [{"name": "image", "datatype": "BYTES", "shape": [4], "data": [b64(b) for b in blobs]}]}
+    answer = http.post(f"{small_server.url}/v2/models/{protocol_name(described['id'])}/infer", json=request,
+                       headers=headers).json()
+    served = torch.tensor(answer["outputs"][0]["data"]).view(4, 10)
+    assert torch.allclose(served, probabilities(blobs, prior=SERVER_PRIOR), atol=1e-5)
 
 
 def test_overload_answers_503_never_hangs_and_recovers(http, small_server, images):
@@ -469,6 +588,37 @@ def test_request_that_waits_too_long_answers_504(http, model10_id, images):
         response = http.post(f"{proc.url}/predict", files=files(images[0][1]), timeout=30)
         assert response.status_code == 504 and "0.5 s" in response.json()["error"]
         assert http.get(f"{proc.url}/ready").status_code == 200
+
+
+@pytest.fixture(scope="module")
+def counted_model10_id(model10_id, tmp_path_factory) -> str:
+    """The CIFAR-10 test model with its training class counts, saved as a model folder."""
+    model = timm.create_model(model10_id, pretrained=True)
+    model.train_class_counts.copy_(torch.tensor(TRAIN_COUNTS))
+    return f"local-dir:{save_model_folder(model, tmp_path_factory.mktemp('counted') / 'model')}"
+
+
+def test_train_prior_is_the_models_training_class_counts(http, counted_model10_id, images, offline):
+    """--target-prior train as the server-wide default, and "train" in a request."""
+    labels, probabilities = offline
+    blobs = [data for _, data, _ in images[:4]]
+    args = ["--model", counted_model10_id, "--optimize", "eager", "--target-prior", "train"]
+    with ServerProcess(args, env=NO_KEY) as server:
+        url = f"{server.url}/predict"
+        described = http.get(f"{server.url}/models").json()["models"][0]
+        assert described["has_train_class_counts"] is True and described["target_prior"] == "train"
+        by_default = http.post(url, files=files(*blobs), data={"top_k": "10"}).json()["predictions"]
+        trained = probabilities(blobs, prior=TRAIN_COUNTS)
+        assert_all_match_offline({"default": by_default, **prior_answers(http, url, blobs, "train")}, trained, labels)
+        assert_all_match_offline(prior_answers(http, url, blobs, "uniform"), probabilities(blobs), labels)
+
+
+def test_server_wide_prior_that_does_not_fit_the_model_stops_the_server(model10_id, tmp_path):
+    prior = tmp_path / "prior.json"
+    prior.write_text("[1, 2, 3]")
+    with pytest.raises(RuntimeError, match="exited with code 1") as failure:
+        ServerProcess(["--model", model10_id, "--optimize", "eager", "--target-prior", str(prior)], env=NO_KEY).start()
+    assert f"--target-prior for {model10_id}: the class prior has 3 weights but the model has 10" in str(failure.value)
 
 
 def test_model_that_cannot_load_stops_the_server_with_a_message(tmp_path):

@@ -9,8 +9,9 @@ from train import cli
 from train.recipes import RecipeError, available_recipes, load_recipe
 from train.schedule import lr_at
 
-TINY = ["--max-per-class", "60", "--imb-ratio", "10", "--test-per-class", "20", "--workers", "0", "--no-progress",
-        "--batch-size", "64", "--stage2.batch-size", "64", "--model", "cifar_resnet20", "--eval-every", "100"]
+TINY = ["--max-per-class", "60", "--imb-ratio", "10", "--test-per-class", "20", "--val-per-class", "10", "--workers",
+        "0", "--no-progress", "--batch-size", "64", "--stage2.batch-size", "64", "--model", "cifar_resnet20",
+        "--eval-every", "100"]
 
 
 def tiny_run(tmp_path, data_root, *extra, name="run"):
@@ -72,7 +73,15 @@ def test_two_stages_end_to_end(tmp_path, cifar10_zip):
     for key in backbone:  # weights and BatchNorm statistics untouched by stage 2
         assert torch.equal(first[key], final[key]), key
     assert not torch.equal(first["head.weight"], final["head.weight"])
-    assert float(final["logit_scale"]) == 20.0 and float(first["logit_scale"]) == 30.0
+    assert float(first["logit_scale"]) == 30.0  # stage 1's s; stage 2 trains at s=20, then calibration fits it
+    calibration = json.loads((out / "config.json").read_text())["calibration"]
+    assert calibration["logit_scale_before"] == 20.0
+    assert float(final["logit_scale"]) == pytest.approx(calibration["logit_scale"])
+    assert calibration["fitted_on"].startswith("validation split") and calibration["images"] > 0
+    assert calibration["after"]["nll"] <= calibration["before"]["nll"]  # the fitted scale is the NLL minimum
+    assert final["implied_prior"].sum().item() == pytest.approx(1.0)
+    counts = final["train_class_counts"].tolist()  # the long-tailed subset's sizes travel with the weights
+    assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1] > 0
     report = json.loads((out / "eval.json").read_text())
     assert report["num_samples"] == 200 and 0 <= report["top1"] <= 100 and len(report["confusion"]) == 10
     for key in ("many", "medium", "few", "top5", "per_class"):

@@ -21,7 +21,7 @@ from train.augment import mix, mixup_lambdas, pad_crop_flip
 from train.batches import DeviceBatches, LoaderBatches
 from train.data import cifar_data_cfg, train_transform
 
-from test_train import TINY
+from test_train import TINY, metrics
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -143,10 +143,10 @@ def test_kill_and_resume_reaches_the_same_weights(tmp_path, cifar10_zip):
     assert [(r["stage"], r["epoch"]) for r in rows] == [(1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2)]
 
 
-SPLITS = {  # data set -> (train list, test list, lines per class, classes kept)
-    "imagenet_lt": ("ImageNet_LT_val.txt", "ImageNet_LT_test.txt", 3, 4),
-    "places_lt": ("Places_LT_train.txt", "Places_LT_test.txt", 3, 4),
-    "inat18": ("iNaturalist18_val.txt", "iNaturalist18_val.txt", 2, 4),
+SPLITS = {  # data set -> (train list, validation list (None: carved), test list, lines per class, classes kept)
+    "imagenet_lt": ("ImageNet_LT_val.txt", "ImageNet_LT_val.txt", "ImageNet_LT_test.txt", 3, 4),
+    "places_lt": ("Places_LT_train.txt", "Places_LT_val.txt", "Places_LT_test.txt", 3, 4),
+    "inat18": ("iNaturalist18_val.txt", None, "iNaturalist18_val.txt", 2, 4),
 }
 
 
@@ -168,13 +168,14 @@ def _tiny_split(src: Path, dst: Path, per_class: int, classes: int, skip: int = 
 @pytest.mark.parametrize("dataset", sorted(SPLITS))
 def test_large_image_datasets_end_to_end(tmp_path, lt_splits, cifar10_zip, dataset):
     """Real split-list lines, real (CIFAR) photographs at those paths, a timm backbone, both stages."""
-    train_name, test_name, per_class, classes = SPLITS[dataset]
+    train_name, val_name, test_name, per_class, classes = SPLITS[dataset]
     root = tmp_path / "images"
     train_paths = _tiny_split(lt_splits / train_name, tmp_path / "train.txt", per_class, classes)
     test_paths = _tiny_split(lt_splits / test_name, tmp_path / "test.txt", 1, classes, skip=per_class)
+    val_paths = _tiny_split(lt_splits / val_name, tmp_path / "val.txt", 1, classes, skip=per_class) if val_name else []
     with zipfile.ZipFile(cifar10_zip) as archive:
         photos = [n for n in archive.namelist() if n.startswith("test/") and n.endswith(".webp")][:64]
-        for i, rel in enumerate(sorted(set(train_paths + test_paths))):
+        for i, rel in enumerate(sorted(set(train_paths + val_paths + test_paths))):
             target = root / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             with archive.open(photos[i % len(photos)]) as handle:
@@ -184,11 +185,16 @@ def test_large_image_datasets_end_to_end(tmp_path, lt_splits, cifar10_zip, datas
            "--train-list", str(tmp_path / "train.txt"), "--test-list", str(tmp_path / "test.txt"),
            "--num-classes", str(classes), "--model", "resnet10t", "--pretrained-backbone", "false",
            "--img-size", "32", "--epochs", "1", "--stage2.epochs", "1", "--batch-size", "8",
-           "--stage2.batch-size", "8", "--workers", "0", "--no-progress"]
+           "--stage2.batch-size", "8", "--workers", "0", "--no-progress",
+           *(["--val-list", str(tmp_path / "val.txt")] if val_name else [])]
     result = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "eval.json").read_text())
     assert report["num_samples"] == len(set(test_paths)) and report["dataset"] == dataset
+    validation = json.loads((out / "run.json").read_text())["validation"]
+    assert validation["images"] == len(val_paths)  # 2 training images per class are too few to carve from
+    assert validation["source"].startswith("list file" if val_name else "carved from the training images")
+    assert ("val_top1" in metrics(out)[-1]) == bool(val_name)
     config = json.loads((out / "config.json").read_text())
     assert config["num_classes"] == classes and config["pretrained_cfg"]["input_size"] == [3, 32, 32]
 
@@ -196,22 +202,23 @@ def test_large_image_datasets_end_to_end(tmp_path, lt_splits, cifar10_zip, datas
 def test_unreadable_images_are_all_listed_before_training_or_skipped(tmp_path, lt_splits, cifar10_zip):
     """Two broken training files: the run stops before training naming both; --bad-images skip trains without them."""
     train_paths = _tiny_split(lt_splits / "Places_LT_train.txt", tmp_path / "train.txt", 3, 4)
+    val_paths = _tiny_split(lt_splits / "Places_LT_val.txt", tmp_path / "val.txt", 1, 4)
     test_paths = _tiny_split(lt_splits / "Places_LT_test.txt", tmp_path / "test.txt", 1, 4)
     root = tmp_path / "images"
     with zipfile.ZipFile(cifar10_zip) as archive:
         photo = archive.read(next(n for n in archive.namelist() if n.endswith(".webp")))
-    for rel in sorted(set(train_paths + test_paths)):
+    for rel in sorted(set(train_paths + val_paths + test_paths)):
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         Image.open(__import__("io").BytesIO(photo)).convert("RGB").save(root / rel, "JPEG")
     (root / train_paths[1]).write_bytes(b"")                                      # empty file
     (root / train_paths[4]).write_bytes((root / train_paths[4]).read_bytes()[:40])  # truncated JPEG
     base = [sys.executable, "-m", "train", "--recipe", "places_lt", "--data-root", str(root),
-            "--train-list", str(tmp_path / "train.txt"), "--test-list", str(tmp_path / "test.txt"), "--num-classes",
-            "4", "--model", "resnet10t", "--pretrained-backbone", "false", "--img-size", "32", "--epochs", "1",
-            "--stage", "1", "--batch-size", "4", "--workers", "0", "--no-progress"]
+            "--train-list", str(tmp_path / "train.txt"), "--test-list", str(tmp_path / "test.txt"), "--val-list",
+            str(tmp_path / "val.txt"), "--num-classes", "4", "--model", "resnet10t", "--pretrained-backbone", "false",
+            "--img-size", "32", "--epochs", "1", "--stage", "1", "--batch-size", "4", "--workers", "0", "--no-progress"]
     failed = subprocess.run([*base, "--out", str(tmp_path / "a")], cwd=REPO, env=_env(), capture_output=True,
                             text=True, timeout=600)
-    assert failed.returncode == 2 and "2 unreadable image(s) (2 training, 0 test)" in failed.stderr
+    assert failed.returncode == 2 and "2 unreadable image(s) (2 training, 0 validation, 0 test)" in failed.stderr
     assert train_paths[1] in failed.stderr and train_paths[4] in failed.stderr and "--bad-images skip" in failed.stderr
     skipped = subprocess.run([*base, "--out", str(tmp_path / "b"), "--bad-images", "skip"], cwd=REPO, env=_env(),
                              capture_output=True, text=True, timeout=600)

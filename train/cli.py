@@ -143,7 +143,7 @@ def _train(args: argparse.Namespace, argv: List[str], recipe: Dict[str, Any], ru
     run_info = {"command": "gcl-zoo train " + " ".join(shlex.quote(a) for a in argv), "options": runtime,
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                 "world_size": dist_info.world, "global_batch": global_batch, "fast_path": trainer.fast,
-                "torch": torch.__version__}
+                "torch": torch.__version__, "validation": trainer.data.validation_summary()}
     if dist_info.is_main:
         # batch_size is per process, as in timm: say what that makes, so a multi-GPU run's batch is never a surprise
         print(f"{dist_info.world} process(es) x batch_size per process = global batch " + ", ".join(

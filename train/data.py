@@ -1,4 +1,9 @@
-"""Data for a recipe: the long-tailed training set, the balanced test set, and their preprocessing.
+"""Data for a recipe: the long-tailed training set, a validation set disjoint from it and from the test set, the
+balanced test set, and their preprocessing.
+
+Validation images come from the data set's published validation list (ImageNet-LT, Places-LT), a recipe's
+``val_list`` / ``val_dir``, the training images CIFAR-LT leaves unused, or else a seeded, stratified carve from the
+training images (``val_fraction``, ``val_min_train``, ``val_seed``).
 
 The data set decides the preprocessing it is trained with (CIFAR: 32 px and the recipe's CIFAR statistics;
 everything else: the backbone's own ``pretrained_cfg`` at ``img_size``); the trainer writes it into the model's
@@ -9,20 +14,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from timm.data import create_transform, resolve_model_data_config
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from gcl_zoo.data import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD, CIFARLongTail, ImageFolderLT, ListFileDataset
+from gcl_zoo.data import (CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD, CIFARLongTail, ImageFolderLT,
+                          ListFileDataset, stratified_holdout)
 from gcl_zoo.data.preprocessing import eval_transform
 
-STANDARD_LISTS = {
-    "imagenet_lt": ("ImageNet_LT_train.txt", "ImageNet_LT_test.txt"),
-    "places_lt": ("Places_LT_train.txt", "Places_LT_test.txt"),
-    "inat18": ("iNaturalist18_train.txt", "iNaturalist18_val.txt"),
+STANDARD_LISTS = {  # the published split lists, under $GCL_ZOO_DATA/lt_splits
+    "imagenet_lt": {"train": "ImageNet_LT_train.txt", "val": "ImageNet_LT_val.txt", "test": "ImageNet_LT_test.txt"},
+    "places_lt": {"train": "Places_LT_train.txt", "val": "Places_LT_val.txt", "test": "Places_LT_test.txt"},
+    # iNaturalist 2018's only published validation list is its test set, as in the literature: validation is carved
+    "inat18": {"train": "iNaturalist18_train.txt", "test": "iNaturalist18_val.txt"},
 }
 NUM_CLASSES = {"cifar10_lt": 10, "cifar100_lt": 100, "imagenet_lt": 1000, "places_lt": 365, "inat18": 8142}
 
@@ -49,12 +56,22 @@ def is_small_image_data(recipe: Dict[str, Any]) -> bool:
 
 @dataclass
 class DataBundle:
+    """A recipe's three splits: ``train`` trains, ``val`` chooses, tunes and calibrates, ``test`` is read for the
+    record; ``cls_num_list`` counts training images, ``val_source`` says where the validation images came from."""
     train: Dataset
+    val: Dataset
     test: Dataset
     num_classes: int
     classes: Tuple[str, ...]
     cls_num_list: list
     data_cfg: Dict[str, Any]
+    val_source: str
+
+    def validation_summary(self) -> Dict[str, Any]:
+        """What run.json states about the validation split: its source and how its images spread over classes."""
+        counts = list(self.val.cls_num_list)
+        return {"source": self.val_source, "images": sum(counts), "classes_with_none": sum(n == 0 for n in counts),
+                "per_class_min": min(counts), "per_class_max": max(counts)}
 
 
 def cifar_data_cfg() -> Dict[str, Any]:
@@ -84,19 +101,23 @@ def _cifar_root(recipe: Dict[str, Any]) -> Path:
     return _default_path("data_root", relative)
 
 
-def screen_images(train: Any, test: Any, policy: str, workers: int) -> None:
+def screen_images(train: Any, held_out: Dict[str, Any], policy: str, workers: int) -> None:
     """Read every image once before training (``bad_images``: ``fail`` lists every unreadable file and stops;
     ``skip`` leaves bad training images out and says how many; ``unchecked`` reads nothing ahead).
-    The test set is never thinned: accuracy is reported on all of it, so a bad test image always stops the run."""
+    ``held_out`` (validation and test sets by name) is never thinned: models are chosen and calibrated on all of the
+    validation set and reported on all of the test set, so a bad image there always stops the run."""
     if policy == "unchecked":
         return
-    bad_train = train.unreadable_images(workers=max(workers, 4))
-    bad_test = test.unreadable_images(workers=max(workers, 4))
-    if bad_test or (bad_train and policy == "fail"):
+    workers = max(workers, 4)
+    bad_train = train.unreadable_images(workers=workers)
+    bad_held = {name: part.unreadable_images(workers=workers) for name, part in held_out.items()}
+    held_count = sum(len(bad) for bad in bad_held.values())
+    if held_count or (bad_train and policy == "fail"):
         listed = [f"  {train.source.describe(p)}: {why}" for p, why in bad_train] + \
-                 [f"  {test.source.describe(p)}: {why}" for p, why in bad_test]
-        fix = ("replace or remove them" + ("" if bad_test else ", or pass --bad-images skip to train without them"))
-        raise ValueError(f"{len(listed)} unreadable image(s) ({len(bad_train)} training, {len(bad_test)} test); "
+                 [f"  {held_out[name].source.describe(p)}: {why}" for name, bad in bad_held.items() for p, why in bad]
+        counts = ", ".join([f"{len(bad_train)} training"] + [f"{len(bad)} {name}" for name, bad in bad_held.items()])
+        fix = "replace or remove them" + ("" if held_count else ", or pass --bad-images skip to train without them")
+        raise ValueError(f"{len(listed)} unreadable image(s) ({counts}); "
                          f"{fix}:\n" + "\n".join(listed[:50]) + ("\n  ..." if len(listed) > 50 else ""))
     if bad_train:
         train.drop([p for p, _ in bad_train])
@@ -105,45 +126,90 @@ def screen_images(train: Any, test: Any, policy: str, workers: int) -> None:
               flush=True)
 
 
-def build_data(recipe: Dict[str, Any], model: torch.nn.Module) -> DataBundle:
-    """Training and test sets for a recipe, with transforms set for the DataLoader path."""
-    kind = recipe["dataset"]
-    if is_small_image_data(recipe):
-        num_classes = NUM_CLASSES[kind]
-        root = _cifar_root(recipe)
-        data_cfg = cifar_data_cfg()
-        train = CIFARLongTail(root, num_classes, train=True, imb_ratio=recipe["imb_ratio"],
-                              profile=recipe["imb_profile"], seed=recipe["imb_seed"],
-                              transform=train_transform(recipe, data_cfg), max_per_class=recipe["max_per_class"])
-        test = CIFARLongTail(root, num_classes, train=False, transform=eval_transform(data_cfg),
-                             max_per_class=recipe["test_per_class"])
-        classes = CIFAR10_CLASSES if num_classes == 10 else CIFAR100_CLASSES
-        return DataBundle(train, test, num_classes, classes, train.cls_num_list, data_cfg)
+def carve_validation(train: Any, recipe: Dict[str, Any], transform) -> Tuple[Any, Any, str]:
+    """Split a seeded, stratified validation share off the training images: (training rest, validation, source)."""
+    fraction, floor, seed = recipe["val_fraction"], recipe["val_min_train"], recipe["val_seed"]
+    held = stratified_holdout(train.targets, train.num_classes, fraction, floor, seed)
+    chosen = set(held)
+    rest = [i for i in range(len(train)) if i not in chosen]
+    source = (f"carved from the training images: round({fraction:g} x n) of each class's n (val_seed {seed}), "
+              f"leaving every class at least {floor} training images (smaller classes give none)")
+    return train.subset(rest, train.transform), train.subset(held, transform), source
 
+
+def _cifar_data(recipe: Dict[str, Any]) -> DataBundle:
+    """CIFAR-LT: validation from the training images the long-tailed subset leaves unused."""
+    num_classes = NUM_CLASSES[recipe["dataset"]]
+    root = _cifar_root(recipe)
+    data_cfg = cifar_data_cfg()
+    subset = {"imb_ratio": recipe["imb_ratio"], "profile": recipe["imb_profile"], "seed": recipe["imb_seed"],
+              "max_per_class": recipe["max_per_class"]}
+    train = CIFARLongTail(root, num_classes, split="train", transform=train_transform(recipe, data_cfg), **subset)
+    val = CIFARLongTail(root, num_classes, split="val", transform=eval_transform(data_cfg),
+                        val_per_class=recipe["val_per_class"], **subset)
+    test = CIFARLongTail(root, num_classes, split="test", transform=eval_transform(data_cfg),
+                         max_per_class=recipe["test_per_class"])
+    classes = CIFAR10_CLASSES if num_classes == 10 else CIFAR100_CLASSES
+    source = (f"training images the long-tailed subset leaves unused: the last {val.val_per_class} of each class's "
+              f"seeded order (imb_seed {recipe['imb_seed']}), all of them where fewer are unused")
+    return DataBundle(train, val, test, num_classes, classes, train.cls_num_list, data_cfg, source)
+
+
+def _folder_splits(recipe: Dict[str, Any], data_cfg: Dict[str, Any]) -> List[Optional[ImageFolderLT]]:
+    """ImageFolders: training, validation (``val_dir``; None: to be carved) and test."""
+    if not recipe["train_dir"] or not recipe["test_dir"]:
+        raise FileNotFoundError("dataset 'imagefolder' needs --train-dir and --test-dir (folders or .zip files)")
+    train = ImageFolderLT(recipe["train_dir"], transform=train_transform(recipe, data_cfg))
+    val = ImageFolderLT(recipe["val_dir"], transform=eval_transform(data_cfg)) if recipe["val_dir"] else None
+    test = ImageFolderLT(recipe["test_dir"], transform=eval_transform(data_cfg))
+    for name, part, field in (("validation", val, "val_dir"), ("test", test, "test_dir")):
+        if part is not None and part.classes != train.classes:
+            raise ValueError(f"{name} classes differ from training classes in {recipe[field]}; "
+                             "every folder needs the same class sub-folders")
+    return [train, val, test]
+
+
+def _list_path(recipe: Dict[str, Any], split: str) -> Optional[Path]:
+    """The recipe's ``<split>_list``, else the data set's published one (None: neither)."""
+    field = f"{split}_list"
+    if recipe[field]:
+        return Path(recipe[field])
+    name = STANDARD_LISTS.get(recipe["dataset"], {}).get(split)
+    return _default_path(field, f"lt_splits/{name}") if name else None
+
+
+def _list_splits(recipe: Dict[str, Any], data_cfg: Dict[str, Any]) -> List[Optional[ListFileDataset]]:
+    """List files: training, validation (None: to be carved) and test."""
+    kind = recipe["dataset"]
+    train_list, val_list, test_list = (_list_path(recipe, split) for split in ("train", "val", "test"))
+    if train_list is None or test_list is None:
+        raise FileNotFoundError("dataset 'listfile' needs --train-list and --test-list ('path label' files)")
+    if not recipe["data_root"]:
+        raise FileNotFoundError(f"dataset {kind!r} needs --data-root: the folder (or .zip) the list paths are "
+                                "relative to")
+    num_classes = recipe["num_classes"] or NUM_CLASSES.get(kind)
+    train = ListFileDataset(recipe["data_root"], train_list, transform=train_transform(recipe, data_cfg),
+                            num_classes=num_classes)
+    held_out = [None if path is None else
+                ListFileDataset(recipe["data_root"], path, transform=eval_transform(data_cfg),
+                                num_classes=train.num_classes, classes=train.classes) for path in (val_list, test_list)]
+    return [train, *held_out]
+
+
+def build_data(recipe: Dict[str, Any], model: torch.nn.Module) -> DataBundle:
+    """Training, validation and test sets for a recipe, with transforms set for the DataLoader path."""
+    if is_small_image_data(recipe):
+        return _cifar_data(recipe)
     data_cfg = large_data_cfg(model, recipe["img_size"])
-    if kind == "imagefolder":
-        if not recipe["train_dir"] or not recipe["test_dir"]:
-            raise FileNotFoundError("dataset 'imagefolder' needs --train-dir and --test-dir (folders or .zip files)")
-        train = ImageFolderLT(recipe["train_dir"], transform=train_transform(recipe, data_cfg))
-        test = ImageFolderLT(recipe["test_dir"], transform=eval_transform(data_cfg))
-        if test.classes != train.classes:
-            raise ValueError(f"test classes differ from training classes in {recipe['test_dir']}; "
-                             "both folders need the same class sub-folders")
+    splits = _folder_splits if recipe["dataset"] == "imagefolder" else _list_splits
+    train, val, test = splits(recipe, data_cfg)
+    held_out = {"validation": val, "test": test} if val is not None else {"test": test}
+    screen_images(train, held_out, recipe["bad_images"], recipe["workers"])
+    if val is None:
+        train, val, source = carve_validation(train, recipe, eval_transform(data_cfg))
     else:
-        train_name, test_name = STANDARD_LISTS.get(kind, (None, None))
-        train_list = recipe["train_list"] or (_default_path("train_list", f"lt_splits/{train_name}") if train_name else None)
-        test_list = recipe["test_list"] or (_default_path("test_list", f"lt_splits/{test_name}") if test_name else None)
-        if train_list is None or test_list is None:
-            raise FileNotFoundError("dataset 'listfile' needs --train-list and --test-list ('path label' files)")
-        if not recipe["data_root"]:
-            raise FileNotFoundError(f"dataset {kind!r} needs --data-root: the folder (or .zip) the list paths are relative to")
-        num_classes = recipe["num_classes"] or NUM_CLASSES.get(kind)
-        train = ListFileDataset(recipe["data_root"], train_list, transform=train_transform(recipe, data_cfg),
-                                num_classes=num_classes)
-        test = ListFileDataset(recipe["data_root"], test_list, transform=eval_transform(data_cfg),
-                               num_classes=train.num_classes, classes=train.classes)
-    screen_images(train, test, recipe["bad_images"], recipe["workers"])
+        source = f"list file {val.list_file}" if isinstance(val, ListFileDataset) else f"folder {recipe['val_dir']}"
     if min(train.cls_num_list) == 0:
         empty = [c for c, n in enumerate(train.cls_num_list) if n == 0][:5]
         raise ValueError(f"classes {empty} have no training images; every class needs at least one")
-    return DataBundle(train, test, train.num_classes, train.classes, train.cls_num_list, data_cfg)
+    return DataBundle(train, val, test, train.num_classes, train.classes, train.cls_num_list, data_cfg, source)

@@ -14,17 +14,19 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
 from gcl_zoo.devices import autocast_for
+from gcl_zoo.calibration import calibrate_model, nll
 from gcl_zoo.heads import prepare_retraining
 from gcl_zoo.hub import save_model_folder
 from gcl_zoo.losses import drw_class_weights
 from gcl_zoo.metrics import accuracy_report
+from gcl_zoo.models.gcl import raw_logits_module, score_scale
 
 from .augment import mix, mixup_lambdas
 from . import parts
@@ -38,6 +40,8 @@ from .preemption import StopRequested, StopSignal
 from .schedule import lr_at
 
 STAGE1_DIR = "stage1"
+TEST_KEYS = ("top1", "top5", "many", "medium", "few")  # metrics.jsonl: the test set, at each stage's last epoch
+VAL_KEYS = ("top1", "many", "medium", "few")  # metrics.jsonl: the validation split as val_<key>, with val_nll
 
 
 class _StoppedAt(Exception):
@@ -110,10 +114,12 @@ class Trainer:
         if options.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.fast = options.fast and is_small_image_data(recipe)
+        self.resident: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}  # held-out splits on the device
         if self.fast:
             self.train_images, self.train_labels = self.data.train.as_tensors()
-            test_images, test_labels = self.data.test.as_tensors()
-            self.test_images, self.test_labels = test_images.to(self.device), test_labels.to(self.device)
+            for split in ("val", "test"):
+                images, labels = getattr(self.data, split).as_tensors()
+                self.resident[split] = images.to(self.device), labels.to(self.device)
         self.history: List[Dict[str, Any]] = []
         self.stop: Optional[StopSignal] = None  # set by the CLI: a SIGTERM stops the run at a step boundary
         self.writer = self._tensorboard() if options.tensorboard and dist_info.is_main else None
@@ -147,15 +153,23 @@ class Trainer:
         return autocast_for(self.device, torch.bfloat16 if self.opt.amp else None)
 
     # ---- evaluation ------------------------------------------------------------------------------------------
-    def predict(self, model: nn.Module, with_embeddings: bool = False) -> Dict[str, torch.Tensor]:
+    def predict(self, model: nn.Module, split: str = "test", with_embeddings: bool = False) -> Dict[str, torch.Tensor]:
         return predict(unwrap(model), self.data, self.device, self.dist, amp=self.opt.amp,
                        channels_last=self.opt.channels_last, workers=self.recipe["workers"],
-                       resident=(self.test_images, self.test_labels) if self.fast else None,
-                       with_embeddings=with_embeddings)
+                       resident=self.resident.get(split), with_embeddings=with_embeddings, split=split)
 
-    def evaluate(self, model: nn.Module, with_confusion: bool = False) -> Dict[str, Any]:
-        pred = self.predict(model)
+    def evaluate(self, model: nn.Module, split: str = "test", with_confusion: bool = False) -> Dict[str, Any]:
+        pred = self.predict(model, split)
         return accuracy_report(pred["logits"], pred["targets"], self.data.cls_num_list, with_confusion=with_confusion)
+
+    def validation_metrics(self, model: nn.Module) -> Dict[str, Any]:
+        """``val_top1``, ``val_many``, ``val_medium``, ``val_few`` and ``val_nll`` (mean cross-entropy of the scaled
+        logits): what choosing, tuning and calibrating read, so the test set is not read for them."""
+        pred = self.predict(model, "val")
+        report = accuracy_report(pred["logits"], pred["targets"], self.data.cls_num_list)
+        metrics = {f"val_{key}": report.get(key) for key in VAL_KEYS}
+        metrics["val_nll"] = nll(pred["logits"] * score_scale(unwrap(model)), pred["targets"])
+        return metrics
 
     # ---- stages ----------------------------------------------------------------------------------------------
     def prepare_stage(self, stage: int) -> nn.Module:
@@ -177,11 +191,12 @@ class Trainer:
             self.model.backbone.eval()  # BatchNorm keeps its stage-1 statistics
 
     def wrap(self, model: nn.Module) -> "Forward":
-        """DDP around the model when distributed, and a compiled twin of it with ``--compile``."""
-        eager = model
+        """The model's raw logits (what the loss trains on, before the calibrated scale), with DDP around them when
+        distributed, and a compiled twin with ``--compile``."""
+        eager = raw_logits_module(model)
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            eager = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            eager = nn.parallel.DistributedDataParallel(eager, device_ids=ids)
         return Forward(eager, torch.compile(eager) if self.opt.compile else eager)
 
     def run_stage(self, stage: int, state: Optional[Dict[str, Any]] = None) -> None:
@@ -281,13 +296,16 @@ class Trainer:
         return summed
 
     def finish_epoch(self, stage: int, epoch: int, stats: Dict[str, Any], optimizer, sampler) -> None:
-        """Evaluate when due, checkpoint atomically, then log (rank 0 writes)."""
+        """Evaluate when due (the validation split every ``eval_every`` epochs and at the stage's last, unless it is
+        empty; the test set at the stage's last epoch only), checkpoint atomically, then log (rank 0 writes)."""
         section = self.section(stage)
         last = epoch == section["epochs"] - 1
         record = {"stage": stage, "epoch": epoch + 1, **stats}
-        if last or (epoch + 1) % self.recipe["eval_every"] == 0:
+        if (last or (epoch + 1) % self.recipe["eval_every"] == 0) and len(self.data.val):
+            record.update(self.validation_metrics(self.model))
+        if last:
             report = self.evaluate(self.model)
-            record.update({k: report.get(k) for k in ("top1", "top5", "many", "medium", "few")})
+            record.update({k: report.get(k) for k in TEST_KEYS})
         self.history.append(record)
         if optimizer is not None:
             self.save_checkpoint(stage, epoch, optimizer, sampler)
@@ -319,12 +337,20 @@ class Trainer:
         barrier()
 
     def save_stage_result(self, stage: int) -> None:
-        if not self.dist.is_main:
-            return
+        """Save the stage's model; after the run's last stage, calibrate it on the validation split first (every
+        rank takes part: the predictions are gathered), so the run's model answers calibrated scores."""
         model = unwrap(self.model)
-        if stage == 1:
-            save_model_folder(model, self.opt.out / STAGE1_DIR)
-        save_model_folder(model, self.opt.out)
+        if self.dist.is_main and stage == 1:
+            save_model_folder(model, self.opt.out / STAGE1_DIR)  # uncalibrated: stage 2 starts from it
+        extra = {"calibration": self.calibrate(model)} if stage == self.opt.stages[-1] and len(self.data.val) else None
+        if self.dist.is_main:
+            save_model_folder(model, self.opt.out, extra_config=extra)
+
+    def calibrate(self, model: nn.Module) -> Dict[str, Any]:
+        """Fit the logit scale and measure the implied prior on the validation split (``gcl_zoo.calibration``)."""
+        pred = self.predict(model, "val")
+        return calibrate_model(model, pred["logits"], pred["targets"],
+                               f"validation split: {self.data.validation_summary()['source']}")
 
     # ---- stage-1 hand-over -----------------------------------------------------------------------------------
     def rank_rng_state(self, saved: Any) -> Dict[str, Any]:

@@ -1,8 +1,9 @@
 """``gcl-zoo eval RUN``: evaluate a run's final model on its test set, write ``eval.json`` and plots.
 
-Plots (PNG): per-class test accuracy against the class's training-set size (the long-tail picture), and a t-SNE
-of the test-set embeddings coloured by class (the paper's Figures 1 and 3: the embedding space GCL enlarges
-for tail classes).
+Plots (PNG): per-class test accuracy against the class's training-set size (the long-tail picture), a
+reliability diagram of the scores before and after calibration (with ECE over 15 bins and NLL, also in
+eval.json), and a t-SNE of the test-set embeddings coloured by class (the paper's Figures 1 and 3: the embedding
+space GCL enlarges for tail classes).
 """
 from __future__ import annotations
 
@@ -13,26 +14,20 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import timm
 import torch
-import yaml
 
 import gcl_zoo  # noqa: F401  (registers the architectures)
+from gcl_zoo.calibration import calibration_report, reliability_bins
 from gcl_zoo.devices import resolve_device
-from gcl_zoo.hub import CONFIG_NAME, WEIGHTS_NAME
+from gcl_zoo.folders import CONFIG_NAME, WEIGHTS_NAME, read_json
 from gcl_zoo.metrics import FEW_SHOT_MAX, MANY_SHOT_MIN, accuracy_report
+from gcl_zoo.models.gcl import score_scale
 
+from .calibrate import folder_recipe, load_folder_model
 from .data import DataBundle, build_data
 from .predict import predict
-from .recipes import RECIPE_FILE, RecipeError, validate
+from .recipes import RecipeError
 
-
-
-def load_run_model(run: Path) -> torch.nn.Module:
-    if not (run / WEIGHTS_NAME).is_file() or not (run / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{run} holds no final model ({WEIGHTS_NAME} + {CONFIG_NAME}); "
-                                "finish the training run first (gcl-zoo train --resume RUN)")
-    return timm.create_model(f"local-dir:{run}", pretrained=True)
 
 
 def plot_per_class(report: Dict[str, Any], cls_num_list: List[int], classes, path: Path) -> None:
@@ -90,29 +85,60 @@ def plot_tsne(embeddings: torch.Tensor, targets: torch.Tensor, cls_num_list: Lis
     plt.close(fig)
 
 
+def test_calibration(model: torch.nn.Module, raw: torch.Tensor, targets: torch.Tensor,
+                     config: Dict[str, Any]) -> Dict[str, Any]:
+    """ECE, NLL and reliability bins on the test set with the scale training ended with (``before``) and with the
+    calibrated one (``after``; the same when the model was never calibrated)."""
+    after = score_scale(model)
+    before = (config.get("calibration") or {}).get("logit_scale_before", after)
+    scales = {"before": before, "after": after}
+    return {name: {"logit_scale": scale, **calibration_report(scale * raw, targets),
+                   "bins": reliability_bins(scale * raw, targets)} for name, scale in scales.items()}
+
+
+def plot_reliability(calibration: Dict[str, Any], path: Path) -> None:
+    """Reliability diagram: accuracy against confidence per bin, before and after calibration (the diagonal is a
+    calibrated model)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(calibration), figsize=(4.2 * len(calibration), 4.2), dpi=120, squeeze=False)
+    for ax, (name, result) in zip(axes[0], calibration.items()):
+        rows = [b for b in result["bins"] if b["count"]]
+        width = rows[0]["upper"] - rows[0]["lower"] if rows else 1.0
+        ax.bar([b["lower"] for b in rows], [b["accuracy"] for b in rows], width=width, align="edge",
+               edgecolor="black", alpha=0.7, label="accuracy")
+        ax.plot([b["confidence"] for b in rows], [b["accuracy"] for b in rows], "o", color="crimson", ms=3,
+                label="mean confidence")
+        ax.plot([0, 1], [0, 1], "--", color="grey", lw=0.8)
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top-1 score)", ylabel="accuracy",
+               title=f"{name}: scale {result['logit_scale']:.3g}, ECE {result['ece']:.2f}%, NLL {result['nll']:.3f}")
+        ax.legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def evaluate_run(run: Path, data_root: Optional[str] = None, device: str = "auto", tsne_samples: int = 2000,
                  workers: int = 2) -> Dict[str, Any]:
-    """Evaluate ``run``'s final model; write eval.json, per_class_accuracy.png and tsne.png into it."""
-    recipe_file = run / RECIPE_FILE
-    if not recipe_file.is_file():
-        raise FileNotFoundError(f"{run} has no {RECIPE_FILE}; pass the --out folder of a training run")
-    raw = yaml.safe_load(recipe_file.read_text())
-    raw.pop("recipe", None)
-    if data_root:
-        raw["data_root"] = data_root
-    raw["workers"] = workers
-    raw["bad_images"] = "unchecked"  # no read-ahead of the training set: evaluation reads (and checks) the test set
-    recipe = validate(raw)
-    model = load_run_model(run)
+    """Evaluate ``run``'s final model on the test set; write eval.json, per_class_accuracy.png, reliability.png and
+    tsne.png into it."""
+    recipe = folder_recipe(run, data_root, workers)
+    model = load_folder_model(run)
     dev = resolve_device(device)
     model.to(dev)
     bundle: DataBundle = build_data(recipe, model)
     out = predict(model, bundle, dev, workers=workers, with_embeddings=tsne_samples > 0)
     report = accuracy_report(out["logits"], out["targets"], bundle.cls_num_list, with_confusion=True)
     report.update({"dataset": recipe["dataset"], "split": "test", "final_epoch": True, "checkpoint": WEIGHTS_NAME,
-                   "classes": list(bundle.classes), "train_cls_num_list": list(bundle.cls_num_list)})
+                   "classes": list(bundle.classes), "train_cls_num_list": list(bundle.cls_num_list),
+                   "calibration": test_calibration(model, out["logits"], out["targets"],
+                                                   read_json(run / CONFIG_NAME))})
     (run / "eval.json").write_text(json.dumps(report, indent=2))
     plot_per_class(report, bundle.cls_num_list, bundle.classes, run / "per_class_accuracy.png")
+    plot_reliability(report["calibration"], run / "reliability.png")
     if tsne_samples > 0:
         plot_tsne(out["embeddings"], out["targets"], bundle.cls_num_list, bundle.classes, run / "tsne.png",
                   min(tsne_samples, len(out["targets"])))
@@ -140,6 +166,8 @@ def main(argv: Optional[List[str]] = None, command: str = "eval") -> int:
         return 2
     groups = ", ".join(f"{k} {report[k]:.2f}" for k in ("top1", "top5", "many", "medium", "few")
                        if report.get(k) is not None)
-    print(f"{args.run}: {groups}; wrote eval.json, per_class_accuracy.png"
-          + (", tsne.png" if args.tsne_samples > 0 else ""))
+    scores = report["calibration"]
+    print(f"{args.run}: {groups}; ECE {scores['before']['ece']:.2f}% -> {scores['after']['ece']:.2f}% (NLL "
+          f"{scores['before']['nll']:.3f} -> {scores['after']['nll']:.3f}); wrote eval.json, "
+          "per_class_accuracy.png, reliability.png" + (", tsne.png" if args.tsne_samples > 0 else ""))
     return 0

@@ -29,9 +29,11 @@ def build_model(recipe: Dict[str, Any], num_classes: int, pretrained_backbone: O
 
 
 def describe_model(model: nn.Module, bundle: DataBundle) -> None:
-    """Record the preprocessing and labels the model is trained with, in its pretrained_cfg."""
+    """Record the preprocessing and labels the model is trained with, in its pretrained_cfg, and its training class
+    counts (what a deployment's prior "train" means) with its weights."""
     model.pretrained_cfg = {**model.pretrained_cfg, **bundle.data_cfg, "num_classes": bundle.num_classes,
                             "label_names": tuple(bundle.classes)}
+    model.train_class_counts.copy_(torch.as_tensor(bundle.cls_num_list))
     model.pretrained_cfg.pop("test_input_size", None)
     model.pretrained_cfg.pop("test_crop_pct", None)
     model.default_cfg = model.pretrained_cfg

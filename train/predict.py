@@ -1,4 +1,4 @@
-"""Test-set predictions (logits, labels, embeddings), sharded over DDP ranks and gathered back in order."""
+"""Predictions on a held-out split (logits, labels, embeddings), sharded over DDP ranks and gathered back in order."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Tuple
@@ -17,16 +17,20 @@ from .distributed import DistInfo, gather_cat
 def predict(model: nn.Module, data: DataBundle, device: torch.device, dist: DistInfo = DistInfo(), amp: bool = False,
             channels_last: bool = False, workers: int = 0,
             resident: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-            with_embeddings: bool = False, batch_size: int = 512) -> Dict[str, torch.Tensor]:
-    """Logits (float32) and labels of the whole test set, on the CPU in test-set order; pooled features if asked.
+            with_embeddings: bool = False, batch_size: int = 512, split: str = "test") -> Dict[str, torch.Tensor]:
+    """Raw logits (float32; ``forward_raw``, before the calibrated scale) and labels of the whole ``split`` ("val" or
+    "test"), on the CPU in the split's order; pooled features if asked.
 
-    ``resident`` holds the test images as a uint8 tensor already on the device (the fast path).
+    ``resident`` holds that split's images as a uint8 tensor already on the device (the fast path).
     """
+    if split not in ("val", "test"):
+        raise ValueError(f"predict reads a held-out split, 'val' or 'test', not {split!r}")
+    dataset = getattr(data, split)
     was_training = model.training
     model.eval()
     images, labels = resident if resident is not None else (None, None)
     outs, feats, targets = [], [], []
-    for x, y in test_batches(images, labels, data.test, batch_size, device, data.data_cfg, workers,
+    for x, y in test_batches(images, labels, dataset, batch_size, device, data.data_cfg, workers,
                              dist.rank, dist.world):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -38,7 +42,7 @@ def predict(model: nn.Module, data: DataBundle, device: torch.device, dist: Dist
         if with_embeddings:
             feats.append(pooled.float())
     model.train(was_training)
-    n = len(data.test)
+    n = len(dataset)
     order = torch.cat([torch.arange(r, n, dist.world) for r in range(dist.world)])
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(n)
@@ -47,3 +51,4 @@ def predict(model: nn.Module, data: DataBundle, device: torch.device, dist: Dist
     if with_embeddings:
         result["embeddings"] = gather_cat(torch.cat(feats)).cpu()[inverse]
     return result
+

@@ -59,20 +59,31 @@ FIELDS: Dict[str, Field] = {
     "data_root": Field(str, "image folder or zip (CIFAR: torchvision root or ImageFolder)", nullable=True),
     "train_list": Field(str, "list file of training images (path label)", nullable=True),
     "test_list": Field(str, "list file of test images", nullable=True),
+    "val_list": Field(str, "list file of validation images; null: the data set's published list (ImageNet-LT, "
+                           "Places-LT), else a carve from the training list", nullable=True),
     "train_dir": Field(str, "ImageFolder of training images", nullable=True),
     "test_dir": Field(str, "ImageFolder of test images", nullable=True),
+    "val_dir": Field(str, "ImageFolder of validation images; null: a carve from the training images", nullable=True),
+    "val_fraction": Field(float, "the carve's share of each class: round(val_fraction x n) of its n training images"),
+    "val_min_train": Field(int, "the carve never leaves a class fewer training images than this (smaller classes "
+                                "give none)"),
+    "val_seed": Field(int, "seed of the validation carve"),
     "num_classes": Field(int, "class count of a list-file data set; null: the data set's standard count", nullable=True),
     "imb_ratio": Field(float, "CIFAR-LT imbalance ratio n_max / n_min"),
     "imb_profile": Field(str, "CIFAR-LT imbalance profile", ("exp", "step")),
     "imb_seed": Field(int, "seed of the CIFAR-LT subsampling (0 gives the standard subsets)"),
     "max_per_class": Field(int, "cap on the largest class (for quick runs); null keeps all", nullable=True),
     "test_per_class": Field(int, "test images per class (for quick runs); null keeps all", nullable=True),
+    "val_per_class": Field(int, "CIFAR-LT validation images per class, from the training images the long-tailed "
+                                "subset leaves unused (all of them where fewer); null: 500 for CIFAR-10, 20 for "
+                                "CIFAR-100; 0: no validation split", nullable=True),
     "model": Field(str, "timm backbone name"),
     "pretrained_backbone": Field(bool, "start from the backbone's ImageNet weights"),
     "head": Field(str, "classifier head", ("cosine", "linear")),
     "img_size": Field(int, "training image size"),
     "workers": Field(int, "DataLoader worker processes"),
-    "eval_every": Field(int, "evaluate every N epochs (the last epoch always)"),
+    "eval_every": Field(int, "evaluate on the validation split every N epochs and at each stage's last epoch (the "
+                             "test split: at each stage's last epoch only)"),
     **_OPTIM_FIELDS,
     "decay_epochs": Field(int, "epochs at which the step schedule multiplies lr by decay_rate", is_list=True),
     "decay_rate": Field(float, "step schedule factor"),
@@ -95,7 +106,8 @@ STAGE2_FIELDS: Dict[str, Field] = {
 DEFAULTS = {"max_per_class": None, "test_per_class": None, "drw_epoch": None, "imb_ratio": 100.0,
             "imb_profile": "exp", "imb_seed": 0, "data_root": None, "train_list": None, "test_list": None,
             "train_dir": None, "test_dir": None, "num_classes": None, "decay_epochs": [], "decay_rate": 0.1, "cloud": "log",
-            "drop_last": False, "bad_images": "fail"}
+            "drop_last": False, "bad_images": "fail", "val_list": None, "val_dir": None, "val_per_class": None,
+            "val_fraction": 0.1, "val_min_train": 5, "val_seed": 0}
 STAGE2_DEFAULTS = {"drop_last": False, "fresh_head": False, "cben_a": 0.9999, "cben_b": 1e-5, "tau": 1.0}
 
 
@@ -187,7 +199,18 @@ def validate(raw: Dict[str, Any]) -> Dict[str, Any]:
             raise RecipeError(f"{where} field 'mixup_alpha' must be >= 0 (0 switches mixup off)")
     if recipe["imb_ratio"] < 1:
         raise RecipeError("recipe field 'imb_ratio' must be >= 1 (n_max / n_min)")
+    _validate_validation_fields(recipe)
     return recipe
+
+
+def _validate_validation_fields(recipe: Dict[str, Any]) -> None:
+    """A validation carve must leave every class some training images; a CIFAR split cannot be negative."""
+    if not 0 <= recipe["val_fraction"] < 1:
+        raise RecipeError(f"recipe field 'val_fraction' must be in [0, 1) (0: no carve), got {recipe['val_fraction']}")
+    if recipe["val_min_train"] < 1:
+        raise RecipeError("recipe field 'val_min_train' must be >= 1: every class keeps training images")
+    if recipe["val_per_class"] is not None and recipe["val_per_class"] < 0:
+        raise RecipeError("recipe field 'val_per_class' must be >= 0 (0: no validation split)")
 
 
 def load_recipe(name_or_path: Union[str, Path], overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:

@@ -3,19 +3,22 @@
 A list file has one ``<relative path> <label>`` line per image (Liu et al. 2019); paths are relative to a data
 root, which may be a folder or a zip with the same layout. Class names are taken from the images' parent
 folders when every label has one consistent folder (wnids for ImageNet, scene names for Places).
+Where no validation images are published, ``stratified_holdout`` carves them from the training images.
 """
 from __future__ import annotations
 
+import copy
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from .sources import IMAGE_EXTENSIONS, ImageSource, open_source
 
-__all__ = ["read_list_file", "ListFileDataset", "ImageFolderLT"]
+__all__ = ["read_list_file", "stratified_holdout", "ListFileDataset", "ImageFolderLT"]
 
 
 def read_list_file(list_file: Union[str, Path]) -> List[Tuple[str, int]]:
@@ -40,6 +43,24 @@ def read_list_file(list_file: Union[str, Path]) -> List[Tuple[str, int]]:
     return samples
 
 
+def stratified_holdout(targets: Sequence[int], num_classes: int, fraction: float, min_train: int,
+                       seed: int = 0) -> List[int]:
+    """Indices of a seeded, stratified held-out share: ``round(fraction * n_c)`` random images of each class, but
+    never so many that the class keeps fewer than ``min_train`` (classes that small give none). The same seed gives
+    the same share; the indices come back sorted."""
+    if not 0 <= fraction < 1:
+        raise ValueError(f"the held-out fraction must be in [0, 1), got {fraction}")
+    by_class: List[List[int]] = [[] for _ in range(num_classes)]
+    for index, label in enumerate(targets):
+        by_class[label].append(index)
+    rng = np.random.RandomState(seed)
+    held = []
+    for members in by_class:
+        take = max(0, min(round(fraction * len(members)), len(members) - min_train))
+        held.extend(members[i] for i in rng.permutation(len(members))[:take])
+    return sorted(held)
+
+
 def _class_names(samples: Sequence[Tuple[str, int]], num_classes: int) -> Tuple[str, ...]:
     folders = {}
     for path, label in samples:
@@ -55,16 +76,21 @@ class _LabelledImages(Dataset):
     def __init__(self, source: ImageSource, samples: List[Tuple[str, int]], num_classes: Optional[int],
                  classes: Optional[Sequence[str]], transform: Optional[Callable]):
         self.source = source
+        labels = [label for _, label in samples]
+        self.num_classes = num_classes if num_classes is not None else max(labels) + 1
+        if max(labels) >= self.num_classes:
+            raise ValueError(f"label {max(labels)} is out of range for {self.num_classes} classes")
+        self._set_samples(samples)
+        self.classes = tuple(classes) if classes is not None else _class_names(samples, self.num_classes)
+        self.transform = transform
+
+    def _set_samples(self, samples: List[Tuple[str, int]]) -> None:
+        """Take ``samples`` as the images; the labels and class counts follow them."""
         self.samples = samples
         self.targets = [label for _, label in samples]
-        self.num_classes = num_classes if num_classes is not None else max(self.targets) + 1
-        if max(self.targets) >= self.num_classes:
-            raise ValueError(f"label {max(self.targets)} is out of range for {self.num_classes} classes")
         self.cls_num_list = [0] * self.num_classes
         for label in self.targets:
             self.cls_num_list[label] += 1
-        self.classes = tuple(classes) if classes is not None else _class_names(samples, self.num_classes)
-        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -98,11 +124,15 @@ class _LabelledImages(Dataset):
     def drop(self, paths: Sequence[str]) -> None:
         """Leave the images at ``paths`` out (class counts follow; an emptied class is an error later)."""
         gone = set(paths)
-        self.samples = [(path, label) for path, label in self.samples if path not in gone]
-        self.targets = [label for _, label in self.samples]
-        self.cls_num_list = [0] * self.num_classes
-        for label in self.targets:
-            self.cls_num_list[label] += 1
+        self._set_samples([(path, label) for path, label in self.samples if path not in gone])
+
+    def subset(self, indices: Sequence[int], transform: Optional[Callable]) -> "_LabelledImages":
+        """The images at ``indices`` as a data set of their own (same source, classes and class count), for
+        splitting one list or folder into training and held-out parts."""
+        part = copy.copy(self)
+        part._set_samples([self.samples[i] for i in indices])
+        part.transform = transform
+        return part
 
 
 class ListFileDataset(_LabelledImages):

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from ..heads import create_head
 
-__all__ = ["GCLModel", "DATA_CFG_KEYS"]
+__all__ = ["GCLModel", "DATA_CFG_KEYS", "RawLogits", "raw_logits_module", "score_scale"]
 
 # pretrained_cfg fields that describe preprocessing; a wrapper inherits them from its backbone
 DATA_CFG_KEYS = ("input_size", "test_input_size", "min_input_size", "fixed_input_size", "interpolation",
@@ -40,9 +40,15 @@ class GCLModel(nn.Module):
     (``pre_logits=True``: pooled, ``head_hidden_size`` wide), ``num_classes=0`` / ``reset_classifier(0)`` for
     pooled features, ``global_pool=''`` for unpooled ones, ``feature_info`` / ``forward_intermediates`` /
     ``features_only=True``, ``group_matcher`` and ``no_weight_decay`` (all delegated to the backbone, names under
-    ``backbone.``). ``forward`` returns the head's raw logits; for a cosine head those lie in [-1, 1] and
-    ``logit_scale`` (the ``s`` of the last training stage, saved with the weights) turns them into calibrated
-    logits: ``softmax(logit_scale * model(x))``.
+    ``backbone.``).
+
+    ``forward`` returns calibrated logits, so ``model(x).softmax(-1)`` is the model's probabilities as with any
+    timm classifier: the head's raw logits (cosines in [-1, 1] for a cosine head) times ``logit_scale``, the
+    scale fitted on validation data after training (``gcl-zoo calibrate``; before that, the ``s`` of the last
+    training stage). ``forward_raw`` gives the raw logits the loss trains on. ``implied_prior`` is the class
+    prior the calibrated posteriors imply on balanced data (uniform until measured), which ``gcl_zoo.prior``
+    needs to move them to a deployment's class mix; ``train_class_counts`` the images per class it was trained on
+    (zeros when unknown). These buffers travel with the weights.
     """
 
     def __init__(self, backbone: str = "resnet50", num_classes: int = 1000, pretrained_backbone: bool = False,
@@ -65,6 +71,8 @@ class GCLModel(nn.Module):
         if logit_scale is None:
             logit_scale = 30.0 if head == "cosine" else 1.0
         self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
+        self.register_buffer("implied_prior", uniform_prior(num_classes))
+        self.register_buffer("train_class_counts", torch.zeros(max(num_classes, 0), dtype=torch.long))
         self.pretrained_cfg = self.default_cfg = self.backbone_data_cfg()
 
     def _new_head(self, num_classes: int) -> nn.Module:
@@ -115,6 +123,15 @@ class GCLModel(nn.Module):
             self.backbone.reset_classifier(0, global_pool)
         self.num_classes = num_classes
         self.head = self._new_head(num_classes).to(self.logit_scale.device)
+        self.implied_prior = uniform_prior(num_classes).to(self.logit_scale.device)
+        self.train_class_counts = torch.zeros(num_classes, dtype=torch.long, device=self.logit_scale.device)
+
+    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        """Weights saved before the implied prior and class counts were kept lack them: they load with a uniform
+        prior and unknown (zero) counts."""
+        state_dict.setdefault(prefix + "implied_prior", uniform_prior(self.num_classes))
+        state_dict.setdefault(prefix + "train_class_counts", torch.zeros(self.num_classes, dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
@@ -141,10 +158,43 @@ class GCLModel(nn.Module):
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         features = self.backbone.forward_head(x, pre_logits=True)
-        return features if pre_logits else self.head(features)
+        if pre_logits or self.num_classes == 0:  # no head: pooled features
+            return features
+        return self.head(features) * self.logit_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def forward_raw(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's raw logits (cosines for a cosine head), before ``logit_scale``: what the losses train on."""
+        return self.head(self.backbone.forward_head(self.forward_features(x), pre_logits=True))
+
+
+def uniform_prior(num_classes: int) -> torch.Tensor:
+    return torch.full((num_classes,), 1.0 / num_classes) if num_classes > 0 else torch.zeros(0)
+
+
+class RawLogits(nn.Module):
+    """A model's raw logits as a module of its own: the view the trainer differentiates (through DDP and
+    ``torch.compile``) and that exported graphs compute, so that a new ``logit_scale`` needs no re-export."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.train(model.training)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.forward_raw(x)
+
+
+def raw_logits_module(model: nn.Module) -> nn.Module:
+    """``RawLogits(model)`` for a GCL model; any other timm classifier's logits are already its raw ones."""
+    return RawLogits(model) if isinstance(model, GCLModel) else model
+
+
+def score_scale(model: nn.Module) -> float:
+    """What multiplies ``raw_logits_module(model)``'s outputs into calibrated logits (1 for plain classifiers)."""
+    return float(model.logit_scale) if isinstance(model, GCLModel) else 1.0
 
 
 def label_names_for(num_classes: int, label_names: Optional[Sequence[str]]) -> Optional[tuple]:

@@ -95,13 +95,14 @@ def drop_mismatched_head(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
     """Leave out saved head tensors the model's head cannot take (another ``num_classes``, or none at all).
 
     timm drops only the classifier's ``weight``/``bias`` when the class count changes; the cosine head also has a
-    per-class gain, which must go with them so the model starts with a fresh head.
+    per-class gain, and the model a per-class implied prior, which must go with them so the model starts with a
+    fresh head.
     """
     if model.num_classes == (getattr(model, "pretrained_cfg", None) or {}).get("num_classes"):
         return state_dict  # an exact load, as timm sees it: a mismatch there is a broken file and must say so
     own = model.state_dict()
-    return {k: v for k, v in state_dict.items()
-            if not k.startswith("head.") or (k in own and own[k].shape == v.shape)}
+    per_class = [k for k in state_dict if k.startswith("head.") or k in ("implied_prior", "train_class_counts")]
+    return {k: v for k, v in state_dict.items() if k not in per_class or (k in own and own[k].shape == v.shape)}
 
 
 def _cfg(**kwargs: Any) -> Dict[str, Any]:

@@ -1,0 +1,99 @@
+"""Calibrate every checkpoint shipped in the package on its validation split, without retraining, and record the
+calibration on the full test set.
+
+    python bench/calibrate_shipped.py --data-dir ../shared/data
+
+For each ``gcl_zoo/weights/<name>.safetensors`` whose record names a recipe: the model is written as a model
+folder with that recipe, recalibrated as ``gcl-zoo calibrate`` does (the logit scale fitted by NLL on the
+validation split, the implied prior measured there, the training class counts added), then evaluated as
+``gcl-zoo eval`` does (float32, full test set: top-1, which calibration cannot move, and ECE / NLL before and
+after). The new weights replace the shipped ones, the record gains ``calibration``, ``bench/results/<name>/``
+gains ``calibration.json`` and ``reliability.png``, and the model cards are regenerated.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Dict
+
+import timm
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+import gcl_zoo  # noqa: E402,F401
+from gcl_zoo.hub import save_model_folder, write_shipped_cards  # noqa: E402
+from gcl_zoo.files import replace_file  # noqa: E402
+from gcl_zoo.models.zoo import WEIGHTS_DIR  # noqa: E402
+from train.calibrate import calibrate_folder  # noqa: E402
+from train.evaluate import evaluate_run  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+DATA_ARCHIVE = {"cifar10_lt": "cifar10/cifar10.zip", "cifar100_lt": "cifar100/cifar100.zip"}
+
+
+def _scores(result: Dict[str, Any]) -> Dict[str, float]:
+    return {k: round(result[k], 4) for k in ("logit_scale", "ece", "nll", "mean_confidence")}
+
+
+def calibrate_entry(name: str, data_dir: Path) -> Dict[str, Any]:
+    """Recalibrate one shipped checkpoint; returns the record's new ``calibration`` entry."""
+    record_path = WEIGHTS_DIR / f"{name}.json"
+    record = json.loads(record_path.read_text())
+    recipe = record["recipe"]
+    data_root = data_dir / DATA_ARCHIVE[recipe["dataset"]]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        save_model_folder(timm.create_model(name, pretrained=True), folder)
+        (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+        fitted = calibrate_folder(folder, str(data_root), device="cpu")
+        report = evaluate_run(folder, data_root=str(data_root), device="cpu", tsne_samples=0)
+        if round(report["top1"], 2) != record["top1"]:
+            raise RuntimeError(f"{name}: top-1 moved from {record['top1']} to {report['top1']:.2f}; not shipped")
+        replace_file(folder / "model.safetensors", WEIGHTS_DIR / f"{name}.safetensors")
+        out = RESULTS / name
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(folder / "reliability.png", out / "reliability.png")
+    test = report["calibration"]
+    calibration = {
+        "fitted_on": fitted["fitted_on"], "validation_images": fitted["images"],
+        "classes_without_validation_images": fitted["classes_without_images"],
+        "validation": {"before": {"logit_scale": fitted["logit_scale_before"], **fitted["before"]},
+                       "after": {"logit_scale": fitted["logit_scale"], **fitted["after"]}},
+        "before": _scores(test["before"]), "after": _scores(test["after"]),
+        "test_command": "gcl-zoo eval (float32, full test set)",
+    }
+    (RESULTS / name / "calibration.json").write_text(json.dumps(
+        {**calibration, "test_bins": {k: v["bins"] for k, v in test.items()},
+         "implied_prior": fitted["implied_prior"]}, indent=2) + "\n")
+    record["calibration"] = calibration
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    return calibration
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=REPO.parent / "shared" / "data",
+                        help="folder holding cifar10/cifar10.zip and cifar100/cifar100.zip")
+    parser.add_argument("names", nargs="*", help="shipped names (default: all)")
+    args = parser.parse_args()
+    names = args.names or sorted(p.name[: -len(".safetensors")] for p in WEIGHTS_DIR.glob("*.safetensors"))
+    print(f"{'checkpoint':34} {'scale':>13} {'val ECE %':>13} {'test ECE %':>13} {'test NLL':>15}")
+    for name in names:
+        c = calibrate_entry(name, args.data_dir)
+        v, b, a = c["validation"], c["before"], c["after"]
+        print(f"{name:34} {b['logit_scale']:5.3g} -> {a['logit_scale']:5.4g} "
+              f"{v['before']['ece']:5.2f} -> {v['after']['ece']:5.2f} {b['ece']:5.2f} -> {a['ece']:5.2f} "
+              f"{b['nll']:6.3f} -> {a['nll']:6.3f}", flush=True)
+    cards = write_shipped_cards(REPO / "model_cards", WEIGHTS_DIR)
+    print(f"{len(cards)} cards regenerated")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
