@@ -1,8 +1,8 @@
-"""Pack the CIFAR-10-LT training images of one imbalance ratio (and every smaller-tail ratio above it) plus the test
-set into a small zip that ``CIFARLongTail`` reads like the full archive, for machines the full data cannot reach.
+"""Pack the CIFAR-10-LT training images of one imbalance ratio (and every smaller-tail ratio above it), its validation
+images and the test set into a small zip that ``CIFARLongTail`` reads like the full archive, for machines the full data cannot reach.
 
 The long-tailed subsets are nested (each class keeps the first n of one seeded shuffle), so the ratio-50 pack also
-serves ratios 100 and 200. Files are copied byte for byte; ``class_sizes.json`` records the full class sizes so the
+serves ratios 100 and 200 (their validation images, the last 500 of each class's same order, are the same). Files are copied byte for byte; ``class_sizes.json`` records the full class sizes so the
 seeded selection picks the same images.
 
     python bench/pack_cifar_lt.py ../shared/data/cifar10/cifar10.zip .gpu/cifar10_lt50.zip --imb-ratio 50
@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gcl_zoo.data.cifar_lt import SUBSET_MANIFEST, long_tail_counts, long_tail_positions  # noqa: E402
+from gcl_zoo.data.cifar_lt import (SUBSET_MANIFEST, VAL_PER_CLASS, long_tail_counts, long_tail_positions,  # noqa: E402
+                                   validation_positions)
 from gcl_zoo.data.labels import CIFAR10_CLASSES  # noqa: E402
 
 
@@ -26,8 +27,11 @@ def pack(source: Path, target: Path, imb_ratio: float, seed: int = 0) -> int:
         names = [n for n in archive.namelist() if not n.endswith("/")]
         sizes = {split: [sum(n.startswith(f"{split}/{c}/") for n in names) for c in CIFAR10_CLASSES]
                  for split in ("train", "test")}
-        keep = long_tail_positions(sizes["train"], long_tail_counts(max(sizes["train"]), 10, imb_ratio), seed)
-        wanted = {f"train/{c}/{int(p):05d}" for c, positions in zip(CIFAR10_CLASSES, keep) for p in positions}
+        counts = long_tail_counts(max(sizes["train"]), 10, imb_ratio)
+        keep = long_tail_positions(sizes["train"], counts, seed)
+        held_out = validation_positions(sizes["train"], counts, seed, VAL_PER_CLASS[10])
+        wanted = {f"train/{c}/{int(p):05d}" for positions in (keep, held_out)
+                  for c, chosen in zip(CIFAR10_CLASSES, positions) for p in chosen}
         target.parent.mkdir(parents=True, exist_ok=True)
         count = 0
         with zipfile.ZipFile(target, "w", zipfile.ZIP_STORED) as out:

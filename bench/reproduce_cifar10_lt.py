@@ -34,7 +34,7 @@ METHODS = {
     "ce_mixup_crt": [*CE, "--stage2.loss", "ce", "--stage2.s", "1", "--stage2.sampler", "class_balanced"],
 }
 SMOKE = ["--epochs", "1", "--warmup-epochs", "1", "--decay-epochs", "--stage2.epochs", "1", "--max-per-class", "100",
-         "--test-per-class", "20"]
+         "--val-per-class", "10", "--test-per-class", "20"]
 
 
 def plan(ratios: List[int], seeds: List[int], extra_ratio_seeds: List[int]) -> List[Dict]:

@@ -39,10 +39,12 @@ def test_every_zoo_name_creates_and_runs(name, classes, size):
     cfg = model.pretrained_cfg
     assert cfg["num_classes"] == classes and model.num_classes == classes
     assert cfg["paper_ids"] == "arXiv:2305.11733" and cfg["license"] and cfg["input_size"][0] == 3
+    x = torch.randn(2, 3, size, size)
     with torch.no_grad():
-        out = model(torch.randn(2, 3, size, size))
+        out, raw = model(x), model.forward_raw(x)
     assert out.shape == (2, classes)
-    assert out.abs().max() <= 1.0 + 1e-5  # cosine logits
+    assert raw.abs().max() <= 1.0 + 1e-5  # cosine logits
+    assert torch.allclose(out, raw * model.logit_scale)  # calibrated logits: the cosines times the fitted scale
     if classes in (10, 100, 1000):
         assert len(cfg["label_names"]) == classes
 
