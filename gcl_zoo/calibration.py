@@ -16,7 +16,8 @@ from typing import Any, Dict, List
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ECE_BINS", "fit_logit_scale", "nll", "expected_calibration_error", "reliability_bins",
+__all__ = ["ECE_BINS", "fit_logit_scale", "nll", "expected_calibration_error", "reliability_bins", "confidence_bins",
+           "ece_of_bins",
            "calibration_report", "calibrate_model"]
 
 ECE_BINS = 15
@@ -80,7 +81,12 @@ def reliability_bins(logits: torch.Tensor, targets: torch.Tensor, bins: int = EC
     """Per equal-width confidence bin: its edges, image count, mean confidence and accuracy (top-1 score)."""
     logits, targets = _checked(logits, targets)
     confidence, predicted = logits.softmax(dim=1).max(dim=1)
-    correct = (predicted == targets).double()
+    return confidence_bins(confidence, predicted == targets, bins)
+
+
+def confidence_bins(confidence: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS) -> List[Dict[str, float]]:
+    """``reliability_bins`` from top-1 scores and whether each top-1 label was right (what a served answer gives)."""
+    confidence, correct = confidence.double(), correct.double()
     # bin b holds confidences in (b/bins, (b+1)/bins]; a confidence of exactly 0 cannot occur with C >= 1 classes
     index = (confidence * bins).ceil().long().clamp(1, bins) - 1
     out = []
@@ -95,7 +101,11 @@ def reliability_bins(logits: torch.Tensor, targets: torch.Tensor, bins: int = EC
 
 def expected_calibration_error(logits: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> float:
     """ECE: the count-weighted mean of |accuracy - confidence| over the confidence bins (a fraction, not percent)."""
-    table = reliability_bins(logits, targets, bins)
+    return ece_of_bins(reliability_bins(logits, targets, bins))
+
+
+def ece_of_bins(table: List[Dict[str, float]]) -> float:
+    """The ECE of a ``reliability_bins`` / ``confidence_bins`` table."""
     total = sum(row["count"] for row in table)
     return sum(row["count"] * abs(row["accuracy"] - row["confidence"]) for row in table if row["count"]) / total
 

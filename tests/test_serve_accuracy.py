@@ -9,7 +9,9 @@ import math
 
 import httpx
 import pytest
+import torch
 
+from gcl_zoo.calibration import confidence_bins, ece_of_bins
 from gcl_zoo.data import CIFAR10_CLASSES, CIFAR100_CLASSES
 from gcl_zoo.models.zoo import WEIGHTS_DIR
 from server_process import ServerProcess
@@ -38,6 +40,11 @@ def default_server(stated_top1):
 
 def classify(url: str, images: list, as_base64: bool) -> list:
     """Top-1 label per image, sending ``REQUEST_SIZE`` images per request."""
+    return [label for label, _ in classify_scored(url, images, as_base64)]
+
+
+def classify_scored(url: str, images: list, as_base64: bool) -> list:
+    """Top-1 (label, score) per image, sending ``REQUEST_SIZE`` images per request."""
     labels = []
     with httpx.Client(timeout=120) as http:
         for start in range(0, len(images), REQUEST_SIZE):
@@ -50,7 +57,7 @@ def classify(url: str, images: list, as_base64: bool) -> list:
                                      files=[("files", (f"{i}.webp", d, "image/webp")) for i, d in enumerate(chunk)])
             assert response.status_code == 200, response.text
             answer = response.json()  # JSON: the Hugging Face task's list per image; multipart: the envelope
-            labels += [p[0]["label"] for p in (answer if as_base64 else answer["predictions"])]
+            labels += [(p[0]["label"], p[0]["score"]) for p in (answer if as_base64 else answer["predictions"])]
     return labels
 
 
@@ -88,3 +95,21 @@ def test_cifar100_model_answers_with_cifar100_labels_at_its_card_accuracy(cifar1
 def test_default_model_accuracy_on_the_full_test_set(default_server, cifar10_zip, stated_top1):
     """All 10,000 test images: the served accuracy is the card's figure (float ties aside)."""
     check_accuracy(default_server.url, cifar_test_images(cifar10_zip, per_class=1000), stated_top1, sigmas=0.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, zip_fixture, classes", [
+    ("gcl_resnet32_cifar10_lt.ir100", "cifar10_zip", CIFAR10_CLASSES),
+    ("gcl_resnet32_cifar100_lt.ir100", "cifar100_zip", CIFAR100_CLASSES)])
+def test_served_scores_are_calibrated_on_the_full_test_set(name, zip_fixture, classes, request):
+    """The served top-1 scores over HTTP on the whole test set: ECE (15 bins) at most 2.5%, and near the record's
+    figure (the default CPU runtime may serve bf16, which moves scores by a few thousandths)."""
+    images = cifar_test_images(request.getfixturevalue(zip_fixture), per_class=1000 if len(classes) == 10 else 100,
+                               classes=classes)
+    with ServerProcess(["--model", name], env={"GCL_ZOO_API_KEY": ""}) as server:
+        answers = classify_scored(server.url, images, as_base64=False)
+    confidence = torch.tensor([score for _, score in answers])
+    correct = torch.tensor([classes[label] == got for (_, _, label), (got, _) in zip(images, answers)])
+    ece = 100 * ece_of_bins(confidence_bins(confidence, correct))
+    stated = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())["calibration"]["after"]["ece"]
+    assert ece <= 2.5 and abs(ece - stated) < 0.25, f"served ECE {ece:.2f}%, record {stated:.2f}%"
