@@ -101,6 +101,23 @@ def test_stage2_refuses_a_missing_or_mismatched_stage1(tmp_path, cifar10_zip, ca
     assert code == 2 and "is a 'cifar_resnet20'" in capsys.readouterr().err
 
 
+def test_tuning_runs_are_judged_on_validation_and_never_read_the_test_set(tmp_path, cifar10_zip, capsys):
+    """``--no-test``: what stage-2 studies run to choose settings; the test set is read only by the chosen run."""
+    stage1 = tiny_run(tmp_path, cifar10_zip, "--epochs", "1", "--stage", "1", "--no-test", name="s1")
+    assert all("top1" not in r and "val_top1" in r for r in metrics(stage1))
+    out = tiny_run(tmp_path, cifar10_zip, "--stage", "2", "--stage1-checkpoint", str(stage1 / "stage1"),
+                   "--stage2.epochs", "2", "--no-test", name="tune")
+    rows = metrics(out)
+    assert [r["stage"] for r in rows] == [2, 2] and not any(key in r for r in rows for key in ("top1", "few"))
+    report = json.loads((out / "eval.json").read_text())
+    assert report["split"] == "val" and report["num_samples"] == 100 and len(report["confusion"]) == 10
+    assert "final (last epoch) validation accuracy" in capsys.readouterr().out
+    assert json.loads((out / "run.json").read_text())["options"]["no_test"] is True
+    code = cli.main(["--recipe", "cifar10_lt", "--out", str(tmp_path / "noval"), "--data-root", str(cifar10_zip),
+                     *TINY, "--val-per-class", "0", "--epochs", "1", "--no-test"])
+    assert code == 2 and "has none" in capsys.readouterr().err and not (tmp_path / "noval").exists()
+
+
 @pytest.mark.parametrize("method, extra", [("lws", ("--channels-last", "on", "--amp", "on", "--fast", "on")),
                                            ("tau_norm", ())])
 def test_other_retraining_methods(tmp_path, cifar10_zip, method, extra):

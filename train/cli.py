@@ -24,7 +24,7 @@ from .recipes import RECIPE_FILE, RecipeError, add_override_flags, available_rec
 RUN_FILE = "run.json"
 # runtime options that a resumed run takes from run.json
 RUNTIME_KEYS = ("stage", "device", "seed", "deterministic", "fast", "compile", "amp", "channels_last",
-                "stage1_checkpoint", "tensorboard")
+                "stage1_checkpoint", "tensorboard", "no_test")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--channels-last", choices=("auto", "on", "off"), default="auto",
                         help="channels_last memory format (auto: on for CUDA)")
     parser.add_argument("--tensorboard", action="store_true", help="also log to RUN/tensorboard")
+    parser.add_argument("--no-test", action="store_true",
+                        help="a tuning run: judged on the validation split only, the test set never read (choose "
+                             "settings with these, then train the chosen one without it for the record)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_override_flags(parser)
     return parser
@@ -134,7 +137,8 @@ def _train(args: argparse.Namespace, argv: List[str], recipe: Dict[str, Any], ru
         compile=runtime["compile"], amp=_switch(runtime["amp"], device),
         channels_last=_switch(runtime["channels_last"], device),
         stage1_checkpoint=Path(runtime["stage1_checkpoint"]) if runtime["stage1_checkpoint"] else None,
-        progress=not args.no_progress, tensorboard=runtime["tensorboard"])
+        progress=not args.no_progress, tensorboard=runtime["tensorboard"],
+        read_test=not runtime.get("no_test", False))
     warning = slow_bf16_warning(device, options.amp)
     if warning and dist_info.is_main:
         print(f"gcl-zoo train: warning: {warning}", file=sys.stderr)
@@ -160,14 +164,15 @@ def _train(args: argparse.Namespace, argv: List[str], recipe: Dict[str, Any], ru
         trainer.stop = stop
         final = trainer.run(resume=state)
     if dist_info.is_main:
-        final.update({"dataset": recipe["dataset"], "split": "test", "final_epoch": True,
+        final.update({"dataset": recipe["dataset"], "split": trainer.final_split, "final_epoch": True,
                       "stages": stages, "checkpoint": "model.safetensors"})
         (out / "eval.json").write_text(json.dumps(final, indent=2))
         info = json.loads((out / RUN_FILE).read_text())
         info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         (out / RUN_FILE).write_text(json.dumps(info, indent=2))
         summary = {k: final.get(k) for k in ("top1", "top5", "many", "medium", "few")}
-        print("final (last epoch) test accuracy: " + ", ".join(
+        split_name = "test" if trainer.final_split == "test" else "validation"
+        print(f"final (last epoch) {split_name} accuracy: " + ", ".join(
             f"{k} {v:.2f}" for k, v in summary.items() if v is not None))
     return final
 

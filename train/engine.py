@@ -66,6 +66,7 @@ class RunOptions:
     stage1_checkpoint: Optional[Path] = None
     progress: bool = True
     tensorboard: bool = False
+    read_test: bool = True  # False for tuning runs: they are judged on the validation split, the test set unread
 
 
 @dataclass
@@ -113,11 +114,16 @@ class Trainer:
         self.model.to(self.device)
         if options.channels_last:
             self.model.to(memory_format=torch.channels_last)
+        if not options.read_test and not len(self.data.val):
+            raise TrainingError("a run that leaves the test set unread (--no-test) is judged on the validation "
+                                "split, and this data has none; give it one (see the recipe's val_* fields)")
+        self.final_split = "test" if options.read_test else "val"
+        self.final_report: Optional[Dict[str, Any]] = None  # the last stage's final-epoch report, with confusion
         self.fast = options.fast and is_small_image_data(recipe)
         self.resident: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}  # held-out splits on the device
         if self.fast:
             self.train_images, self.train_labels = self.data.train.as_tensors()
-            for split in ("val", "test"):
+            for split in dict.fromkeys(("val", self.final_split)):
                 images, labels = getattr(self.data, split).as_tensors()
                 self.resident[split] = images.to(self.device), labels.to(self.device)
         self.history: List[Dict[str, Any]] = []
@@ -297,15 +303,17 @@ class Trainer:
 
     def finish_epoch(self, stage: int, epoch: int, stats: Dict[str, Any], optimizer, sampler) -> None:
         """Evaluate when due (the validation split every ``eval_every`` epochs and at the stage's last, unless it is
-        empty; the test set at the stage's last epoch only), checkpoint atomically, then log (rank 0 writes)."""
+        empty; the test set at the stage's last epoch only, and never in a ``--no-test`` run), checkpoint
+        atomically, then log (rank 0 writes)."""
         section = self.section(stage)
         last = epoch == section["epochs"] - 1
         record = {"stage": stage, "epoch": epoch + 1, **stats}
         if (last or (epoch + 1) % self.recipe["eval_every"] == 0) and len(self.data.val):
             record.update(self.validation_metrics(self.model))
-        if last:
-            report = self.evaluate(self.model)
+        if last and self.opt.read_test:
+            report = self.evaluate(self.model, with_confusion=stage == self.opt.stages[-1])
             record.update({k: report.get(k) for k in TEST_KEYS})
+            self.final_report = report
         self.history.append(record)
         if optimizer is not None:
             self.save_checkpoint(stage, epoch, optimizer, sampler)
@@ -381,4 +389,6 @@ class Trainer:
                             self.recipe["model"], self.data.num_classes)
             self.run_stage(stage, resume if resume is not None and resume["stage"] == stage else None)
             resume, have_stage1 = None, True
-        return self.evaluate(self.model, with_confusion=True)
+        if self.final_report is None:  # a --no-test run, or a resumed one whose last stage had already finished
+            self.final_report = self.evaluate(self.model, self.final_split, with_confusion=True)
+        return self.final_report
