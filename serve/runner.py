@@ -149,13 +149,14 @@ def pads_to_buckets(device: torch.device, optimization: str) -> bool:
 
 
 def allow_graphs_per_bucket(buckets: int) -> None:
-    """Let Dynamo keep one compiled graph per batch bucket: past its recompile limit (8 by default) it silently
-    falls back to eager for the remaining sizes."""
+    """Let Dynamo keep one more compiled graph per batch bucket of this model: past its recompile limit (8 by
+    default) it silently falls back to eager for good. The limit counts the graphs of one function's code, which
+    every model of an architecture shares, so each compiled model raises it by its own buckets."""
     import torch._dynamo
 
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    setattr(config, name, max(getattr(config, name), buckets + 1))
+    setattr(config, name, getattr(config, name) + buckets)
 
 
 # cosine logits of an ONNX runtime vs the PyTorch model on a random batch, checked once at start-up: float32 agrees
@@ -255,7 +256,8 @@ class ModelRunner:
         return torch.randn((batch_size, *self.config["input_size"]), generator=torch.Generator().manual_seed(0))
 
     def _dummy(self, batch_size: int) -> torch.Tensor:
-        return torch.zeros((batch_size, *self.config["input_size"]), device=self.device)
+        with torch.inference_mode():  # what live batches are: see scaled_logits
+            return torch.zeros((batch_size, *self.config["input_size"]), device=self.device)
 
     def _sample_jpeg(self) -> ImagePayload:
         out = io.BytesIO()
@@ -264,16 +266,23 @@ class ModelRunner:
 
     def scaled_logits(self, batch: torch.Tensor) -> torch.Tensor:
         """``logit_scale * cos`` (float32, CPU) for a pre-processed NCHW batch: softmax of it is the model's
-        probabilities; the response applies the function the client asked for."""
+        probabilities; the response applies the function the client asked for.
+
+        The model always sees an inference tensor: Dynamo guards on a tensor's dispatch keys, so a graph compiled
+        for one kind is rebuilt for the other, and past the recompile limit the model runs eagerly for good. Warm-up
+        and both predict paths make their batches in inference mode; anything else is copied into one here."""
         n = batch.shape[0]
-        if self.pads_to_buckets:  # the shapes warm-up compiled or autotuned, never a new one on live traffic
-            size = next(b for b in self.buckets if b >= n)
-            if size > n:
-                batch = torch.cat([batch, batch.new_zeros((size - n, *batch.shape[1:]))])
-        if self.device.type == "cuda":
-            batch = batch.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), autocast_for(self.device, self.autocast_dtype):
-            logits = self.forward(batch)[:n].float()
+        with torch.inference_mode():
+            if not batch.is_inference():
+                batch = batch.clone()
+            if self.pads_to_buckets:  # the shapes warm-up compiled or autotuned, never a new one on live traffic
+                size = next(b for b in self.buckets if b >= n)
+                if size > n:
+                    batch = torch.cat([batch, batch.new_zeros((size - n, *batch.shape[1:]))])
+            if self.device.type == "cuda":
+                batch = batch.contiguous(memory_format=torch.channels_last)
+            with autocast_for(self.device, self.autocast_dtype):
+                logits = self.forward(batch)[:n].float()
         return (logits * self.logit_scale).cpu()
 
     def prepare(self, payload: ImagePayload, header: ImageHeader) -> Any:
@@ -301,7 +310,7 @@ class ModelRunner:
 
     def predict_tensors(self, items: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Scaled logits for already pre-processed CHW float images (the v2 protocol's FP32 input)."""
-        with self._own_stream():
+        with torch.inference_mode(), self._own_stream():
             return list(self.scaled_logits(torch.stack(list(items)).to(self.device)))
 
     def warmup(self, rounds: int = 2) -> float:
