@@ -14,11 +14,16 @@ def autocast_for(device: torch.device, dtype: Optional[torch.dtype] = torch.bflo
 
 
 def resolve_device(name: str = "auto", local_rank: Optional[int] = None) -> torch.device:
-    """``auto`` is CUDA when a GPU is visible, else the CPU; ``cuda`` without an index takes GPU ``local_rank``
-    (torchrun's) and makes it the current device. Asking for CUDA without one is an error that says what to do."""
+    """``auto`` is CUDA when a GPU is visible, else the CPU. ``local_rank`` is torchrun's, for a process of a
+    group (None alone): ``cuda`` then takes GPU ``local_rank`` and makes it the current device, and an explicit
+    ``cuda:N`` is refused, since it would put every process on that one GPU (NCCL: "Duplicate GPU detected").
+    Asking for CUDA without one is an error that says what to do."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and local_rank is not None:
+        raise ValueError(f"--device {name} names one GPU, but under torchrun each process takes its own (GPU "
+                         "LOCAL_RANK); pass --device cuda, and choose the GPUs with CUDA_VISIBLE_DEVICES")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError(f"--device {name} was asked for but PyTorch sees no CUDA GPU; use --device cpu or auto")

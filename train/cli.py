@@ -16,7 +16,7 @@ import yaml
 from gcl_zoo.devices import resolve_device, slow_bf16_warning
 
 from .checkpoint import CHECKPOINT_NAME, check_writable, load_checkpoint
-from .distributed import DistInfo, broadcast_error, init_distributed, local_rank
+from .distributed import DistInfo, broadcast_error, group_local_rank, init_distributed
 from .engine import RunOptions, Trainer, TrainingError
 from .preemption import EXIT_STOPPED, StopRequested, StopSignal
 from .recipes import RECIPE_FILE, RecipeError, add_override_flags, available_recipes, dump_recipe, load_recipe, overrides_from_args
@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def setup_process(device_name: str) -> Tuple[torch.device, DistInfo]:
     """This process's device, then its place in the torchrun group: the device first, because NCCL binds to it."""
-    device = resolve_device(device_name, local_rank())
+    device = resolve_device(device_name, group_local_rank())
     return device, init_distributed(device)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -27,6 +27,11 @@ class DistInfo:
 def local_rank() -> int:
     """This process's index on its machine (torchrun's ``LOCAL_RANK``; 0 without torchrun)."""
     return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def group_local_rank() -> Optional[int]:
+    """``local_rank()`` in a torchrun group of several processes; None for a process on its own."""
+    return local_rank() if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
 
 
 def init_distributed(device: torch.device) -> DistInfo:
