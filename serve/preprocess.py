@@ -8,9 +8,9 @@ batch in the inference thread and returns the model's input batch.
   The arithmetic is the same element by element, so a server answer equals ``model(transform(image))`` offline.
   Images that already have the model's input size, where those PIL stages change nothing, skip them and are
   decoded straight to a tensor (``decode_uint8``: the same pixels, in a third of the time for small images).
-* ``DevicePipeline`` (GPU): JPEGs stay encoded until the batch is formed and are then decoded on the GPU; every
-  image is resized, cropped and normalised there (``resize_crop_normalize``), the same steps as the evaluation
-  transform on uint8 tensors.
+* ``DevicePipeline`` (GPU): JPEGs stay encoded until the batch is formed and are then decoded, resized and
+  cropped on the GPU; other files are decoded, resized and cropped in the thread pool (``resize_crop``, the same
+  steps as the evaluation transform on uint8 tensors), and the batch is normalised on the GPU.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from gcl_zoo.data.preprocessing import Normalize
 from .decoding import (TENSOR_DECODABLE, ImageHeader, ImagePayload, RequestError, decode_jpegs_on_device, decode_pil,
                        decode_uint8, pil_to_uint8)
 
-__all__ = ["data_config", "uint8_transform", "resize_crop_normalize",
+__all__ = ["data_config", "uint8_transform", "resize_crop", "resize_crop_normalize",
            "check_tensor_support", "PilPipeline", "DevicePipeline", "create_pipeline", "Pipeline"]
 
 JPEG_FORMATS = ("JPEG", "MPO")
@@ -64,21 +64,24 @@ def check_tensor_support(config: Dict[str, Any]) -> None:
         raise ValueError(f"crop_mode {mode!r} has no tensor equivalent")
 
 
-def resize_crop_normalize(images: Sequence[torch.Tensor], config: Dict[str, Any],
-                          normalize: Optional[Normalize] = None) -> torch.Tensor:
-    """uint8 CHW images (any sizes, on any device) -> one normalised float NCHW batch on the same device.
-
-    The same steps as timm's evaluation transform: resize (shorter edge to ``input_size / crop_pct``, or both
-    edges for 'squash', antialiased like PIL), centre crop to ``input_size``, scale to [0, 1], normalise
-    (with ``normalize``'s constants when a pipeline made them once on the device).
-    """
+def resize_crop(image: torch.Tensor, config: Dict[str, Any]) -> torch.Tensor:
+    """One uint8 CHW image (any size, on any device) -> the model's input size, uint8, on the same device: resize
+    (shorter edge to ``input_size / crop_pct``, or both edges for 'squash', antialiased like PIL), then centre
+    crop to ``input_size``, as timm's evaluation transform does."""
     check_tensor_support(config)
     scale = _scale_size(config)
     size = [scale[0]] if (config.get("crop_mode") or "center") == "center" else list(scale)
     interpolation = _INTERPOLATION[config.get("interpolation", "bilinear")]
-    crop = list(config["input_size"][1:])
-    batch = torch.stack([
-        TF.center_crop(TF.resize(img, size, interpolation=interpolation, antialias=True), crop) for img in images])
+    return TF.center_crop(TF.resize(image, size, interpolation=interpolation, antialias=True),
+                          list(config["input_size"][1:]))
+
+
+def resize_crop_normalize(images: Sequence[torch.Tensor], config: Dict[str, Any],
+                          normalize: Optional[Normalize] = None) -> torch.Tensor:
+    """uint8 CHW images (any sizes, on any device) -> one normalised float NCHW batch on the same device: each
+    ``resize_crop``-ed, then scaled to [0, 1] and normalised (with ``normalize``'s constants when a pipeline made
+    them once on the device)."""
+    batch = torch.stack([resize_crop(img, config) for img in images])
     return (normalize or Normalize(config["mean"], config["std"], batch.device))(batch)
 
 
@@ -113,11 +116,13 @@ class PilPipeline:
 
 
 class DevicePipeline:
-    """GPU pre-processing: JPEGs are decoded on ``device`` per batch (others on the CPU in the thread pool),
-    then resized, cropped and normalised on ``device``.
+    """GPU pre-processing: JPEGs are decoded on ``device`` per batch, then resized and cropped there; other files
+    are decoded, resized and cropped on the CPU in the thread pool; the batch is normalised on ``device``.
 
     Only the JPEGs whose pixels the GPU decoder gives as PIL does (RGB and greyscale) go to it; CMYK and YCCK
-    JPEGs are decoded by PIL, as on the CPU path, so both paths answer the same for the same file.
+    JPEGs are decoded by PIL, as on the CPU path, so both paths answer the same for the same file. What waits
+    for a batch is small either way: a JPEG's encoded bytes, or another file's pixels at the model's input size
+    (a full-size decoded image would hold up to ``--max-pixels`` x 3 bytes each until its batch runs).
     """
 
     def __init__(self, config: Dict[str, Any], device: torch.device):
@@ -126,8 +131,9 @@ class DevicePipeline:
         self.normalize = Normalize(config["mean"], config["std"], device)
 
     def prepare(self, payload: ImagePayload, header: ImageHeader) -> Union[ImagePayload, torch.Tensor]:
-        on_device = header.format in JPEG_FORMATS and ("JPEG", header.mode) in TENSOR_DECODABLE
-        return payload if on_device else decode_uint8(payload, header)
+        if header.format in JPEG_FORMATS and ("JPEG", header.mode) in TENSOR_DECODABLE:
+            return payload
+        return resize_crop(decode_uint8(payload, header), self.config)
 
     def collate(self, items: Sequence[Union[ImagePayload, torch.Tensor]],
                 device: torch.device) -> Tuple[Optional[torch.Tensor], Dict[int, RequestError]]:
@@ -135,10 +141,10 @@ class DevicePipeline:
         jpeg_at = [i for i, item in enumerate(items) if isinstance(item, ImagePayload)]
         images: List[Any] = list(items)
         for i, decoded in zip(jpeg_at, decode_jpegs_on_device([items[i] for i in jpeg_at], device)):
-            images[i] = decoded
+            images[i] = decoded if isinstance(decoded, RequestError) else resize_crop(decoded, self.config)
         failed = {i: img for i, img in enumerate(images) if isinstance(img, RequestError)}
         good = [img.to(device, non_blocking=True) for img in images if not isinstance(img, RequestError)]
-        return (resize_crop_normalize(good, self.config, self.normalize) if good else None), failed
+        return (self.normalize(torch.stack(good)) if good else None), failed
 
 
 Pipeline = Union[PilPipeline, DevicePipeline]

@@ -3,12 +3,23 @@ held at the model's input size, GPU decode fallbacks counted, and a broken devic
 readiness. (A CUDA device itself is stood in for only where a CPU cannot show the behaviour.)"""
 from __future__ import annotations
 
+import io
+
 import timm
 import torch
 import torch._dynamo
+from PIL import Image
 
 import gcl_zoo  # noqa: F401  (registers the zoo)
+from serve.decoding import ImagePayload, decode_uint8, inspect_image
+from serve.preprocess import DevicePipeline, data_config, resize_crop_normalize
 from serve.runner import ModelRunner
+
+
+def _encoded(fmt: str, size, mode: str = "RGB") -> ImagePayload:
+    out = io.BytesIO()
+    Image.radial_gradient("L").resize(size).convert(mode).save(out, format=fmt)
+    return ImagePayload(f"a {fmt} {mode} image", out.getvalue())
 
 
 def test_compiled_runners_of_two_models_serve_the_graphs_warm_up_built(monkeypatch):
@@ -37,3 +48,19 @@ def test_compiled_runners_of_two_models_serve_the_graphs_warm_up_built(monkeypat
             runner.predict_tensors([torch.randn(3, 32, 32)] * n)
     assert len(graphs) == 6
     torch._dynamo.reset()
+
+
+def test_the_gpu_pipeline_holds_decoded_images_at_the_model_input_size():
+    """PNG, WebP and CMYK JPEG files are decoded in the thread pool; what waits for the batch is the model's input
+    (3 x 32 x 32 bytes), not the full image (3 x 1200 x 900), and the batch is what it was before."""
+    config = data_config(timm.create_model("gcl_resnet32_cifar10_lt", pretrained=False))
+    pipeline = DevicePipeline(config, torch.device("cpu"))
+    payloads = [_encoded("PNG", (1200, 900)), _encoded("WEBP", (900, 1200)), _encoded("JPEG", (1000, 700), "CMYK"),
+                _encoded("JPEG", (640, 480))]
+    headers = [inspect_image(p, max_pixels=2_000_000) for p in payloads]
+    items = [pipeline.prepare(p, h) for p, h in zip(payloads, headers)]
+    assert [tuple(item.shape) for item in items[:3]] == [(3, 32, 32)] * 3
+    assert items[3] is payloads[3]  # an RGB JPEG waits encoded, for the GPU decoder
+    batch, failed = pipeline.collate(items, torch.device("cpu"))
+    expected = resize_crop_normalize([decode_uint8(p, h) for p, h in zip(payloads, headers)], config)
+    assert failed == {} and torch.equal(batch, expected)
