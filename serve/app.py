@@ -77,8 +77,10 @@ def predict_response(model_id: str, scores: Sequence[torch.Tensor], labels: Sequ
 def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str], None]] = None) -> FastAPI:
     """The server for ``settings``; ``on_load_failure(message)`` is called if the models cannot be loaded."""
     state = ServerState(settings=settings, api_key=settings.api_key,
-                        metrics=ServerMetrics(settings.max_batch_size, lambda: {m: e.depth for m, e in
-                                                                               state.engines.items()}))
+                        metrics=ServerMetrics(settings.max_batch_size,
+                                              lambda: {m: e.depth for m, e in state.engines.items()},
+                                              decode_fallbacks=lambda: {m: r.decode_fallbacks()
+                                                                        for m, r in state.runners.items()}))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -173,7 +175,7 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
         return StatusResponse(status="alive", models=list(state.runners))
 
     @app.get("/ready", response_model=StatusResponse, responses=NOT_READY,
-             summary="readiness: every model loaded and warmed up")
+             summary="readiness: every model loaded and warmed up, and its device still working")
     async def ready() -> StatusResponse:
         state.check_ready()
         return StatusResponse(status="ready", models=list(state.runners))

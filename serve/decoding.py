@@ -11,7 +11,9 @@ import base64
 import binascii
 import io
 import json
+import logging
 import re
+import threading
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -29,7 +31,7 @@ from .priors import PriorSpec, prior_from_json, prior_from_text, resolve_prior
 
 __all__ = ["RequestError", "ImagePayload", "ImageHeader", "PredictRequest", "PredictParameters", "SUPPORTED_FORMATS",
            "TENSOR_DECODABLE", "payloads_from_json", "payloads_from_form", "check_counts", "check_top_k",
-           "inspect_image", "decode_pil", "decode_uint8", "decode_jpegs_on_device", "pil_to_uint8",
+           "inspect_image", "decode_pil", "decode_uint8", "decode_jpegs_on_device", "DecodeFallbacks", "pil_to_uint8",
            "parse_predict_request", "query_parameters", "ParsedRequest", "OUTPUT_FUNCTIONS", "RAW_BODY_TYPES",
            "body_over_query", "requested_prior", "check_target_prior"]
 
@@ -46,6 +48,8 @@ RAW_BODY_TYPES = ("image/", "application/octet-stream")
 TENSOR_DECODABLE = frozenset({("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "L"),
                               ("PNG", "LA"), ("PNG", "P"), ("WEBP", "RGB"), ("WEBP", "RGBA")})
 _DATA_URI = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
+
+log = logging.getLogger("serve.decoding")
 
 
 class RequestError(Exception):
@@ -316,33 +320,70 @@ def decode_uint8(payload: ImagePayload, header: ImageHeader) -> torch.Tensor:
     return pil_to_uint8(decode_pil(payload))
 
 
-def decode_jpegs_on_device(payloads: Sequence[ImagePayload],
-                           device: torch.device) -> List[Union[torch.Tensor, RequestError]]:
+class DecodeFallbacks:
+    """How often GPU JPEG decoding fell back, for ``/metrics``: ``per_image`` counts batched calls that failed
+    (their images were retried one at a time), ``pil`` counts images the GPU decoder refused (decoded on the CPU).
+    A few of either are bad files; a steady stream means the GPU decoder is failing. Thread-safe."""
+
+    KINDS = ("per_image", "pil")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(self.KINDS, 0)
+
+    def add(self, kind: str) -> None:
+        with self._lock:
+            self._counts[kind] += 1
+
+    def counts(self) -> Dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+def decode_jpegs_on_device(payloads: Sequence[ImagePayload], device: torch.device,
+                           fallbacks: Optional[DecodeFallbacks] = None) -> List[Union[torch.Tensor, RequestError]]:
     """Decode JPEGs on the GPU in one batched call (uint8 CHW RGB tensors on ``device``).
 
     When the batched call fails (one corrupt or exotic file), each image is retried alone and the ones the GPU
     decoder refuses are decoded on the CPU instead; a file no decoder reads comes back as its ``RequestError``
-    (422, naming it), so one bad file never fails the other requests in the batch.
+    (422, naming it), so one bad file never fails the other requests in the batch. Each fallback is logged and
+    counted in ``fallbacks``; an error that is not the file's (a failed device) fails the batch.
     """
     from torchvision.io import ImageReadMode, decode_jpeg
 
     if not payloads:  # torchvision refuses an empty list (ValueError): a PNG/WebP-only batch has no JPEG to decode
         return []
     encoded = [torch.frombuffer(bytearray(p.data), dtype=torch.uint8) for p in payloads]
+    if device.type == "cuda":
+        # torchvision's CUDA decoder allocates its outputs on the caller's stream but writes them from a private
+        # stream that does not wait for the caller's (pytorch/vision#9606): a block freed while kernels queued
+        # here still read it can be overwritten. Today the stream is idle at this point anyway (each batch ends
+        # with a blocking copy of its logits to the host); this wait keeps it so if that copy ever overlaps.
+        # tests/test_serve_device_paths.py checks it on a GPU.
+        torch.cuda.current_stream(device).synchronize()
     try:
         return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
-    except (RuntimeError, ValueError):
-        pass
+    except (RuntimeError, ValueError) as exc:
+        log.warning("batched GPU JPEG decoding of %d images failed (%s); decoding them one at a time",
+                    len(payloads), exc)
+        _count(fallbacks, "per_image")
     images: List[Union[torch.Tensor, RequestError]] = []
     for payload, data in zip(payloads, encoded):
         try:
             images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
-        except (RuntimeError, ValueError):
+        except (RuntimeError, ValueError) as exc:
+            log.warning("the GPU JPEG decoder refused %s (%s); decoding it on the CPU", payload.name, exc)
+            _count(fallbacks, "pil")
             try:
                 images.append(pil_to_uint8(decode_pil(payload)).to(device, non_blocking=True))
             except RequestError as exc:
                 images.append(exc)
     return images
+
+
+def _count(fallbacks: Optional[DecodeFallbacks], kind: str) -> None:
+    if fallbacks is not None:
+        fallbacks.add(kind)
 
 
 async def parse_predict_request(request: Any, max_images: int) -> ParsedRequest:

@@ -9,7 +9,7 @@ import collections
 import time
 from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Sequence, Tuple
 
-__all__ = ["Counter", "Gauge", "Histogram", "ServerMetrics", "MetricsMiddleware", "CONTENT_TYPE"]
+__all__ = ["Counter", "Gauge", "ReadCounter", "Histogram", "ServerMetrics", "MetricsMiddleware", "CONTENT_TYPE"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -75,6 +75,12 @@ class Gauge(_Metric):
                                 for k, v in sorted(self.read().items())]
 
 
+class ReadCounter(Gauge):
+    """A counter kept elsewhere (only ever growing) and read from ``read()`` at scrape time."""
+
+    kind = "counter"
+
+
 class Histogram(_Metric):
     kind = "histogram"
 
@@ -104,9 +110,11 @@ class Histogram(_Metric):
 
 
 class ServerMetrics:
-    """The server's series: requests by status, latency, batch sizes, queue depth and images/s per model."""
+    """The server's series: requests by status, latency, batch sizes, queue depth and images/s per model, and
+    GPU JPEG decoding fallbacks per model."""
 
-    def __init__(self, max_batch_size: int, queue_depths: Callable[[], Mapping[str, int]], window_s: float = 10.0):
+    def __init__(self, max_batch_size: int, queue_depths: Callable[[], Mapping[str, int]], window_s: float = 10.0,
+                 decode_fallbacks: Callable[[], Mapping[str, Mapping[str, int]]] = dict):
         self.window_s = window_s
         self.started = time.monotonic()
         self._recent: Dict[str, Deque[Tuple[float, int]]] = collections.defaultdict(collections.deque)
@@ -124,8 +132,13 @@ class ServerMetrics:
         self.images_per_second = Gauge(
             "gcl_serve_images_per_second", f"images classified per second over the last {window_s:g} s",
             ("model",), self._rates)
+        self.decode_fallbacks = ReadCounter(
+            "gcl_serve_gpu_jpeg_fallbacks_total", "GPU JPEG decoding fallbacks: per_image, batched calls that failed "
+            "(their images retried one at a time); pil, images the GPU decoder refused (decoded on the CPU)",
+            ("model", "fallback"), lambda: {(m, kind): float(n) for m, counts in decode_fallbacks().items()
+                                            for kind, n in counts.items()})
         self._all = (self.requests, self.latency, self.batch_size, self.batch_seconds, self.images,
-                     self.queue_depth, self.images_per_second)
+                     self.queue_depth, self.images_per_second, self.decode_fallbacks)
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.inc(endpoint=endpoint, status=str(status))

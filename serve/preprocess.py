@@ -27,8 +27,8 @@ from torchvision.transforms import InterpolationMode
 
 from gcl_zoo.data.preprocessing import Normalize
 
-from .decoding import (TENSOR_DECODABLE, ImageHeader, ImagePayload, RequestError, decode_jpegs_on_device, decode_pil,
-                       decode_uint8, pil_to_uint8)
+from .decoding import (TENSOR_DECODABLE, DecodeFallbacks, ImageHeader, ImagePayload, RequestError,
+                       decode_jpegs_on_device, decode_pil, decode_uint8, pil_to_uint8)
 
 __all__ = ["data_config", "uint8_transform", "resize_crop", "resize_crop_normalize",
            "check_tensor_support", "PilPipeline", "DevicePipeline", "create_pipeline", "Pipeline"]
@@ -129,6 +129,7 @@ class DevicePipeline:
         check_tensor_support(config)
         self.config = config
         self.normalize = Normalize(config["mean"], config["std"], device)
+        self.fallbacks = DecodeFallbacks()
 
     def prepare(self, payload: ImagePayload, header: ImageHeader) -> Union[ImagePayload, torch.Tensor]:
         if header.format in JPEG_FORMATS and ("JPEG", header.mode) in TENSOR_DECODABLE:
@@ -140,7 +141,8 @@ class DevicePipeline:
         """The input batch of the decodable items (in order; None if there are none) and the failed ones."""
         jpeg_at = [i for i, item in enumerate(items) if isinstance(item, ImagePayload)]
         images: List[Any] = list(items)
-        for i, decoded in zip(jpeg_at, decode_jpegs_on_device([items[i] for i in jpeg_at], device)):
+        decoded_jpegs = decode_jpegs_on_device([items[i] for i in jpeg_at], device, self.fallbacks)
+        for i, decoded in zip(jpeg_at, decoded_jpegs):
             images[i] = decoded if isinstance(decoded, RequestError) else resize_crop(decoded, self.config)
         failed = {i: img for i, img in enumerate(images) if isinstance(img, RequestError)}
         good = [img.to(device, non_blocking=True) for img in images if not isinstance(img, RequestError)]

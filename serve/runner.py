@@ -33,7 +33,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -48,7 +48,8 @@ from .preprocess import DevicePipeline, Pipeline, create_pipeline, data_config
 from .runtimes import create_onnx_forward, resolve_runtime
 
 __all__ = ["ModelRunner", "Execution", "create_runner", "start_parallel_runtime", "resolve_optimization",
-           "inference_plan", "load_model", "batch_buckets", "label_names_of", "implied_prior_of", "train_prior_of"]
+           "inference_plan", "load_model", "batch_buckets", "device_works", "label_names_of", "implied_prior_of",
+           "train_prior_of"]
 
 log = logging.getLogger("serve.runner")
 
@@ -135,6 +136,15 @@ def batch_buckets(max_batch_size: int) -> List[int]:
     return buckets + [max_batch_size]
 
 
+def device_works(device: torch.device) -> bool:
+    """Whether ``device`` still runs a tiny operation and copies the result back (the copy waits for it, so an
+    asynchronous CUDA error surfaces here)."""
+    try:
+        return float(torch.ones(1, device=device).add_(1).cpu()) == 2.0
+    except Exception:  # a failed device raises whatever its runtime raises
+        return False
+
+
 def _trace(model: nn.Module, example: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated but still the fastest on CPU
@@ -192,6 +202,7 @@ class ModelRunner:
         self.runtime = resolve_runtime(execution.runtime, device, optimize, execution.precision)
         self.graph_origin: Optional[str] = None
         self.precision_speeds: Optional[Dict[str, float]] = None  # images/s per precision, when auto had a choice
+        self.device_error: Optional[str] = None  # set when the device fails for good (see _watching_device)
         self._thread_state = threading.local()  # each inference thread's CUDA stream
         model = model.eval().to(device)
         if self.runtime != "torch":
@@ -301,16 +312,35 @@ class ModelRunner:
             stream.wait_stream(torch.cuda.default_stream(self.device))
         return torch.cuda.stream(stream)
 
+    @contextlib.contextmanager
+    def _watching_device(self) -> Iterator[None]:
+        """Let a batch's error through, and when the device no longer runs even a tiny operation afterwards (a
+        sticky CUDA error: every later call in this process fails), record it in ``device_error``, which takes
+        the server out of readiness."""
+        try:
+            yield
+        except Exception as exc:
+            if self.device_error is None and not device_works(self.device):
+                self.device_error = f"{type(exc).__name__}: {exc}"
+                log.error("%s: device %s fails every operation since a batch failed with %s; restart the server",
+                          self.model_id, self.device, self.device_error)
+            raise
+
+    def decode_fallbacks(self) -> Dict[str, int]:
+        """How often GPU JPEG decoding fell back, by kind (``DecodeFallbacks``); empty on the CPU pipeline."""
+        fallbacks = getattr(self.pipeline, "fallbacks", None)
+        return fallbacks.counts() if fallbacks is not None else {}
+
     def predict(self, items: Sequence[Any]) -> List[Union[torch.Tensor, RequestError]]:
         """One row of scaled logits per prepared item, or the ``RequestError`` of an item that failed to decode."""
-        with torch.inference_mode(), self._own_stream():
+        with self._watching_device(), torch.inference_mode(), self._own_stream():
             batch, failed = self.pipeline.collate(items, self.device)
             rows = iter(self.scaled_logits(batch)) if batch is not None else iter(())
         return [failed[i] if i in failed else next(rows) for i in range(len(items))]
 
     def predict_tensors(self, items: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         """Scaled logits for already pre-processed CHW float images (the v2 protocol's FP32 input)."""
-        with torch.inference_mode(), self._own_stream():
+        with self._watching_device(), torch.inference_mode(), self._own_stream():
             return list(self.scaled_logits(torch.stack(list(items)).to(self.device)))
 
     def warmup(self, rounds: int = 2) -> float:

@@ -78,13 +78,14 @@ _ERROR_TEXTS = {
     401: "missing or wrong API key", 404: "unknown model", 408: "the body did not arrive within --body-timeout-s",
     413: "payload, image count or pixel count too large", 415: "unsupported content or image type",
     422: "not an image, corrupt image, bad base64/JSON, top_k or target_prior",
-    503: "models still loading, queue or body budget full, or shutting down (see Retry-After)",
+    503: "models still loading, queue or body budget full, shutting down (see Retry-After), or a model's device "
+         "failed for good (restart the server)",
     504: "not answered within the request timeout",
 }
 ERRORS = {status: {"model": ErrorResponse, "description": text} for status, text in _ERROR_TEXTS.items()}
 V2_ERRORS = {400: {"model": ErrorResponse, "description": "a malformed v2 request: tensor names, types, shapes, "
                                                           "data or binary sizes that do not fit"}, **ERRORS}
-# the probes and descriptions answer 503 while the models load (or the server drains)
+# the probes and descriptions answer 503 while the models load (or the server drains, or a device failed for good)
 NOT_READY = {503: ERRORS[503]}
 UNKNOWN_MODEL = {404: ERRORS[404], 503: ERRORS[503]}
 

@@ -51,6 +51,11 @@ class ServerState:
         if not self.ready:
             raise RequestError(503, "the models are still loading and warming up; retry shortly "
                                     "(GET /ready answers 200 once they serve)", headers={"Retry-After": "5"})
+        failed = [f"{model_id} ({runner.device_error})" for model_id, runner in self.runners.items()
+                  if runner.device_error]
+        if failed:
+            raise RequestError(503, f"the device failed for good under {', '.join(failed)}: every batch on it "
+                                    "fails until the server process is restarted; restart it")
 
     def pick(self, model_id: Optional[str]) -> ModelRunner:
         """The runner for ``model_id`` (the first loaded model when None); 404 names the loaded ones."""

@@ -4,16 +4,22 @@ readiness. (A CUDA device itself is stood in for only where a CPU cannot show th
 from __future__ import annotations
 
 import io
+import logging
 
+import pytest
 import timm
 import torch
 import torch._dynamo
 from PIL import Image
 
 import gcl_zoo  # noqa: F401  (registers the zoo)
-from serve.decoding import ImagePayload, decode_uint8, inspect_image
+from serve import runner as runner_module
+from serve.decoding import ImagePayload, RequestError, decode_jpegs_on_device, decode_uint8, inspect_image
+from serve.metrics import ServerMetrics
 from serve.preprocess import DevicePipeline, data_config, resize_crop_normalize
 from serve.runner import ModelRunner
+from serve.settings import ServeSettings
+from serve.state import ServerState
 
 
 def _encoded(fmt: str, size, mode: str = "RGB") -> ImagePayload:
@@ -64,3 +70,64 @@ def test_the_gpu_pipeline_holds_decoded_images_at_the_model_input_size():
     batch, failed = pipeline.collate(items, torch.device("cpu"))
     expected = resize_crop_normalize([decode_uint8(p, h) for p, h in zip(payloads, headers)], config)
     assert failed == {} and torch.equal(batch, expected)
+
+
+@pytest.fixture()
+def cifar_runner():
+    torch.manual_seed(0)
+    return ModelRunner("m", timm.create_model("gcl_resnet32_cifar10_lt").eval(), torch.device("cpu"), optimize="eager",
+                       max_batch_size=4)
+
+
+def test_gpu_jpeg_decoding_fallbacks_are_logged_and_counted_in_the_metrics(cifar_runner, caplog):
+    """A batch with a truncated JPEG: the batched call fails (per_image), the bad file goes to PIL (pil) and fails
+    alone; both are logged and reach /metrics. (The GPU pipeline's logic, on CPU tensors.)"""
+    cifar_runner.pipeline = DevicePipeline(cifar_runner.config, torch.device("cpu"))
+    good, cut = _encoded("JPEG", (40, 40)), _encoded("JPEG", (48, 48))
+    payloads = [good, ImagePayload("the cut file", cut.data[:len(cut.data) * 3 // 4])]
+    with caplog.at_level(logging.WARNING, logger="serve.decoding"):
+        results = cifar_runner.predict([cifar_runner.prepare(p, inspect_image(p, 10_000)) for p in payloads])
+    assert isinstance(results[0], torch.Tensor) and isinstance(results[1], RequestError)
+    assert cifar_runner.decode_fallbacks() == {"per_image": 1, "pil": 1}
+    assert "batched GPU JPEG decoding of 2 images failed" in caplog.text and "refused the cut file" in caplog.text
+    metrics = ServerMetrics(4, dict, decode_fallbacks=lambda: {"m": cifar_runner.decode_fallbacks()}).render()
+    assert 'gcl_serve_gpu_jpeg_fallbacks_total{model="m",fallback="per_image"} 1' in metrics
+    assert 'gcl_serve_gpu_jpeg_fallbacks_total{model="m",fallback="pil"} 1' in metrics
+    assert "# TYPE gcl_serve_gpu_jpeg_fallbacks_total counter" in metrics
+
+
+def test_a_device_that_fails_for_good_takes_the_server_out_of_readiness(cifar_runner, monkeypatch):
+    """A failing batch on a device that still works (a model error) changes nothing; one after which the device
+    runs nothing more (a sticky CUDA error: stood in for by device_works) makes /ready and /predict answer 503."""
+    state = ServerState(settings=ServeSettings(), api_key=None, metrics=ServerMetrics(4, dict),
+                        runners={"m": cifar_runner}, ready=True)
+    wrong_channels = [torch.zeros(5, 32, 32)]
+    with pytest.raises(RuntimeError):
+        cifar_runner.predict_tensors(wrong_channels)
+    state.check_ready()
+    monkeypatch.setattr(runner_module, "device_works", lambda device: False)
+    with pytest.raises(RuntimeError):
+        cifar_runner.predict_tensors(wrong_channels)
+    with pytest.raises(RequestError) as refused:
+        state.check_ready()
+    assert refused.value.status == 503 and "m (RuntimeError" in refused.value.message
+    assert "restart" in refused.value.message
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_jpeg_decoding_waits_for_work_queued_on_the_callers_stream():
+    """torchvision's CUDA decoder writes from a private stream (pytorch/vision#9606): blocks freed while reads
+    of them are still queued on the caller's stream must not be overwritten before those reads run."""
+    device = torch.device("cuda")
+    payloads = [_encoded("JPEG", (256, 256))] * 8
+    reference = [image.cpu() for image in decode_jpegs_on_device(payloads, device)]
+    elements = reference[0].numel() // 4  # float32 tensors the size of one decoded image
+    for _ in range(10):
+        tensors = [torch.full((elements,), float(i), device=device) for i in range(len(payloads))]
+        torch.cuda.synchronize(device)
+        torch.cuda._sleep(100_000_000)  # a long kernel first, so the reads below are still queued
+        sums = [tensor.sum() for tensor in tensors]
+        del tensors  # freed with reads pending: the decoder's outputs may be given these blocks
+        images = decode_jpegs_on_device(payloads, device)
+        assert [float(total) for total in sums] == [float(i * elements) for i in range(len(payloads))]
+        assert all(torch.equal(image.cpu(), ref) for image, ref in zip(images, reference))
