@@ -2,9 +2,26 @@
 per-epoch loss of a resumed DDP run, and evaluation under DDP describing the model that is saved."""
 from __future__ import annotations
 
+import json
+import os
+import socket
+from pathlib import Path
+
 import pytest
+import torch
+import torch.distributed as dist
 
 from train import cli
+from train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from train.distributed import DistInfo
+from train.engine import STAGE1_DIR, RunOptions, Trainer
+from train.handover import load_stage1
+from train.preemption import StopRequested, StopSignal
+from train.recipes import load_recipe
+
+# 243 training images, 16 steps of 8 per rank of two: a stop agreed after step 10 leaves 6
+DDP_RECIPE = {"max_per_class": 60, "imb_ratio": 10, "test_per_class": 20, "val_per_class": 10, "workers": 0,
+              "model": "cifar_resnet20", "batch_size": 8, "epochs": 1, "warmup_epochs": 1}
 
 
 def test_an_explicit_gpu_under_torchrun_is_refused_with_the_fix(monkeypatch, tmp_path, capsys):
@@ -17,3 +34,81 @@ def test_an_explicit_gpu_under_torchrun_is_refused_with_the_fix(monkeypatch, tmp
     err = capsys.readouterr().err
     assert "--device cuda:1 names one GPU" in err and "pass --device cuda" in err and "CUDA_VISIBLE_DEVICES" in err
     assert not (tmp_path / "run").exists()
+
+
+def _trainer(data_root: str, out: Path, info: DistInfo) -> Trainer:
+    recipe = load_recipe("cifar10_lt", {**DDP_RECIPE, "data_root": data_root})
+    out.mkdir(parents=True, exist_ok=True)
+    return Trainer(recipe, RunOptions(out=out, stages=[1], seed=7, fast=True, progress=False), info)
+
+
+def _stop_and_resume_under_ddp(rank: int, port: int, data_root: str, out: str, results) -> None:
+    """One rank of a two-process gloo group: an uninterrupted run, then a run stopped inside its epoch and resumed
+    from its checkpoint."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    try:
+        info = DistInfo(rank=rank, world=2)
+        _trainer(data_root, Path(out) / "reference", info).run()
+        stopped = _trainer(data_root, Path(out) / "stopped", info)
+        stopped.stop = StopSignal(info, torch.device("cpu"))
+        stopped.stop.received = True  # as a SIGTERM would: every rank agrees at the next agreement step
+        try:
+            stopped.run()
+            results.put((rank, "the run was not stopped"))
+            return
+        except StopRequested:
+            pass
+        dist.barrier()
+        state = load_checkpoint(Path(out) / "stopped" / CHECKPOINT_NAME)
+        _trainer(data_root, Path(out) / "stopped", info).run(resume=state)
+        results.put((rank, "ok"))
+    except Exception as exc:  # reported to the test, which shows it
+        results.put((rank, repr(exc)))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory, cifar10_zip) -> Path:
+    import torch.multiprocessing as mp
+
+    out = tmp_path_factory.mktemp("ddp")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_stop_and_resume_under_ddp, args=(r, port, str(cifar10_zip), str(out), results))
+             for r in (0, 1)]
+    for proc in procs:
+        proc.start()
+    outcome = dict(results.get(timeout=300) for _ in procs)
+    for proc in procs:
+        proc.join(timeout=60)
+    assert outcome == {0: "ok", 1: "ok"}, outcome
+    return out
+
+
+def _rows(folder: Path) -> list:
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_ddp_run_stopped_inside_an_epoch_resumes_to_the_same_epoch_loss(ddp_runs):
+    """Each rank restores its own partial loss sum, so the resumed epoch's mean loss is the uninterrupted one."""
+    state = torch.load(ddp_runs / "stopped" / CHECKPOINT_NAME, weights_only=True)
+    assert state["step"] == 0 and len(state["rng"]) == 2  # the finished run's last checkpoint
+    stopped, reference = _rows(ddp_runs / "stopped"), _rows(ddp_runs / "reference")
+    assert [(r["stage"], r["epoch"], r["loss"]) for r in stopped] == [(r["stage"], r["epoch"], r["loss"])
+                                                                      for r in reference]
+
+
+def test_evaluation_under_ddp_describes_the_saved_model(ddp_runs, cifar10_zip):
+    """metrics.jsonl's validation and test figures are those of the saved stage-1 model, evaluated alone."""
+    (row,) = _rows(ddp_runs / "reference")
+    alone = _trainer(str(cifar10_zip), ddp_runs / "alone", DistInfo())
+    load_stage1(alone.model, ddp_runs / "reference" / STAGE1_DIR, alone.recipe["model"], alone.data.num_classes)
+    validation, test = alone.validation_metrics(alone.model), alone.evaluate(alone.model)
+    assert row["val_nll"] == pytest.approx(validation["val_nll"], rel=1e-5)
+    assert (row["val_top1"], row["top1"]) == (validation["val_top1"], test["top1"])

@@ -32,7 +32,7 @@ from .augment import mix, mixup_lambdas
 from . import parts
 from .checkpoint import CHECKPOINT_NAME, atomic_torch_save, rng_states_of_all_ranks, set_rng_state
 from .data import build_data, is_small_image_data
-from .distributed import DistInfo, all_reduce_sum, barrier
+from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, gather_objects
 from .errors import TrainingError
 from .handover import load_stage1
 from .predict import predict
@@ -45,7 +45,8 @@ VAL_KEYS = ("top1", "many", "medium", "few")  # metrics.jsonl: the validation sp
 
 
 class _StoppedAt(Exception):
-    """Raised out of an epoch when every process agreed to stop: after ``step`` steps, with the loss so far."""
+    """Raised out of an epoch when every process agreed to stop: after ``step`` steps, with this process's loss
+    sum so far."""
 
     def __init__(self, step: int, loss_sum: float):
         super().__init__(step)
@@ -263,8 +264,8 @@ class Trainer:
             steps = int(mid_epoch["step"])
             for _ in range(steps):
                 next(batch_iter)
-            total += float(mid_epoch["loss_sum"])
-            set_rng_state(self.rank_rng_state(mid_epoch["rng"]))  # the generators as they were after that step
+            total += float(self.rank_share(mid_epoch["loss_sum"]))  # this rank's own sum: the epoch's mean is exact
+            set_rng_state(self.rank_share(mid_epoch["rng"]))  # the generators as they were after that step
         for step, (x, y) in enumerate(batch_iter, start=steps):
             if self.opt.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -304,7 +305,12 @@ class Trainer:
     def finish_epoch(self, stage: int, epoch: int, stats: Dict[str, Any], optimizer, sampler) -> None:
         """Evaluate when due (the validation split every ``eval_every`` epochs and at the stage's last, unless it is
         empty; the test set at the stage's last epoch only, and never in a ``--no-test`` run), checkpoint
-        atomically, then log (rank 0 writes)."""
+        atomically, then log (rank 0 writes).
+
+        Under DDP every rank first takes rank 0's buffers: each rank's BatchNorm statistics moved with its own last
+        batch, and evaluation is sharded over the ranks, so the metrics would mix models; now they describe rank
+        0's, the one that is saved."""
+        broadcast_buffers(unwrap(self.model))
         section = self.section(stage)
         last = epoch == section["epochs"] - 1
         record = {"stage": stage, "epoch": epoch + 1, **stats}
@@ -333,12 +339,14 @@ class Trainer:
 
     def save_checkpoint(self, stage: int, epoch: int, optimizer, sampler, step: int = 0,
                         loss_sum: float = 0.0) -> None:
-        """The full training state, atomically (rank 0 writes; every rank calls: the RNG gather is a collective).
-        ``step`` > 0: stopped inside ``epoch`` after that many steps (with the epoch's loss so far)."""
+        """The full training state, atomically (rank 0 writes; every rank calls: the gathers are collectives).
+        ``step`` > 0: stopped inside ``epoch`` after that many steps, with each rank's loss sum of the epoch so far
+        (one per rank, like the generator states)."""
         rng = rng_states_of_all_ranks()
+        loss_sums = gather_objects(loss_sum)
         if self.dist.is_main:
             atomic_torch_save({
-                "stage": stage, "epoch": epoch, "step": step, "loss_sum": loss_sum,
+                "stage": stage, "epoch": epoch, "step": step, "loss_sum": loss_sums,
                 "model": unwrap(self.model).state_dict(), "optimizer": optimizer.state_dict(),
                 "sampler": sampler.state_dict(), "rng": rng, "history": self.history,
             }, self.opt.out / CHECKPOINT_NAME)
@@ -361,9 +369,10 @@ class Trainer:
                                f"validation split: {self.data.validation_summary()['source']}")
 
     # ---- stage-1 hand-over -----------------------------------------------------------------------------------
-    def rank_rng_state(self, saved: Any) -> Dict[str, Any]:
-        """This rank's generator state from a checkpoint (one state per rank; older checkpoints hold rank 0's)."""
-        if isinstance(saved, dict):
+    def rank_share(self, saved: Any) -> Any:
+        """This rank's entry of a per-rank checkpoint field (generator states, loss sums; older checkpoints hold
+        rank 0's alone)."""
+        if not isinstance(saved, list):
             saved = [saved]
         if len(saved) != self.dist.world:
             raise TrainingError(f"the checkpoint was written by {len(saved)} process(es) but this run has "
@@ -377,7 +386,7 @@ class Trainer:
         first, have_stage1 = stages[0], False
         if resume is not None:
             unwrap(self.model).load_state_dict(resume["model"])
-            set_rng_state(self.rank_rng_state(resume["rng"]))
+            set_rng_state(self.rank_share(resume["rng"]))
             self.history = list(resume["history"])
             first, have_stage1 = resume["stage"], True
             if not resume.get("step") and resume["epoch"] + 1 >= self.section(first)["epochs"]:  # that stage had finished
