@@ -240,6 +240,12 @@ def _same_weights(a_dir: Path, b_dir: Path) -> None:
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def _same_losses(a_dir: Path, b_dir: Path) -> None:
+    """The same mean training loss in every epoch of every stage."""
+    a, b = (metrics(folder) for folder in (a_dir, b_dir))
+    assert [(r["stage"], r["epoch"], r["loss"]) for r in a] == [(r["stage"], r["epoch"], r["loss"]) for r in b]
+
+
 SIGTERM_ARGS = ("--epochs", "2", "--stage2.epochs", "1", "--deterministic", "--seed", "7", "--max-per-class", "250",
                 "--batch-size", "16")
 
@@ -266,9 +272,7 @@ def test_sigterm_stops_at_a_step_and_resume_reaches_the_uninterrupted_result(tmp
                              env=_env(), capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _same_weights(reference, stopped)
-    rows = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
-    want = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["stage"], r["epoch"], r["loss"]) for r in rows] == [(r["stage"], r["epoch"], r["loss"]) for r in want]
+    _same_losses(reference, stopped)
 
 
 def _torchrun(*args: str) -> list:
@@ -281,7 +285,8 @@ def _torchrun(*args: str) -> list:
 
 def test_sigterm_under_ddp_stops_every_rank_at_one_step_and_resumes_to_the_same_result(tmp_path, cifar10_zip):
     """torchrun forwards SIGTERM to its processes; they agree on one step, rank 0 writes the checkpoint with
-    every rank's random state, and a torchrun --resume ends where an uninterrupted DDP run ends."""
+    every rank's random state and loss sum, and a torchrun --resume ends where an uninterrupted DDP run ends: the
+    same weights and per-epoch losses."""
     reference = tmp_path / "reference"
     subprocess.run(_torchrun(*_train_cmd(reference, cifar10_zip, *SIGTERM_ARGS)[3:]), cwd=REPO, env=_env(),
                    check=True, capture_output=True, timeout=600)
@@ -298,3 +303,4 @@ def test_sigterm_under_ddp_stops_every_rank_at_one_step_and_resumes_to_the_same_
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     _same_weights(reference, stopped)
+    _same_losses(reference, stopped)
