@@ -9,15 +9,16 @@
 Both run in the same process, one after the other, and the table reports seconds per epoch and the ratio; with
 ``--compile`` the fast path is also timed uncompiled in the same run, for the ratio that compilation buys.
 With ``--steps N`` each pipeline is timed over N steps and the epoch time extrapolated (for CPU smoke runs);
-the estimate of the full 200 + 30 epoch recipe uses the fast path's stage-1 and stage-2 step times.
-``--full-recipe`` instead runs the whole recipe on the fast path and reports its wall time.
+the estimate of the full 200 + 30 epoch recipe uses the fast path's stage-1 and stage-2 step times (the whole
+recipe itself runs in ``bench/reproduce_cifar10_lt.py``). The results JSON is rewritten as each timing finishes;
+a call whose ``--out`` already holds timings of the same settings skips those and times only the rest.
 
     python bench/train_speed.py --data-root ../shared/data/cifar10/cifar10.zip [--steps 40] [--compile]
 """
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import math
 import os
 import platform
@@ -25,14 +26,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Any, Callable, Dict, Iterator
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
+from _train_runs import SMOKE, read_json, write_json  # noqa: E402
 from gcl_zoo.devices import cpu_has_fast_bf16, resolve_device  # noqa: E402
-from train import cli as train_cli  # noqa: E402
 from train.distributed import DistInfo  # noqa: E402
 from train.engine import RunOptions, Trainer  # noqa: E402
 from train.recipes import load_recipe  # noqa: E402
@@ -107,18 +108,6 @@ def machine() -> Dict[str, Any]:
     return info
 
 
-def full_recipe(args, device: torch.device) -> Dict[str, Any]:
-    out = Path(tempfile.mkdtemp(prefix="gcl-full-recipe-"))
-    argv = ["--recipe", "cifar10_lt", "--out", str(out / "run"), "--data-root", args.data_root, "--device", str(device),
-            "--fast", "on", "--no-progress", "--eval-every", "1000"] + (["--compile"] if args.compile else [])
-    began = time.perf_counter()
-    code = train_cli.main(argv)
-    seconds = time.perf_counter() - began
-    report = json.loads((out / "run" / "eval.json").read_text()) if code == 0 else {}
-    return {"exit_code": code, "wall_seconds": seconds, "top1": report.get("top1"), "many": report.get("many"),
-            "medium": report.get("medium"), "few": report.get("few")}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=os.environ.get("GCL_ZOO_DATA", "../shared/data") + "/cifar10/cifar10.zip")
@@ -129,26 +118,39 @@ def main() -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the model on the fast path")
     parser.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
                         help="bf16 autocast + channels_last on the fast path (auto: on CUDA only)")
-    parser.add_argument("--full-recipe", action="store_true", help="also run the whole 200 + 30 epoch recipe (GPU)")
+    parser.add_argument("--smoke", action="store_true", help="a small subset of the data, to try the script on a CPU")
     parser.add_argument("--out", type=Path, help="results JSON (default bench/results/train_speed_<device>.json)")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    recipe = load_recipe("cifar10_lt", {"data_root": args.data_root, "workers": args.workers})
+    recipe = load_recipe("cifar10_lt", {"data_root": args.data_root, "workers": args.workers,
+                                        **(SMOKE if args.smoke else {})})
     amp = device.type == "cuda" if args.amp == "auto" else args.amp == "on"
-    results: Dict[str, Any] = {"benchmark": "stage-1 seconds per epoch, CIFAR-10-LT r100, ResNet-32, batch 64",
-                               "machine": machine(), "device": str(device), "compile": args.compile,
-                               "fast_path_bf16_channels_last": amp, "steps": args.steps or "one epoch"}
+    suffix = ("_bf16" if amp and device.type == "cpu" else "") + ("_compile" if args.compile else "")
+    out = args.out or RESULTS / f"train_speed_{device.type}{suffix}.json"
+    settings: Dict[str, Any] = {"benchmark": "stage-1 seconds per epoch, CIFAR-10-LT r100, ResNet-32, batch 64",
+                                "device": str(device), "compile": args.compile, "fast_path_bf16_channels_last": amp,
+                                "steps": args.steps or "one epoch", "smoke": args.smoke}
+    earlier = read_json(out)
+    results: Dict[str, Any] = {**(earlier if all(earlier.get(k) == v for k, v in settings.items()) else {}),
+                               **settings, "machine": machine()}
     with tempfile.TemporaryDirectory() as tmp:
-        loader = make_trainer(recipe, device, fast=False, compile_model=False, out=Path(tmp), amp=False)
-        results["loader"] = time_stage(loader, 1, args.steps, args.warmup)
-        del loader
-        fast = make_trainer(recipe, device, fast=True, compile_model=args.compile, out=Path(tmp), amp=amp)
-        results["fast"] = time_stage(fast, 1, args.steps, args.warmup)
-        results["fast_stage2"] = time_stage(fast, 2, args.steps, args.warmup)
+        def timed(key: str, trainer: Callable[[], Trainer], stage: int) -> None:
+            """Time ``stage`` of ``trainer()`` unless an earlier call did, and write the results at once."""
+            if key in results:
+                print(f"{key}: timed by an earlier call", flush=True)
+                return
+            results[key] = time_stage(trainer(), stage, args.steps, args.warmup)
+            write_json(out, results)
+
+        timed("loader", lambda: make_trainer(recipe, device, fast=False, compile_model=False, out=Path(tmp), amp=False), 1)
+        fast = functools.lru_cache(maxsize=1)(  # one trainer times both stages
+            lambda: make_trainer(recipe, device, fast=True, compile_model=args.compile, out=Path(tmp), amp=amp))
+        timed("fast", fast, 1)
+        timed("fast_stage2", fast, 2)
+        fast.cache_clear()
         if args.compile:
-            del fast
-            eager = make_trainer(recipe, device, fast=True, compile_model=False, out=Path(tmp), amp=amp)
-            results["fast_eager"] = time_stage(eager, 1, args.steps, args.warmup)
+            timed("fast_eager", lambda: make_trainer(recipe, device, fast=True, compile_model=False, out=Path(tmp),
+                                                     amp=amp), 1)
             results["compile_speedup"] = (results["fast_eager"]["seconds_per_epoch"]
                                           / results["fast"]["seconds_per_epoch"])
     ratio = results["loader"]["seconds_per_epoch"] / results["fast"]["seconds_per_epoch"]
@@ -157,9 +159,6 @@ def main() -> int:
     results["estimated_full_recipe_seconds"] = {
         "loader": s1 * results["loader"]["seconds_per_epoch"],
         "fast": s1 * results["fast"]["seconds_per_epoch"] + s2 * results["fast_stage2"]["seconds_per_epoch"]}
-    if args.full_recipe:
-        results["full_recipe_fast"] = full_recipe(args, device)
-
     print(f"\n{results['benchmark']} on {device} ({results['machine'].get('gpu') or results['machine'].get('cpu_model')})")
     print(f"{'pipeline':<22}{'s/epoch':>10}{'images/s':>11}{'steps timed':>13}")
     for key, label in (("loader", "DataLoader + PIL"), ("fast", "fast (device-resident)"),
@@ -173,13 +172,7 @@ def main() -> int:
           f"fast {est['fast'] / 60:.1f} min, DataLoader stage 1 alone {est['loader'] / 60:.1f} min")
     if "compile_speedup" in results:
         print(f"speed-up of torch.compile on the fast path: {results['compile_speedup']:.2f}x")
-    if "full_recipe_fast" in results:
-        print(f"full recipe on the fast path: {results['full_recipe_fast']['wall_seconds']:.1f} s wall, "
-              f"top-1 {results['full_recipe_fast']['top1']}")
-    suffix = ("_bf16" if amp and device.type == "cpu" else "") + ("_compile" if args.compile else "")
-    out = args.out or RESULTS / f"train_speed_{device.type}{suffix}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    write_json(out, results)
     print(f"wrote {out}")
     return 0 if math.isfinite(ratio) else 1
 

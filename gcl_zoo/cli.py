@@ -52,7 +52,8 @@ def _command_main(command: str) -> Optional[Callable[..., int]]:
 
 def run_bench(argv: List[str], command: str = "bench") -> int:
     """``gcl-zoo bench NAME [options]``: run ``bench/NAME.py`` (benchmarks live in the source tree, not the wheel)."""
-    available = sorted(p.stem for p in BENCH_DIR.glob("*.py")) if BENCH_DIR.is_dir() else []
+    # bench/_*.py are helpers the benchmarks share, not benchmarks
+    available = sorted(p.stem for p in BENCH_DIR.glob("[!_]*.py")) if BENCH_DIR.is_dir() else []
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: gcl-zoo bench NAME [options]\nbenchmarks: {', '.join(available) or 'none (not a source checkout)'}")
         return 0
