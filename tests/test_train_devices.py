@@ -2,6 +2,7 @@
 stopping every rank, the device chosen before the process group, and no per-batch host work on the fast path."""
 import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from train.distributed import DistInfo
 from train.engine import RunOptions, Trainer, TrainingError
 from train.recipes import load_recipe
 from gcl_zoo.sampling import create_sampler
+from two_ranks import on_two_ranks
 
 TINY = {"max_per_class": 60, "imb_ratio": 10, "test_per_class": 20, "workers": 0, "model": "cifar_resnet20",
         "batch_size": 32, "epochs": 1, "warmup_epochs": 1}
@@ -45,42 +47,20 @@ def test_ranks_share_the_weights_but_not_the_random_stream(tmp_path, cifar10_zip
     assert not torch.equal(draws[0], draws[1])
 
 
-def _nan_on_rank_one(rank: int, port: int, data_root: str, out: str, results) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    torch.set_num_threads(1)
+def _nan_on_rank_one(rank: int, data_root: str, out: str) -> str:
+    trainer = tiny_trainer(Path(out) / str(rank), data_root, DistInfo(rank=rank, world=2))
+    loss = trainer.make_loss(1)
+    # a NaN loss value with finite gradients: DDP's gradient average cannot carry it to rank 0
+    poisoned = (lambda logits, target: loss(logits, target) + float("nan")) if rank == 1 else loss
     try:
-        from pathlib import Path
-        trainer = tiny_trainer(Path(out) / str(rank), data_root, DistInfo(rank=rank, world=2))
-        loss = trainer.make_loss(1)
-        # a NaN loss value with finite gradients: DDP's gradient average cannot carry it to rank 0
-        poisoned = (lambda logits, target: loss(logits, target) + float("nan")) if rank == 1 else loss
-        try:
-            run_one_epoch(trainer, poisoned)
-            results.put((rank, "finished"))
-        except TrainingError as exc:
-            results.put((rank, str(exc)))
-    finally:
-        dist.destroy_process_group()
+        run_one_epoch(trainer, poisoned)
+        return "finished"
+    except TrainingError as exc:
+        return str(exc)
 
 
 def test_a_nan_on_one_rank_stops_every_rank(tmp_path, cifar10_zip):
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_nan_on_rank_one, args=(r, port, str(cifar10_zip), str(tmp_path), results))
-             for r in (0, 1)]
-    for proc in procs:
-        proc.start()
-    outcome = dict(results.get(timeout=300) for _ in procs)
-    for proc in procs:
-        proc.join(timeout=60)
+    outcome = on_two_ranks(_nan_on_rank_one, str(cifar10_zip), str(tmp_path))
     assert "step 1 (on 1 of 2 processes)" in outcome[1]
     assert outcome[0].startswith("the loss became NaN/inf at stage 1, epoch 1 (on 1 of 2 processes)")
 

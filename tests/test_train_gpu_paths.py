@@ -3,8 +3,6 @@ per-epoch loss of a resumed DDP run, and evaluation under DDP describing the mod
 from __future__ import annotations
 
 import json
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from train.engine import STAGE1_DIR, RunOptions, Trainer
 from train.handover import load_stage1
 from train.preemption import StopRequested, StopSignal
 from train.recipes import load_recipe
+from two_ranks import on_two_ranks
 
 # 243 training images, 16 steps of 8 per rank of two: a stop agreed after step 10 leaves 6
 DDP_RECIPE = {"max_per_class": 60, "imb_ratio": 10, "test_per_class": 20, "val_per_class": 10, "workers": 0,
@@ -42,51 +41,28 @@ def _trainer(data_root: str, out: Path, info: DistInfo) -> Trainer:
     return Trainer(recipe, RunOptions(out=out, stages=[1], seed=7, fast=True, progress=False), info)
 
 
-def _stop_and_resume_under_ddp(rank: int, port: int, data_root: str, out: str, results) -> None:
-    """One rank of a two-process gloo group: an uninterrupted run, then a run stopped inside its epoch and resumed
-    from its checkpoint."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    torch.set_num_threads(1)
+def _stop_and_resume_under_ddp(rank: int, data_root: str, out: str) -> str:
+    """One rank: an uninterrupted run, then a run stopped inside its epoch and resumed from its checkpoint."""
+    info = DistInfo(rank=rank, world=2)
+    _trainer(data_root, Path(out) / "reference", info).run()
+    stopped = _trainer(data_root, Path(out) / "stopped", info)
+    stopped.stop = StopSignal(info, torch.device("cpu"))
+    stopped.stop.received = True  # as a SIGTERM would: every rank agrees at the next agreement step
     try:
-        info = DistInfo(rank=rank, world=2)
-        _trainer(data_root, Path(out) / "reference", info).run()
-        stopped = _trainer(data_root, Path(out) / "stopped", info)
-        stopped.stop = StopSignal(info, torch.device("cpu"))
-        stopped.stop.received = True  # as a SIGTERM would: every rank agrees at the next agreement step
-        try:
-            stopped.run()
-            results.put((rank, "the run was not stopped"))
-            return
-        except StopRequested:
-            pass
-        dist.barrier()
-        state = load_checkpoint(Path(out) / "stopped" / CHECKPOINT_NAME)
-        _trainer(data_root, Path(out) / "stopped", info).run(resume=state)
-        results.put((rank, "ok"))
-    except Exception as exc:  # reported to the test, which shows it
-        results.put((rank, repr(exc)))
-    finally:
-        dist.destroy_process_group()
+        stopped.run()
+        return "the run was not stopped"
+    except StopRequested:
+        pass
+    dist.barrier()
+    state = load_checkpoint(Path(out) / "stopped" / CHECKPOINT_NAME)
+    _trainer(data_root, Path(out) / "stopped", info).run(resume=state)
+    return "ok"
 
 
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory, cifar10_zip) -> Path:
-    import torch.multiprocessing as mp
-
     out = tmp_path_factory.mktemp("ddp")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_stop_and_resume_under_ddp, args=(r, port, str(cifar10_zip), str(out), results))
-             for r in (0, 1)]
-    for proc in procs:
-        proc.start()
-    outcome = dict(results.get(timeout=300) for _ in procs)
-    for proc in procs:
-        proc.join(timeout=60)
+    outcome = on_two_ranks(_stop_and_resume_under_ddp, str(cifar10_zip), str(out))
     assert outcome == {0: "ok", 1: "ok"}, outcome
     return out
 
