@@ -35,7 +35,7 @@ STOPPING_S=60  # the training parts stop their runs at their limit themselves; t
 # 1. the machine (seconds)
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python -c 'import torch, torchvision, timm; print("torch", torch.__version__, "torchvision", torchvision.__version__,
-"timm", timm.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else "")'
+"timm", timm.__version__, "cuda", torch.version.cuda, torch.cuda.is_available() and torch.cuda.get_device_name())'
 } > "$OUT/machine.txt" 2>&1
 
 # 2. seconds per epoch: the authors' DataLoader pipeline against the fast path (and compiled against eager); each

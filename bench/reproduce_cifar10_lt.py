@@ -93,8 +93,9 @@ def main() -> int:
     for run in runs:
         run["dir"] = str(args.out_dir / f"{run['method']}_ir{run['ratio']}_seed{run['seed']}")
         finished = is_finished(Path(run["dir"]))
-        run.update({"status": "finished" if finished else "pending", **(progress(Path(run["dir"])) if finished else {})})
+        run["status"] = "finished" if finished else "pending"
         if finished:
+            run.update(progress(Path(run["dir"])))
             print(f"{Path(run['dir']).name}: finished earlier, top-1 {run.get('top1')}", flush=True)
 
     def save() -> None:

@@ -142,7 +142,8 @@ def main() -> int:
             results[key] = time_stage(trainer(), stage, args.steps, args.warmup)
             write_json(out, results)
 
-        timed("loader", lambda: make_trainer(recipe, device, fast=False, compile_model=False, out=Path(tmp), amp=False), 1)
+        timed("loader", lambda: make_trainer(recipe, device, fast=False, compile_model=False, out=Path(tmp),
+                                             amp=False), 1)
         fast = functools.lru_cache(maxsize=1)(  # one trainer times both stages
             lambda: make_trainer(recipe, device, fast=True, compile_model=args.compile, out=Path(tmp), amp=amp))
         timed("fast", fast, 1)
