@@ -235,7 +235,8 @@ def register_routes(app: Any, state: Any, auth: Any, prepare: Any) -> None:
     @app.get("/v2/health/ready", summary="v2: every model serves", tags=["open inference protocol"],
              responses=NOT_READY)
     async def ready() -> JSONResponse:
-        return JSONResponse({"ready": state.ready}, status_code=200 if state.ready else 503)
+        serving = state.serving()  # False while loading or draining, or after a device failed for good
+        return JSONResponse({"ready": serving}, status_code=200 if serving else 503)
 
     @app.get("/v2", summary="v2: server metadata", tags=["open inference protocol"])
     async def server_metadata() -> Dict[str, Any]:

@@ -43,6 +43,14 @@ class ServerState:
     in_flight: int = 0  # HTTP requests being answered (serve.limits.DrainMiddleware)
     draining: bool = False  # shutting down: /ready and new work answer 503 (serve.lifecycle)
 
+    def serving(self) -> bool:
+        """Whether ``check_ready`` passes: what the v2 protocol's readiness answers as a flag."""
+        try:
+            self.check_ready()
+        except RequestError:
+            return False
+        return True
+
     def check_ready(self) -> None:
         if self.draining:
             raise RequestError(503, "the server is shutting down", headers={"Retry-After": "1"})

@@ -105,13 +105,14 @@ def test_a_device_that_fails_for_good_takes_the_server_out_of_readiness(cifar_ru
     with pytest.raises(RuntimeError):
         cifar_runner.predict_tensors(wrong_channels)
     state.check_ready()
+    assert state.serving()
     monkeypatch.setattr(runner_module, "device_works", lambda device: False)
     with pytest.raises(RuntimeError):
         cifar_runner.predict_tensors(wrong_channels)
     with pytest.raises(RequestError) as refused:
         state.check_ready()
     assert refused.value.status == 503 and "m (RuntimeError" in refused.value.message
-    assert "restart" in refused.value.message
+    assert "restart" in refused.value.message and not state.serving()  # the v2 protocol's readiness too
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
