@@ -168,6 +168,7 @@ def render_card(inputs: CardInputs, template_path: Optional[Path] = None) -> str
         num_samples=evaluation.get("num_samples"), split=evaluation.get("split"),
         usage=_usage(inputs), command=run.get("command"), device=run.get("device"), training_notes=run.get("notes"),
         started=run.get("started"), finished=run.get("finished"), recipe_yaml=_recipe_yaml(inputs.recipe),
+        seeds=evaluation.get("seeds"),
         calibration=(evaluation.get("calibration") or {}) if evaluation.get("calibration", {}).get("after") else None,
         has_eval=inputs.evaluation is not None, has_recipe=inputs.recipe is not None, notes=inputs.notes,
         arxiv_id=ARXIV_ID, paper_title=PAPER_TITLE, cvf_url=CVF_URL, code_url=CODE_URL)

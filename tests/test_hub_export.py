@@ -130,13 +130,15 @@ def test_shipped_checkpoint_export_and_card(exported, tmp_path):
     weights_dir = tmp_path / "weights"  # laid out like gcl_zoo/weights/
     weights_dir.mkdir()
     shutil.copyfile(run / "model.safetensors", weights_dir / f"{zoo}.safetensors")
+    seeds = {"seeds": [0, 1, 2], "shipped_seed": 0, "top1": [81.25, 82.0, 80.5], "mean": 81.25, "std": 0.75}
     (weights_dir / f"{zoo}.json").write_text(json.dumps({**RUN_EVAL, "command": RUN_INFO["command"],
-                                                         "recipe": RUN_RECIPE}))
+                                                         "recipe": RUN_RECIPE, "seeds": seeds}))
     written = hub.write_shipped_cards(tmp_path / "cards", weights_dir=weights_dir)
     assert written == [tmp_path / "cards" / f"{zoo}.md"]
     card = ModelCard.load(written[0])
     assert card.data.model_name == zoo and card.data.eval_results[0].metric_value == 81.25
     assert f'timm.create_model("{zoo}", pretrained=True)' in card.text and RUN_INFO["command"] in card.text
+    assert "reaches top-1 81.25 / 82.0 / 80.5: mean 81.25 +- 0.75" in " ".join(card.text.split())
     out = hub.export_embedded(zoo, tmp_path / "out", weights_dir=weights_dir, onnx=False)
     with torch.no_grad():
         assert torch.equal(timm.create_model(f"local-dir:{out}", pretrained=True).eval()(X),
