@@ -41,18 +41,21 @@ def test_compiled_runners_of_two_models_serve_the_graphs_warm_up_built(monkeypat
     monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, **{**kw, "backend": counting_backend}))
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    monkeypatch.setattr(config, name, 2)  # a low starting limit: the runners must raise it for all their graphs
-    torch._dynamo.reset()
-    runners = [ModelRunner(model_id, timm.create_model(model_id).eval(), torch.device("cpu"), optimize="compile",
-                           max_batch_size=4) for model_id in ("gcl_resnet32_cifar10_lt", "gcl_resnet32_cifar100_lt")]
-    for runner in runners:
-        runner.warmup(rounds=1)
-    assert len(graphs) == 2 * len(runners[0].buckets) == 6
-    for runner in runners:
-        for n in (1, 2, 3, 4):
-            runner.predict([torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)] * n)
-            runner.predict_tensors([torch.randn(3, 32, 32)] * n)
-    assert len(graphs) == 6
+    # a low starting limit: the runners must raise it for all their graphs (config.patch restores it; pytest's
+    # monkeypatch would delete, and so hide, the option on undo)
+    with config.patch({name: 2}):
+        torch._dynamo.reset()
+        runners = [ModelRunner(model_id, timm.create_model(model_id).eval(), torch.device("cpu"), optimize="compile",
+                               max_batch_size=4)
+                   for model_id in ("gcl_resnet32_cifar10_lt", "gcl_resnet32_cifar100_lt")]
+        for runner in runners:
+            runner.warmup(rounds=1)
+        assert len(graphs) == 2 * len(runners[0].buckets) == 6
+        for runner in runners:
+            for n in (1, 2, 3, 4):
+                runner.predict([torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)] * n)
+                runner.predict_tensors([torch.randn(3, 32, 32)] * n)
+        assert len(graphs) == 6
     torch._dynamo.reset()
 
 
