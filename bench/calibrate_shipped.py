@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 import gcl_zoo  # noqa: E402,F401
 from gcl_zoo.hub import save_model_folder, write_shipped_cards  # noqa: E402
 from gcl_zoo.files import replace_file  # noqa: E402
-from gcl_zoo.models.zoo import WEIGHTS_DIR  # noqa: E402
+from gcl_zoo.models.weights import WEIGHTS_DIR  # noqa: E402
 from train.calibrate import calibrate_folder  # noqa: E402
 from train.evaluate import evaluate_run  # noqa: E402
 

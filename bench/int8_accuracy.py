@@ -26,7 +26,7 @@ from gcl_zoo.data.cifar_lt import CIFARLongTail, long_tail_counts  # noqa: E402
 from gcl_zoo.data.preprocessing import Normalize  # noqa: E402
 from gcl_zoo.hub import Int8Calibration, export_embedded  # noqa: E402
 from gcl_zoo.metrics import accuracy_report  # noqa: E402
-from gcl_zoo.models.zoo import WEIGHTS_DIR  # noqa: E402
+from gcl_zoo.models.weights import WEIGHTS_DIR  # noqa: E402
 from gcl_zoo.onnx_export import ONNX_NAME, onnx_runner  # noqa: E402
 from gcl_zoo.quantize import INT8_CONFIG_KEY, INT8_ONNX_NAME  # noqa: E402
 from serve_load import Transcript, add_data_and_out  # noqa: E402

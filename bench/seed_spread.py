@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from gcl_zoo.export import write_shipped_cards
-from gcl_zoo.models.zoo import WEIGHTS_DIR
+from gcl_zoo.models.weights import WEIGHTS_DIR
 
 REPO = Path(__file__).resolve().parent.parent
 SEEDS_DIR = Path(__file__).resolve().parent / "results" / "seeds"

@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from gcl_zoo.files import replace_file  # noqa: E402
 from gcl_zoo.hub import Int8Calibration, export_embedded  # noqa: E402
-from gcl_zoo.models.zoo import WEIGHTS_DIR  # noqa: E402
+from gcl_zoo.models.weights import WEIGHTS_DIR  # noqa: E402
 from gcl_zoo.quantize import INT8_CONFIG_KEY, INT8_ONNX_NAME  # noqa: E402
 
 

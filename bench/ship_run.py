@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from gcl_zoo.hub import write_shipped_cards  # noqa: E402
-from gcl_zoo.models.zoo import WEIGHTS_DIR  # noqa: E402
+from gcl_zoo.models.weights import WEIGHTS_DIR  # noqa: E402
 from train.evaluate import evaluate_run  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"

@@ -166,7 +166,7 @@ def export_embedded(name: str, out_dir: PathLike, repo_id: Optional[str] = None,
     """
     import timm
 
-    from .models.zoo import WEIGHTS_DIR
+    from .models.weights import WEIGHTS_DIR
     from .quantize import INT8_CONFIG_KEY
 
     weights_dir = Path(weights_dir or WEIGHTS_DIR)
@@ -194,7 +194,7 @@ def write_shipped_cards(cards_dir: PathLike = "model_cards", weights_dir: Option
 
     These generated cards are committed under ``model_cards/``, so a reviewer sees what each shipped model claims.
     """
-    from .models.zoo import WEIGHTS_DIR
+    from .models.weights import WEIGHTS_DIR
 
     weights_dir, cards_dir = Path(weights_dir or WEIGHTS_DIR), Path(cards_dir)
     cards_dir.mkdir(parents=True, exist_ok=True)

@@ -84,9 +84,8 @@ def onnx_graph(model_id: str, model: nn.Module, workdir: Path, precision: str = 
     """The model's ONNX file and where it came from: the folder's or Hub repo's ``model.onnx`` (``model.int8.onnx``
     for int8; for a checkpoint shipped in the package, the int8 graph shipped beside it), else a fresh float32 export
     into ``workdir``; an int8 graph that is not there is refused with the fix."""
-    from gcl_zoo.models.zoo import embedded_int8_graph
     from gcl_zoo.onnx_export import ONNX_NAME, export_onnx
-    from gcl_zoo.quantize import INT8_ONNX_NAME
+    from gcl_zoo.quantize import INT8_ONNX_NAME, embedded_int8_graph
 
     name = INT8_ONNX_NAME if precision == "int8" else ONNX_NAME
     if model_id.startswith("local-dir:"):

@@ -8,7 +8,7 @@ import torch
 
 import gcl_zoo
 from gcl_zoo import CosineClassifier, GCLLoss, create_gcl_model, prepare_retraining
-from gcl_zoo.models.zoo import training_command
+from gcl_zoo.models.weights import training_command
 from train.cli import build_parser
 
 ZOO = ["gcl_resnet32_cifar10_lt", "gcl_resnet32_cifar100_lt", "gcl_resnet50_imagenet_lt", "gcl_resnet50_inat18",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from gcl_zoo.models.zoo import WEIGHTS_DIR
+from gcl_zoo.models.weights import WEIGHTS_DIR
 from test_train import tiny_run
 
 REPO = Path(__file__).resolve().parent.parent

@@ -10,10 +10,10 @@ import torch.distributed as dist
 
 from train import cli
 from train.batches import DeviceBatches
-from train.data import cifar_data_cfg
 from train.distributed import DistInfo
 from train.engine import RunOptions, Trainer, TrainingError
 from train.recipes import load_recipe
+from gcl_zoo.data import CIFAR_DATA_CFG
 from gcl_zoo.sampling import create_sampler
 from two_ranks import on_two_ranks
 
@@ -86,7 +86,7 @@ def test_fast_path_builds_no_tensors_per_batch(tiny_lt_tensors, monkeypatch):
     """Normalisation constants are made once on the device: on a GPU each torch.tensor() is a host-to-device copy."""
     images, labels = tiny_lt_tensors
     batches = DeviceBatches(images, labels, create_sampler("instance", labels.tolist()), 16, torch.device("cpu"),
-                            cifar_data_cfg())
+                            CIFAR_DATA_CFG)
     made = []
     real_tensor = torch.tensor
     monkeypatch.setattr(torch, "tensor", lambda *a, **kw: made.append(1) or real_tensor(*a, **kw))

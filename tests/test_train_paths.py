@@ -15,11 +15,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from gcl_zoo.data import CIFARLongTail
+from gcl_zoo.data import CIFAR_DATA_CFG, CIFARLongTail
 from gcl_zoo.sampling import create_sampler
 from train.augment import mix, mixup_lambdas, pad_crop_flip
 from train.batches import DeviceBatches, LoaderBatches
-from train.data import cifar_data_cfg, train_transform
+from train.data import train_transform
 
 from test_train import TINY, metrics
 
@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def tiny_lt(cifar10_zip):
     return CIFARLongTail(cifar10_zip, imb_ratio=10, max_per_class=60,
-                         transform=train_transform({"dataset": "cifar10_lt"}, cifar_data_cfg()))
+                         transform=train_transform({"dataset": "cifar10_lt"}, CIFAR_DATA_CFG))
 
 
 def test_fast_and_loader_paths_draw_the_same_labels(tiny_lt):
@@ -39,7 +39,7 @@ def test_fast_and_loader_paths_draw_the_same_labels(tiny_lt):
         s1, s2 = create_sampler(name, tiny_lt.targets, seed=3), create_sampler(name, tiny_lt.targets, seed=3)
         s1.set_epoch(4)
         s2.set_epoch(4)
-        fast = torch.cat([y for _, y in DeviceBatches(images, labels, s1, 32, torch.device("cpu"), cifar_data_cfg())])
+        fast = torch.cat([y for _, y in DeviceBatches(images, labels, s1, 32, torch.device("cpu"), CIFAR_DATA_CFG)])
         slow = torch.cat([y for _, y in LoaderBatches(tiny_lt, s2, 32, torch.device("cpu"), workers=0)])
         assert torch.equal(fast, slow), name
 
@@ -59,7 +59,7 @@ def test_fast_augmentation_matches_torchvision_statistics(tiny_lt):
 
     # the same statistics through torchvision on real images: mean pixel after normalisation agrees
     images, _ = tiny_lt.as_tensors()
-    data_cfg = cifar_data_cfg()
+    data_cfg = CIFAR_DATA_CFG
     torch.manual_seed(0)
     torchvision_batch = torch.stack([tiny_lt[i % len(tiny_lt)][0] for i in range(1500)])
     positions = torch.arange(1500) % len(tiny_lt)

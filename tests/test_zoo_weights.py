@@ -12,7 +12,7 @@ import gcl_zoo  # noqa: F401
 from gcl_zoo.data import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFARLongTail
 from gcl_zoo.data.preprocessing import Normalize
 from gcl_zoo.metrics import accuracy_report
-from gcl_zoo.models.zoo import WEIGHTS_DIR
+from gcl_zoo.models.weights import WEIGHTS_DIR
 from gcl_zoo.onnx_export import STACK_TRACE_KEY
 from gcl_zoo.quantize import MIN_TOP1_AGREEMENT
 

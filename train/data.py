@@ -21,7 +21,7 @@ from timm.data import create_transform, resolve_model_data_config
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from gcl_zoo.data import (CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD, CIFARLongTail, ImageFolderLT,
+from gcl_zoo.data import (CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_DATA_CFG, CIFARLongTail, ImageFolderLT,
                           ListFileDataset, stratified_holdout)
 from gcl_zoo.data.preprocessing import eval_transform
 
@@ -72,12 +72,6 @@ class DataBundle:
         counts = list(self.val.cls_num_list)
         return {"source": self.val_source, "images": sum(counts), "classes_with_none": sum(n == 0 for n in counts),
                 "per_class_min": min(counts), "per_class_max": max(counts)}
-
-
-def cifar_data_cfg() -> Dict[str, Any]:
-    mean, std = CIFAR_MEAN_STD
-    return {"input_size": (3, 32, 32), "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
-            "mean": mean, "std": std}
 
 
 def large_data_cfg(model: torch.nn.Module, img_size: int) -> Dict[str, Any]:
@@ -141,7 +135,7 @@ def _cifar_data(recipe: Dict[str, Any]) -> DataBundle:
     """CIFAR-LT: validation from the training images the long-tailed subset leaves unused."""
     num_classes = NUM_CLASSES[recipe["dataset"]]
     root = _cifar_root(recipe)
-    data_cfg = cifar_data_cfg()
+    data_cfg = dict(CIFAR_DATA_CFG)
     subset = {"imb_ratio": recipe["imb_ratio"], "profile": recipe["imb_profile"], "seed": recipe["imb_seed"],
               "max_per_class": recipe["max_per_class"]}
     train = CIFARLongTail(root, num_classes, split="train", transform=train_transform(recipe, data_cfg), **subset)

@@ -1,11 +1,15 @@
-"""Label names and normalisation statistics of the data sets the zoo knows (one place for each fact)."""
+"""Label names and preprocessing of the data sets the zoo knows (one place for each fact)."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
-# The GCL/LDAM recipe's CIFAR normalisation (the std differs from the per-pixel std of the train set on purpose:
-# it is the figure the published recipes use, and the zoo's weights were trained with it).
-CIFAR_MEAN_STD = ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
+# CIFAR's data config, in timm's pretrained_cfg keys: what the CIFAR ResNets, the CIFAR zoo entries and the trainer's
+# CIFAR data all use. The normalisation is the GCL/LDAM recipe's (the std differs from the per-pixel std of the train
+# set on purpose: it is the figure the published recipes use, and the zoo's weights were trained with it).
+CIFAR_DATA_CFG: Dict[str, Any] = {
+    "input_size": (3, 32, 32), "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
+    "mean": (0.4914, 0.4822, 0.4465), "std": (0.2023, 0.1994, 0.2010),
+}
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from timm.models import build_model_with_cfg, checkpoint_seq, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices  # what timm's own forward_intermediates use
 
-from ..data.labels import CIFAR_MEAN_STD
+from ..data.labels import CIFAR_DATA_CFG
 
 __all__ = ["CifarResNet"]
 
@@ -151,10 +151,8 @@ def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs) -> Ci
 
 
 def _cfg(**kwargs) -> Dict:
-    mean, std = CIFAR_MEAN_STD
     return {
-        "num_classes": 10, "input_size": (3, 32, 32), "pool_size": (8, 8), "crop_pct": 1.0,
-        "interpolation": "bilinear", "mean": mean, "std": std, "first_conv": "conv1", "classifier": "fc",
+        "num_classes": 10, **CIFAR_DATA_CFG, "pool_size": (8, 8), "first_conv": "conv1", "classifier": "fc",
         "license": "apache-2.0", "paper_ids": "arXiv:1512.03385", "paper_name": "Deep Residual Learning",
         **kwargs,
     }

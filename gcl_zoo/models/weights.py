@@ -1,5 +1,5 @@
-"""Where a zoo model's weights come from (the package, a Hub repo, a local folder) and clear errors when they
-cannot be read.
+"""Where a zoo model's weights come from (the package, a Hub repo, a local folder), clear errors when they
+cannot be read, and the ``gcl-zoo train`` command that makes them where none are published.
 
 timm does the loading; this module only decides two things it cannot know: which Hub repo a zoo name points at
 (``GCL_ZOO_HUB_ORG``), and that weights from the Hub are read from ``model.safetensors`` only, so nothing
@@ -14,10 +14,18 @@ from typing import Any, Dict, Iterator, Optional
 
 from timm.models import PretrainedCfg
 
-__all__ = ["HUB_ORG_ENV", "SAFE_WEIGHTS_NAME", "hub_org", "with_hub_repos", "safe_hub_overlay", "explain_load_errors"]
+__all__ = ["WEIGHTS_DIR", "HUB_ORG_ENV", "SAFE_WEIGHTS_NAME", "embedded_weights", "hub_org", "with_hub_repos",
+           "safe_hub_overlay", "explain_load_errors", "training_command", "no_weights_error"]
 
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 HUB_ORG_ENV = "GCL_ZOO_HUB_ORG"
 SAFE_WEIGHTS_NAME = "model.safetensors"
+
+
+def embedded_weights(name: str) -> Optional[str]:
+    """Path of the weights shipped in the package for ``name`` ('arch.tag'), or None when none ship."""
+    path = WEIGHTS_DIR / f"{name}.safetensors"
+    return str(path) if path.is_file() else None
 
 
 def hub_org() -> Optional[str]:
@@ -122,3 +130,33 @@ def explain_load_errors(name: str, cfg: PretrainedCfg) -> Iterator[None]:
                 f" num_classes={cfg.num_classes}): {details}. Check `num_classes`, `label_names` and `model_args` in"
                 f" config.json against the weights; re-export the folder from the training run.") from exc
         raise
+
+
+def training_command(variant: str, tag: Optional[str]) -> str:
+    """The ``gcl-zoo train`` command that reproduces a zoo entry, complete as printed (placeholders in capitals).
+
+    Zoo names are ``gcl_<arch>_<dataset>`` and the trainer names its recipes after the data set, so the name gives
+    the recipe; the generic wrapper (no data set in its name) trains from image folders.
+    """
+    out = f"runs/{variant}" + (f".{tag}" if tag else "")
+    parts = variant.split("_", 2)
+    if len(parts) < 3:
+        return f"gcl-zoo train --dataset imagefolder --train-dir TRAIN_DIR --test-dir TEST_DIR --out {out}"
+    recipe = parts[2]
+    if recipe.startswith("cifar"):
+        ratio = f" --imb-ratio {tag[2:]}" if tag and tag.startswith("ir") and tag[2:].isdigit() else ""
+        archive = "cifar10/cifar10.zip" if recipe == "cifar10_lt" else "cifar100/cifar100.zip"
+        return f"gcl-zoo train --recipe {recipe}{ratio} --data-root DATA/{archive} --out {out}"
+    return (f"gcl-zoo train --recipe {recipe} --data-root IMAGES_DIR --train-list TRAIN_LIST.txt "
+            f"--test-list TEST_LIST.txt --out {out}")
+
+
+def no_weights_error(variant: str, tag: Optional[str]) -> RuntimeError:
+    """What ``pretrained=True`` says for an entry without published weights: how to train and load them."""
+    command = training_command(variant, tag)
+    out = command.rsplit(" --out ", 1)[1]
+    name = variant + (f".{tag}" if tag else "")
+    return RuntimeError(
+        f"no weights are published for {name!r} yet. Train them with `{command}` and load the run with "
+        f"timm.create_model('local-dir:{out}', pretrained=True), or load a Hub copy with "
+        f"timm.create_model('hf-hub:ORG/NAME', pretrained=True); pretrained=False gives random weights.")

@@ -4,25 +4,23 @@ One table (``default_cfgs``) holds every entry and its preprocessing; each ``@re
 line naming the backbone. An entry claims weights only when they exist: the CIFAR-LT checkpoints ship inside the
 package (``gcl_zoo/weights/``, the CIFAR-10 ones with an int8 ONNX graph beside them), and the rest are trained with
 ``gcl-zoo train``. Setting ``GCL_ZOO_HUB_ORG=<org>`` before the import points every entry at the Hub repo
-``<org>/<name.tag>`` (see ``gcl_zoo.models.weights``).
+``<org>/<name.tag>``. Where weights come from, and what to do when none are published, is
+``gcl_zoo.models.weights``.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict
 
 import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
-from ..data.labels import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_MEAN_STD, imagenet_label_names
+from ..data.labels import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_DATA_CFG, imagenet_label_names
 from .gcl import GCLModel
-from .weights import explain_load_errors, safe_hub_overlay, with_hub_repos
+from .weights import embedded_weights, explain_load_errors, no_weights_error, safe_hub_overlay, with_hub_repos
 
-__all__ = ["WEIGHTS_DIR", "embedded_weights", "embedded_int8_graph", "RECIPE_FOR_ENTRY", "training_command"]
+__all__ = ["GENERIC", "drop_mismatched_head"]
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 PAPER_ID = "arXiv:2305.11733"
 PAPER_NAME = "Long-tailed Visual Recognition via Gaussian Clouded Logit Adjustment (CVPR 2022)"
 GENERIC = "gcl_timm"
@@ -31,54 +29,13 @@ GENERIC = "gcl_timm"
 # (timm's default asks for five levels, and the CIFAR ResNets have four)
 FEATURE_CFG = {"feature_cls": "getter", "out_indices": None}
 
-# which training recipe reproduces each entry (used in error messages and model cards)
-RECIPE_FOR_ENTRY = {
-    "gcl_resnet32_cifar10_lt": "cifar10_lt", "gcl_resnet32_cifar100_lt": "cifar100_lt",
-    "gcl_resnet50_imagenet_lt": "imagenet_lt", "gcl_resnet50_inat18": "inat18", "gcl_resnet152_places_lt": "places_lt",
-}
-
-
-def embedded_weights(name: str) -> Optional[str]:
-    """Path of the weights shipped in the package for ``name`` ('arch.tag'), or None when none ship."""
-    path = WEIGHTS_DIR / f"{name}.safetensors"
-    return str(path) if path.is_file() else None
-
-
-def embedded_int8_graph(model: nn.Module) -> Optional[Path]:
-    """The int8 ONNX graph shipped beside the packaged weights ``model`` was built from (``<name>.int8.onnx``), or None
-    for a model whose weights do not come from the package or have no such graph."""
-    file = (getattr(model, "pretrained_cfg", None) or {}).get("file")
-    if not file or Path(file).parent != WEIGHTS_DIR or not file.endswith(".safetensors"):
-        return None
-    graph = WEIGHTS_DIR / (Path(file).name[: -len(".safetensors")] + ".int8.onnx")
-    return graph if graph.is_file() else None
-
-
-def training_command(variant: str, tag: Optional[str]) -> str:
-    """The ``gcl-zoo train`` command that reproduces a zoo entry, complete as printed (placeholders in capitals)."""
-    recipe = RECIPE_FOR_ENTRY.get(variant, "RECIPE")
-    out = f"runs/{variant}" + (f".{tag}" if tag else "")
-    if variant.startswith("gcl_resnet32_cifar"):
-        ratio = f" --imb-ratio {tag[2:]}" if tag and tag.startswith("ir") and tag[2:].isdigit() else ""
-        archive = "cifar10/cifar10.zip" if "cifar10_" in variant else "cifar100/cifar100.zip"
-        return f"gcl-zoo train --recipe {recipe}{ratio} --data-root DATA/{archive} --out {out}"
-    if recipe == "RECIPE":
-        return f"gcl-zoo train --dataset imagefolder --train-dir TRAIN_DIR --test-dir TEST_DIR --out {out}"
-    return (f"gcl-zoo train --recipe {recipe} --data-root IMAGES_DIR --train-list TRAIN_LIST.txt "
-            f"--test-list TEST_LIST.txt --out {out}")
-
 
 def _create_gcl(variant: str, pretrained: bool = False, **kwargs: Any) -> GCLModel:
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
                                  pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
     name = variant + (f".{cfg.tag}" if cfg.tag else "")
     if pretrained and not (cfg.has_weights or cfg.state_dict is not None or cfg.source == "local-dir"):
-        out = training_command(variant, cfg.tag).rsplit(" --out ", 1)[1]
-        raise RuntimeError(
-            f"no weights are published for {name!r} yet. Train them with "
-            f"`{training_command(variant, cfg.tag)}` and load the run with "
-            f"timm.create_model('local-dir:{out}', pretrained=True), or load a Hub copy with "
-            f"timm.create_model('hf-hub:ORG/NAME', pretrained=True); pretrained=False gives random weights.")
+        raise no_weights_error(variant, cfg.tag)
     if pretrained:
         kwargs["pretrained_cfg_overlay"] = safe_hub_overlay(cfg, kwargs.get("pretrained_cfg_overlay"))
     with explain_load_errors(name, cfg):
@@ -113,11 +70,9 @@ def _cfg(**kwargs: Any) -> Dict[str, Any]:
 
 
 def _cifar_cfg(num_classes: int, tag: str, **kwargs: Any) -> Dict[str, Any]:
-    mean, std = CIFAR_MEAN_STD
     base = "gcl_resnet32_cifar10_lt" if num_classes == 10 else "gcl_resnet32_cifar100_lt"
     return _cfg(
-        num_classes=num_classes, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0, interpolation="bilinear",
-        mean=mean, std=std, first_conv="backbone.conv1",
+        num_classes=num_classes, **CIFAR_DATA_CFG, pool_size=(8, 8), first_conv="backbone.conv1",
         label_names=CIFAR10_CLASSES if num_classes == 10 else CIFAR100_CLASSES,
         file=embedded_weights(f"{base}.{tag}"), **kwargs)
 
