@@ -44,9 +44,10 @@ import timm  # noqa: E402
 import gcl_zoo  # noqa: E402,F401
 from gcl_zoo.hub import Int8Calibration, export_embedded  # noqa: E402
 from gcl_zoo.quantize import int8_quantizer_missing  # noqa: E402
-from serve.app import predict_response  # noqa: E402
-from serve.decoding import ImagePayload, ParsedRequest, inspect_image  # noqa: E402
+from serve.decoding import ImagePayload, inspect_image  # noqa: E402
 from serve.multipart import parse_form  # noqa: E402
+from serve.parsing import ParsedRequest  # noqa: E402
+from serve.predict import predict_response  # noqa: E402
 from serve.runner import Execution, ModelRunner  # noqa: E402
 from serve.runtimes import runtime_installed  # noqa: E402
 from server_process import ServerProcess  # noqa: E402

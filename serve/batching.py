@@ -23,11 +23,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, List, NamedTuple, Optional, Sequence, Set
 
-from .decoding import RequestError
+from .errors import RequestError
 
 __all__ = ["BatchingEngine"]
 
-log = logging.getLogger("serve.batching")
+log = logging.getLogger(__name__)
 
 # predict(items) -> one result per item: a value, or an exception meant for that item's request alone
 PredictFn = Callable[[List[Any]], List[Any]]

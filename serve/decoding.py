@@ -1,65 +1,37 @@
-"""Request parsing and image decoding: everything a client can get wrong is caught here, with the HTTP status
-and a message that names the input and the fix.
+"""Image decoding: each image's header is checked before a pixel is decoded, then the file is decoded on the CPU
+(in the decode pool) or, for JPEGs on a GPU, on the device (in the inference thread, once per batch).
 
-The checks run cheapest first: the body's shape (JSON schema, multipart parts, base64), then each image's
-header (format, pixel count: a decompression bomb is refused before a single pixel is decoded), and only then
-the full decode.
+The header check refuses non-images (422), formats the server does not take (415) and decompression bombs (413)
+from the header alone; a file that fails to decode answers 422 naming it. Request parsing is ``serve.parsing``.
 """
 from __future__ import annotations
 
-import base64
-import binascii
 import io
-import json
 import logging
-import re
 import threading
-from dataclasses import dataclass, replace
-from typing import Annotated, Any, Callable, Dict, List, Literal, NamedTuple, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_core import PydanticCustomError
 
 from gcl_zoo.data.codecs import decode_rgb
-from gcl_zoo.prior import PriorError
 
+from .errors import RequestError
 from .headers import read_header
-from .multipart import FormError, FormPart, parse_form
-from .priors import PriorSpec, prior_from_json, prior_from_text, resolve_prior
 
-__all__ = ["RequestError", "ImagePayload", "ImageHeader", "PredictRequest", "PredictParameters", "SUPPORTED_FORMATS",
-           "TENSOR_DECODABLE", "payloads_from_json", "payloads_from_form", "check_counts", "check_top_k",
-           "inspect_image", "decode_pil", "decode_uint8", "decode_jpegs_on_device", "DecodeFallbacks", "pil_to_uint8",
-           "parse_predict_request", "query_parameters", "ParsedRequest", "OUTPUT_FUNCTIONS", "RAW_BODY_TYPES",
-           "body_over_query", "requested_prior", "check_target_prior"]
+__all__ = ["ImagePayload", "ImageHeader", "SUPPORTED_FORMATS", "TENSOR_DECODABLE", "inspect_image", "decode_pil",
+           "decode_uint8", "decode_jpegs_on_device", "DecodeFallbacks", "pil_to_uint8"]
 
 # what Pillow calls the formats the server accepts (MPO: the multi-picture JPEG that phone cameras write)
 SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF", "TIFF")
 PIL_PLUGINS = ("JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF")  # the Pillow plugins reading them (MPO: JPEG's)
-ACCEPTED_PART_TYPES = ("image/", "application/octet-stream")
-# the parameters a form field or the query string may carry (each a ParsedRequest field of the same name)
-FORM_FIELDS = ("model", "top_k", "function_to_apply", "target_prior")
-# raw bodies: one image as the whole request, as Hugging Face Inference Endpoints and TorchServe take it
-RAW_BODY_TYPES = ("image/", "application/octet-stream")
 # (format, mode) of the files the tensor decoders (gcl_zoo.data.codecs) turn into exactly the pixels of PIL's
 # ``convert("RGB")`` (tests/test_serve_units.py checks every pair); 16-bit PNGs, CMYK JPEGs and the rest go through PIL
 TENSOR_DECODABLE = frozenset({("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "RGBA"), ("PNG", "L"),
                               ("PNG", "LA"), ("PNG", "P"), ("WEBP", "RGB"), ("WEBP", "RGBA")})
-_DATA_URI = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
 
-log = logging.getLogger("serve.decoding")
-
-
-class RequestError(Exception):
-    """A problem with the client's request: answered with ``status`` and a JSON body ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str, headers: Optional[Dict[str, str]] = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,179 +50,6 @@ class ImageHeader(NamedTuple):
     size: Tuple[int, int]
 
 
-OUTPUT_FUNCTIONS = ("softmax", "sigmoid", "none")
-
-
-class PredictParameters(BaseModel):
-    """The Hugging Face image-classification task's parameters."""
-
-    model_config = ConfigDict(extra="forbid")
-    top_k: Optional[int] = Field(None, ge=1, description="how many labels to return per image, best first (more "
-                                                       "than the class count gives all)")
-    function_to_apply: Optional[Literal["softmax", "sigmoid", "none"]] = Field(
-        None, description="how scores come from the scaled cosine logits: softmax (the default), sigmoid, or none "
-                          "(the logits themselves)")
-    target_prior: Optional[Union[Literal["uniform", "train"], List[float]]] = Field(
-        None, description="the deployment's class prior the scores are moved to (default: the server's, "
-                          "--target-prior)")
-
-    @field_validator("target_prior", mode="before")
-    @classmethod
-    def _read_prior(cls, value: Any) -> Optional[PriorSpec]:
-        if value is None:
-            return None
-        try:
-            return prior_from_json(value)
-        except PriorError as exc:  # its message as it is, without pydantic's "Value error, "
-            raise PydanticCustomError("target_prior", "{message}", {"message": str(exc)}) from None
-
-
-@dataclass(frozen=True)
-class ParsedRequest:
-    """What a ``/predict`` request asks for, whichever body it came in.
-
-    ``hf_schema``: answer in the Hugging Face task's shape (a flat ``[{label, score}]`` list for one image, a list
-    of such lists for several), as JSON and raw-image requests expect; multipart forms get the envelope
-    ``{"model", "predictions"}``. ``single``: the request held one image, not a list.
-    """
-
-    payloads: List[ImagePayload]
-    top_k: Optional[int] = None
-    model: Optional[str] = None
-    function_to_apply: Optional[str] = None  # None: softmax
-    target_prior: Optional[PriorSpec] = None  # None: the server's default for the model
-    hf_schema: bool = True
-    single: bool = True
-
-
-Base64Image = Annotated[str, Field(min_length=1, json_schema_extra={"format": "byte"},
-                                   description="an image file, base64-encoded (a data: URI prefix is allowed)")]
-
-
-class PredictRequest(BaseModel):
-    """The Hugging Face image-classification request: base64 image(s) plus parameters."""
-
-    model_config = ConfigDict(extra="forbid")
-    inputs: Union[Base64Image, List[Base64Image]] = Field(..., description="one base64-encoded image, or a list "
-                                                                           "of them (1 to --max-images)")
-    parameters: Optional[PredictParameters] = None
-    model: Optional[str] = Field(None, description="which loaded model answers; the first one when omitted")
-
-
-def _describe_validation(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg']}")
-    return "; ".join(parts)
-
-
-def decode_base64(text: str, name: str) -> bytes:
-    """Strict base64 (an optional ``data:image/...;base64,`` prefix is allowed); bad input answers 422."""
-    text = _DATA_URI.sub("", text.strip(), count=1)
-    try:
-        data = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise RequestError(422, f"{name} is not valid base64 ({exc}); send the image file's bytes base64-encoded") from exc
-    if not data:
-        raise RequestError(422, f"{name} is empty; send the image file's bytes base64-encoded")
-    return data
-
-
-def payloads_from_json(body: bytes) -> ParsedRequest:
-    """Parse a Hugging Face task JSON body: base64 image(s), ``parameters``, and our optional model id."""
-    try:
-        raw: Any = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RequestError(422, f"request body is not valid JSON ({exc}); send "
-                                '{"inputs": "<base64 image>", "parameters": {"top_k": 5}}') from exc
-    try:
-        request = PredictRequest.model_validate(raw)
-    except ValidationError as exc:
-        raise RequestError(422, f"invalid request: {_describe_validation(exc)}; expected "
-                                '{"inputs": "<base64>" | ["<base64>", ...], "parameters": {"top_k": 5}, "model": "..."}'
-                           ) from exc
-    texts = [request.inputs] if isinstance(request.inputs, str) else request.inputs
-    names = ["inputs"] if isinstance(request.inputs, str) else [f"inputs[{i}]" for i in range(len(texts))]
-    payloads = [ImagePayload(name, decode_base64(text, name)) for name, text in zip(names, texts)]
-    parameters = request.parameters or PredictParameters()
-    return ParsedRequest(payloads, parameters.top_k, request.model, parameters.function_to_apply,
-                         parameters.target_prior, hf_schema=True, single=isinstance(request.inputs, str))
-
-
-def payloads_from_form(parts: Sequence[FormPart]) -> ParsedRequest:
-    """Read multipart form parts: every file part is an image; text fields ``model``, ``top_k``,
-    ``function_to_apply`` and ``target_prior``."""
-    payloads: List[ImagePayload] = []
-    fields: Dict[str, str] = {}
-    for part in parts:
-        if part.filename is None:
-            if part.name not in FORM_FIELDS:
-                raise RequestError(422, f"unknown form field {part.name!r}; send images as file parts plus optional "
-                                        f"fields {', '.join(FORM_FIELDS)}")
-            fields[part.name] = part.text()
-            continue
-        name = f"file {part.filename or part.name!r}"
-        if part.content_type and not part.content_type.startswith(ACCEPTED_PART_TYPES):
-            raise RequestError(415, f"{name} was sent as {part.content_type!r}; send images as image/* "
-                                    f"({', '.join(SUPPORTED_FORMATS)}) or application/octet-stream")
-        payloads.append(ImagePayload(name, part.data))
-    top_k = None
-    if "top_k" in fields:
-        try:
-            top_k = int(fields["top_k"])
-        except ValueError:
-            raise RequestError(422, f"top_k must be an integer, got {fields['top_k']!r}") from None
-    function = fields.get("function_to_apply")
-    if function is not None and function not in OUTPUT_FUNCTIONS:
-        raise RequestError(422, f"function_to_apply={function!r} is not one of {', '.join(OUTPUT_FUNCTIONS)}")
-    return ParsedRequest(payloads, top_k, fields.get("model"), function,
-                         requested_prior(fields.get("target_prior"), prior_from_text), hf_schema=False, single=False)
-
-
-def check_counts(payloads: Sequence[ImagePayload], max_images: int) -> None:
-    """A request carries between one and ``max_images`` non-empty images."""
-    if not payloads:
-        raise RequestError(422, "the request holds no image; send one or more image files (multipart) "
-                                'or {"inputs": "<base64>"} (JSON)')
-    if len(payloads) > max_images:
-        raise RequestError(413, f"{len(payloads)} images in one request; the limit is {max_images} "
-                                "(split the images over several requests)")
-    for payload in payloads:
-        if not payload.data:
-            raise RequestError(422, f"{payload.name} is empty; send the image file's bytes")
-
-
-def requested_prior(value: Any, parse: Callable[[Any], PriorSpec]) -> Optional[PriorSpec]:
-    """A request's ``target_prior`` as ``parse`` reads its encoding (None when absent); a malformed one answers 422."""
-    if value is None:
-        return None
-    try:
-        return parse(value)
-    except PriorError as exc:
-        raise RequestError(422, str(exc)) from None
-
-
-def check_target_prior(spec: Optional[PriorSpec], default: Optional[torch.Tensor],
-                       runner: Any) -> Optional[torch.Tensor]:
-    """The prior a request asks for, checked against the model that answers (422 naming the fault), else the
-    server's ``default`` for that model."""
-    if spec is None:
-        return default
-    try:
-        return resolve_prior(spec, runner)
-    except PriorError as exc:
-        raise RequestError(422, f"target_prior: {exc}") from None
-
-
-def check_top_k(top_k: Optional[int], num_classes: int, default: int) -> int:
-    """``top_k`` of at least 1; more than the class count gives every class, as Hugging Face's pipelines do."""
-    if top_k is None:
-        return min(default, num_classes)
-    if top_k < 1:
-        raise RequestError(422, f"top_k={top_k} is out of range; ask for 1 or more labels")
-    return min(top_k, num_classes)
-
 
 def _header(data: bytes, plugins: Optional[Sequence[str]]) -> Tuple[str, str, Tuple[int, int]]:
     with Image.open(io.BytesIO(data), formats=plugins) as img:
@@ -262,8 +61,8 @@ def inspect_image(payload: ImagePayload, max_pixels: int) -> ImageHeader:
     pixels (413) before anything is decoded.
 
     Common PNG, WebP and JPEG headers are read from their bytes (``serve.headers``, the same answer as Pillow's
-    in a tenth of the time); for the rest only the plugins of the accepted formats are asked first: Pillow
-    otherwise tries its plugins one by one and the header took six times as long. Pillow's own warning for
+    without building a plugin); for the rest only the plugins of the accepted formats are asked first: Pillow
+    otherwise tries its plugins one by one. Pillow's own warning for
     images over its ``MAX_IMAGE_PIXELS`` is left alone (``warnings.catch_warnings`` is not thread-safe, and
     decoding runs in a thread pool).
     """
@@ -309,7 +108,7 @@ def pil_to_uint8(img: Image.Image) -> torch.Tensor:
 def decode_uint8(payload: ImagePayload, header: ImageHeader) -> torch.Tensor:
     """The RGB pixels as a uint8 CHW tensor, equal to ``pil_to_uint8(decode_pil(payload))``.
 
-    The tensor decoders (``gcl_zoo.data.codecs``) take a third of PIL's time for small images, so they read the
+    The tensor decoders (``gcl_zoo.data.codecs``) are faster than PIL for small images, so they read the
     (format, mode) pairs where their pixels are PIL's; PIL reads everything else, and every file they refuse, so a
     corrupt file answers the same 422 either way.
     """
@@ -384,53 +183,3 @@ def decode_jpegs_on_device(payloads: Sequence[ImagePayload], device: torch.devic
 def _count(fallbacks: Optional[DecodeFallbacks], kind: str) -> None:
     if fallbacks is not None:
         fallbacks.add(kind)
-
-
-async def parse_predict_request(request: Any, max_images: int) -> ParsedRequest:
-    """What a ``/predict`` request asks for: a multipart form, a JSON body, or one raw image as the body.
-    ``top_k``, ``function_to_apply``, ``model`` and ``target_prior`` may also come as query parameters (what a raw
-    body has), which the form's or JSON body's own values override."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    raw = not content_type or content_type.startswith(RAW_BODY_TYPES)
-    query = query_parameters(dict(request.query_params))
-    if content_type == "multipart/form-data":
-        try:
-            parts = parse_form(await request.body(), request.headers.get("content-type", ""), max_images,
-                               len(FORM_FIELDS))
-        except FormError as exc:
-            hint = (f"send at most {max_images} images per request" if exc.status == 413
-                    else "send well-formed multipart/form-data")
-            raise RequestError(exc.status, f"cannot read the multipart body: {exc}; {hint}") from exc
-        parsed = payloads_from_form(parts)
-    elif content_type == "application/json" or content_type.endswith("+json"):
-        parsed = payloads_from_json(await request.body())
-    elif raw:  # huggingface_hub sends bytes untyped
-        parsed = ParsedRequest([ImagePayload("the request body", await request.body())], hf_schema=True, single=True)
-    else:
-        raise RequestError(415, f"Content-Type {content_type or '(none)'!r} is not supported; send image files as "
-                                "multipart/form-data, base64 images as application/json, or one image as the body "
-                                "(image/jpeg, image/png, image/webp or application/octet-stream)")
-    check_counts(parsed.payloads, max_images)
-    merged = body_over_query(parsed, query)
-    return replace(merged, function_to_apply=merged.function_to_apply or "softmax")
-
-
-def body_over_query(body: ParsedRequest, query: ParsedRequest) -> ParsedRequest:
-    """``body``'s own parameters, and ``query``'s where the body leaves one out."""
-    missing = {name: getattr(query, name) for name in FORM_FIELDS if getattr(body, name) is None}
-    return replace(body, **missing)
-
-
-def query_parameters(query: Dict[str, str]) -> ParsedRequest:
-    """``top_k``, ``function_to_apply``, ``model`` and ``target_prior`` from the query string, checked (a request
-    without images); anything else is refused."""
-    unknown = sorted(set(query) - set(FORM_FIELDS))
-    if unknown:
-        raise RequestError(422, f"unknown query parameter(s) {', '.join(unknown)}; /predict takes "
-                                f"{', '.join(FORM_FIELDS)}")
-    try:
-        parameters = PredictParameters(top_k=query.get("top_k"), function_to_apply=query.get("function_to_apply"))
-    except ValidationError as exc:
-        raise RequestError(422, f"invalid query: {_describe_validation(exc)}") from exc
-    return ParsedRequest([], parameters.top_k, query.get("model"), parameters.function_to_apply,
-                         requested_prior(query.get("target_prior"), prior_from_text))

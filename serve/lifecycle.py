@@ -16,7 +16,7 @@ import uvicorn
 
 __all__ = ["DrainingServer"]
 
-log = logging.getLogger("serve.lifecycle")
+log = logging.getLogger(__name__)
 
 
 class DrainingServer(uvicorn.Server):

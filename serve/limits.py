@@ -19,20 +19,14 @@ import json
 import time
 from typing import Any, Callable, Dict, Optional
 
-from starlette.responses import JSONResponse
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from .decoding import RequestError
+from .errors import RequestError, error_response
 
 __all__ = ["BodyBudget", "BodyLimitMiddleware", "HeaderTimeoutHttpTools", "header_timeout_protocol",
-           "DrainMiddleware", "PROBE_PATHS", "error_response"]
+           "DrainMiddleware", "PROBE_PATHS"]
 
 PROBE_PATHS = frozenset({"/health", "/ready", "/metrics", "/v2/health/live", "/v2/health/ready"})
-
-
-def error_response(status: int, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
-    """The JSON error body every refusal answers with: ``{"error": "<what is wrong and how to fix it>"}``."""
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 class BodyBudget:

@@ -11,7 +11,6 @@ first; ``k`` is the request parameter ``top_k``). Request and response tensors m
 the file base64-encoded.
 Errors are the protocol's ``{"error": "..."}`` with the same status codes as ``/predict``.
 """
-import asyncio
 import json
 import re
 import struct
@@ -20,17 +19,23 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from fastapi import Request, Security
+from fastapi import APIRouter, Request, Security
 from fastapi.responses import JSONResponse, Response
 
 from . import __version__
-from .decoding import (ImagePayload, RequestError, check_counts, check_target_prior, check_top_k, decode_base64,
-                       requested_prior)
-from .priors import PriorSpec, output_scores, prior_from_json
+from .decoding import ImagePayload
+from .dependencies import State, require_api_key
+from .errors import RequestError
+from .parsing import check_counts, check_target_prior, check_top_k, decode_base64, requested_prior
+from .pipeline import InferenceJob, answer
+from .priors import PriorSpec, prior_from_json
+from .runner import ModelRunner
 from .schemas import NOT_READY, UNKNOWN_MODEL, V2_ERRORS, V2_INFER_BODY
+from .settings import ServeSettings
+from .state import ServerState
 
-__all__ = ["InferRequest", "parse_infer_request", "infer_response", "model_metadata", "protocol_name", "register_routes",
-           "INPUT_IMAGE", "INPUT_TENSOR", "OUTPUTS"]
+__all__ = ["InferRequest", "InferSpec", "parse_infer_request", "infer_response", "model_metadata", "protocol_name",
+           "runner_named", "router", "INPUT_IMAGE", "INPUT_TENSOR", "OUTPUTS"]
 
 INPUT_IMAGE, INPUT_TENSOR = "image", "input"
 OUTPUTS = ("probabilities", "labels")
@@ -218,59 +223,67 @@ def infer_response(name: str, request: InferRequest, probs: torch.Tensor, labels
                                       "Inference-Header-Content-Length": str(len(header))}
 
 
-def register_routes(app: Any, state: Any, auth: Any, prepare: Any) -> None:
-    """Add the v2 routes to ``app``; ``state`` is the server's, ``auth`` its API-key dependency and ``prepare`` its
-    image decoding (run in the decode pool), so limits, batching, keys and metrics are those of ``/predict``."""
-    def runner_named(name: str) -> Any:
-        for runner in state.runners.values():
-            if protocol_name(runner.model_id) == name:
-                return runner
-        raise RequestError(404, f"unknown model {name!r}; this server has "
-                                f"{', '.join(protocol_name(m) for m in state.runners)} (see GET /v2/models/NAME)")
+def runner_named(state: ServerState, name: str) -> ModelRunner:
+    """The runner whose ``protocol_name`` is ``name``; 404 names the served ones."""
+    for runner in state.runners.values():
+        if protocol_name(runner.model_id) == name:
+            return runner
+    raise RequestError(404, f"unknown model {name!r}; this server has "
+                            f"{', '.join(protocol_name(m) for m in state.runners)} (see GET /v2/models/NAME)")
 
-    @app.get("/v2/health/live", summary="v2: the process answers", tags=["open inference protocol"])
-    async def live() -> Dict[str, bool]:
-        return {"live": True}
 
-    @app.get("/v2/health/ready", summary="v2: every model serves", tags=["open inference protocol"],
-             responses=NOT_READY)
-    async def ready() -> JSONResponse:
-        serving = state.serving()  # False while loading or draining, or after a device failed for good
-        return JSONResponse({"ready": serving}, status_code=200 if serving else 503)
+class InferSpec:
+    """The v2 infer route's request in (``InferRequest``: encoded images or a pre-processed tensor), its outputs
+    out; the model is the one the path names."""
 
-    @app.get("/v2", summary="v2: server metadata", tags=["open inference protocol"])
-    async def server_metadata() -> Dict[str, Any]:
-        return {"name": "gcl-zoo", "version": __version__, "extensions": ["binary_tensor_data"]}
-
-    @app.get("/v2/models/{name}", summary="v2: model metadata", tags=["open inference protocol"],
-             responses=UNKNOWN_MODEL)
-    async def metadata(name: str) -> Dict[str, Any]:
-        state.check_ready()
-        runner = runner_named(name)
-        return model_metadata(name, tuple(runner.config["input_size"]), runner.num_classes)
-
-    @app.get("/v2/models/{name}/ready", summary="v2: the model serves", tags=["open inference protocol"],
-             responses=UNKNOWN_MODEL)
-    async def model_ready(name: str) -> Dict[str, Any]:
-        state.check_ready()
-        runner_named(name)
-        return {"name": name, "ready": True}
-
-    @app.post("/v2/models/{name}/infer", summary="v2: classify images or pre-processed tensors",
-              tags=["open inference protocol"], responses=V2_ERRORS, openapi_extra=V2_INFER_BODY)
-    async def infer(name: str, request: Request, _auth: None = Security(auth)) -> Response:
-        state.check_ready()
-        runner = runner_named(name)
+    async def decode_request(self, request: Request, state: ServerState) -> InferenceJob:
+        runner = runner_named(state, request.path_params["name"])
         parsed = parse_infer_request(await request.body(), request.headers.get(HEADER_LENGTH),
                                      tuple(runner.config["input_size"]), state.settings.max_images)
         prior = check_target_prior(parsed.target_prior, state.default_priors[runner.model_id], runner)
-        timeout = state.settings.request_timeout_s
-        if parsed.images is not None:
-            items = await asyncio.get_running_loop().run_in_executor(
-                state.decode_pool, prepare, runner, parsed.images, state.settings.max_pixels)
-            rows = await state.engines[runner.model_id].submit(items, timeout)
-        else:
-            rows = await state.tensor_engines[runner.model_id].submit(list(parsed.tensor), timeout)
-        probs = output_scores(torch.stack(list(rows)), runner, prior)
-        body, headers = infer_response(name, parsed, probs, runner.labels, state.settings.default_top_k)
+        return InferenceJob(runner, prior, parsed, images=parsed.images, tensor=parsed.tensor)
+
+    def encode_response(self, job: InferenceJob, scores: torch.Tensor, settings: ServeSettings) -> Response:
+        body, headers = infer_response(protocol_name(job.runner.model_id), job.request, scores, job.runner.labels,
+                                       settings.default_top_k)
         return Response(body, headers=headers)
+
+
+INFER = InferSpec()
+router = APIRouter(tags=["open inference protocol"])
+
+
+@router.get("/v2/health/live", summary="v2: the process answers")
+async def live() -> Dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/v2/health/ready", summary="v2: every model serves", responses=NOT_READY)
+async def ready(state: State) -> JSONResponse:
+    serving = state.serving()  # False while loading or draining, or after a device failed for good
+    return JSONResponse({"ready": serving}, status_code=200 if serving else 503)
+
+
+@router.get("/v2", summary="v2: server metadata")
+async def server_metadata() -> Dict[str, Any]:
+    return {"name": "gcl-zoo", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+
+@router.get("/v2/models/{name}", summary="v2: model metadata", responses=UNKNOWN_MODEL)
+async def metadata(name: str, state: State) -> Dict[str, Any]:
+    state.check_ready()
+    runner = runner_named(state, name)
+    return model_metadata(name, tuple(runner.config["input_size"]), runner.num_classes)
+
+
+@router.get("/v2/models/{name}/ready", summary="v2: the model serves", responses=UNKNOWN_MODEL)
+async def model_ready(name: str, state: State) -> Dict[str, Any]:
+    state.check_ready()
+    runner_named(state, name)
+    return {"name": name, "ready": True}
+
+
+@router.post("/v2/models/{name}/infer", summary="v2: classify images or pre-processed tensors", responses=V2_ERRORS,
+             openapi_extra=V2_INFER_BODY)
+async def infer(name: str, request: Request, state: State, _auth: None = Security(require_api_key)) -> Response:
+    return await answer(INFER, request, state)

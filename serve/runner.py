@@ -7,12 +7,11 @@ same numbers as ``model(x).softmax(-1)`` in timm.
 
 Speed per device (``optimize="auto"``):
 
-* CPU: TorchScript trace, frozen and ``optimize_for_inference`` (conv+BN folding, oneDNN); on a 2-core machine
-  this ran a ResNet-32 at 1,090 images/s (batch 64) against 320 eager and 1,055 for ``torch.compile``, and it
-  starts in a second instead of half a minute. Two batches run at once, each on half the cores
-  (``inference_plan``): two single-threaded streams ran 1,180 images/s there against 1,030 for one stream on
-  both cores, and a stream that loses its core for a moment (to HTTP or decoding) no longer stalls the other
-  core at a parallel region's barrier.
+* CPU: TorchScript trace, frozen and ``optimize_for_inference`` (conv+BN folding, oneDNN): about as fast as
+  ``torch.compile`` and several times eager, and it starts in a second instead of half a minute. Two batches
+  run at once, each on half the cores (``inference_plan``): a stream that loses its core for a moment (to HTTP
+  or decoding) no longer stalls the other core at a parallel region's barrier. ``bench/serve_load.py``
+  measures these layouts side by side (its results: ``docs/benchmarks.md``).
 * CUDA: channels_last weights and inputs, bf16 autocast, pre-processing on the GPU; each inference thread
   works on its own CUDA stream, so ``--inference-streams 2`` overlaps one batch's decoding and copies with
   another's forward pass (one stream stays the default until a GPU measurement says two pay); ``compile`` adds
@@ -43,15 +42,15 @@ from gcl_zoo.devices import autocast_for
 from gcl_zoo.models.gcl import raw_logits_module, score_scale
 from gcl_zoo.prior import PriorError, check_prior
 
-from .decoding import ImageHeader, ImagePayload, RequestError, inspect_image
+from .decoding import ImageHeader, ImagePayload, inspect_image
+from .errors import RequestError
 from .preprocess import DevicePipeline, Pipeline, create_pipeline, data_config
 from .runtimes import create_onnx_forward, resolve_runtime
 
-__all__ = ["ModelRunner", "Execution", "create_runner", "start_parallel_runtime", "resolve_optimization",
-           "inference_plan", "load_model", "batch_buckets", "device_works", "label_names_of", "implied_prior_of",
-           "train_prior_of"]
+__all__ = ["ModelRunner", "Execution", "create_runner", "resolve_optimization", "inference_plan", "load_model",
+           "batch_buckets", "device_works", "label_names_of", "implied_prior_of", "train_prior_of"]
 
-log = logging.getLogger("serve.runner")
+log = logging.getLogger(__name__)
 
 
 def resolve_optimization(optimize: str, device: torch.device) -> str:
@@ -73,16 +72,6 @@ def inference_plan(streams: Optional[int], device: torch.device, optimization: s
     if streams is None:
         streams = min(2, cores) if device.type == "cpu" and optimization != "compile" else 1
     return streams, max(1, cores // streams)
-
-
-def start_parallel_runtime() -> None:
-    """Run one parallel CPU op on the calling thread, which must be the process's main thread.
-
-    PyTorch's OpenMP runtime is set up by the first parallel region. When that region ran on a worker thread
-    (the server's inference thread) rather than the main thread, every later forward pass on worker threads was
-    2.5x to 12x slower on a shared 2-core machine (0.25 s to 1.2 s instead of 0.1 s for a ResNet-32 batch of 64).
-    """
-    torch.ones(1 << 20).mul_(2).sum()
 
 
 def load_model(model_id: str) -> nn.Module:
@@ -158,20 +147,11 @@ def pads_to_buckets(device: torch.device, optimization: str) -> bool:
     return optimization == "compile" or device.type == "cuda"
 
 
-def allow_graphs_per_bucket(buckets: int) -> None:
-    """Let Dynamo keep one more compiled graph per batch bucket of this model: past its recompile limit (8 by
-    default) it silently falls back to eager for good. The limit counts the graphs of one function's code, which
-    every model of an architecture shares, so each compiled model raises it by its own buckets."""
-    import torch._dynamo
-
-    config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    setattr(config, name, getattr(config, name) + buckets)
-
-
-# cosine logits of an ONNX runtime vs the PyTorch model on a random batch, checked once at start-up: float32 agrees
-# to about 3e-7, OpenVINO's bf16 to about 5e-3 and the shipped ResNet-32's int8 graph to about 0.06 (its labels
-# were checked on real images at export); a graph of another model is off by about 0.7, far more than any limit
+# largest difference allowed between the cosine logits (in [-1, 1]) of an ONNX runtime and of the PyTorch model on a
+# random batch, checked once at start-up. Each limit sits well above the rounding of its precision (float32: about
+# 1e-7 relative; bf16: 8 bits of mantissa, about 4e-3 relative; int8: quantised weights and activations, whose
+# labels are checked on real images at export) and well below what a graph of other weights is off by, a sizeable
+# fraction of the cosines' range: a stale or foreign model.onnx is refused, rounding never is.
 AGREEMENT = {"f32": 1e-4, "bf16": 2e-2, "int8": 0.25}
 
 
@@ -221,11 +201,8 @@ class ModelRunner:
         self.pads_to_buckets = pads_to_buckets(device, self.optimization)
         self.autocast_dtype = torch.bfloat16 if device.type == "cuda" and execution.precision != "f32" else None
         self.precision = "bf16" if self.autocast_dtype is not None else "f32"
-        if self.optimization == "compile":
-            allow_graphs_per_bucket(len(self.buckets))
         if device.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
-            torch.backends.cudnn.benchmark = True  # batch shapes repeat, so the autotuned kernels pay off
         self.forward = self._optimized(raw_logits_module(model))
 
     def _check_agreement(self, model: nn.Module) -> None:

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
-from .decoding import FORM_FIELDS, OUTPUT_FUNCTIONS, PredictRequest
+from .parsing import FORM_FIELDS, OUTPUT_FUNCTIONS, PredictRequest
 from .priors import PRIOR_WORDS, text_prior_pattern
 
 __all__ = ["LabelScore", "PredictResponse", "ErrorResponse", "StatusResponse", "ModelDescription", "ModelsResponse",

@@ -13,15 +13,16 @@ import torch
 from gcl_zoo.devices import resolve_device
 
 from .batching import BatchingEngine
-from .decoding import RequestError
+from .errors import RequestError
 from .metrics import ServerMetrics
 from .priors import default_prior
 from .runner import Execution, ModelRunner, create_runner, inference_plan, resolve_optimization
 from .settings import ServeSettings
+from .startup import configure_process
 
 __all__ = ["ServerState", "load_models"]
 
-log = logging.getLogger("serve.state")
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,21 +77,19 @@ class ServerState:
 
 
 async def load_models(state: ServerState, on_failure: Optional[Callable[[str], None]] = None) -> None:
-    """Start the inference threads, load, optimise and warm every model in them, then start a batching engine
-    for each."""
+    """Make the process-wide settings (``serve.startup``), start the inference threads, load, optimise and warm
+    every model in them, then start a batching engine for each."""
     settings = state.settings
     loop = asyncio.get_running_loop()
     try:
         device = resolve_device(settings.device)
-        streams, threads = inference_plan(settings.inference_streams, device,
-                                          resolve_optimization(settings.optimize, device))
+        optimization = resolve_optimization(settings.optimize, device)
+        streams, threads = inference_plan(settings.inference_streams, device, optimization)
+        configure_process(device, optimization, settings.max_batch_size, len(settings.models))
         # intra-op thread counts are per thread in PyTorch's OpenMP backend, so each inference thread sets its own
         state.inference_pool = ThreadPoolExecutor(streams, thread_name_prefix="inference",
                                                   initializer=torch.set_num_threads, initargs=(threads,))
         state.inference = {"inference_streams": streams, "threads_per_stream": threads}
-        # the event loop's own tensor work (a request's rows: stack, softmax, top-k) is tiny; with the default team
-        # every parallel region in it woke an OpenMP worker that then spun: 16% of a core under load, measured
-        torch.set_num_threads(1)
         execution = Execution(settings.runtime, settings.precision, streams, threads)
         for model_id in settings.models:
             runner = await loop.run_in_executor(state.inference_pool, create_runner, model_id, device,

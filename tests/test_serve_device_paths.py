@@ -14,11 +14,13 @@ from PIL import Image
 
 import gcl_zoo  # noqa: F401  (registers the zoo)
 from serve import runner as runner_module
-from serve.decoding import ImagePayload, RequestError, decode_jpegs_on_device, decode_uint8, inspect_image
+from serve.decoding import ImagePayload, decode_jpegs_on_device, decode_uint8, inspect_image
+from serve.errors import RequestError
 from serve.metrics import ServerMetrics
 from serve.preprocess import DevicePipeline, data_config, resize_crop_normalize
 from serve.runner import ModelRunner
 from serve.settings import ServeSettings
+from serve.startup import configure_torch
 from serve.state import ServerState
 
 
@@ -41,10 +43,11 @@ def test_compiled_runners_of_two_models_serve_the_graphs_warm_up_built(monkeypat
     monkeypatch.setattr(torch, "compile", lambda model, **kw: real_compile(model, **{**kw, "backend": counting_backend}))
     config = torch._dynamo.config
     name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    # a low starting limit: the runners must raise it for all their graphs (config.patch restores it; pytest's
+    # a low starting limit: the start-up step must raise it for all their graphs (config.patch restores it; pytest's
     # monkeypatch would delete, and so hide, the option on undo)
     with config.patch({name: 2}):
         torch._dynamo.reset()
+        configure_torch(torch.device("cpu"), "compile", max_batch_size=4, models=2)  # the server's start-up step
         runners = [ModelRunner(model_id, timm.create_model(model_id).eval(), torch.device("cpu"), optimize="compile",
                                max_batch_size=4)
                    for model_id in ("gcl_resnet32_cifar10_lt", "gcl_resnet32_cifar100_lt")]

@@ -13,8 +13,8 @@ from pydantic import ValidationError
 
 from gcl_zoo.prior import PriorError, adjust_logits, check_prior
 from serve.cli import main as serve_main
-from serve.decoding import (RequestError, body_over_query, check_target_prior, payloads_from_form, payloads_from_json,
-                            query_parameters)
+from serve.errors import RequestError
+from serve.parsing import body_over_query, check_target_prior, payloads_from_form, payloads_from_json, query_parameters
 from serve.multipart import FormPart
 from serve.priors import default_prior, output_scores, prior_from_json, prior_from_text, read_prior_setting
 from serve.runner import implied_prior_of, train_prior_of

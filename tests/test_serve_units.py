@@ -17,14 +17,17 @@ from pydantic import ValidationError
 
 import gcl_zoo  # noqa: F401  (registers the zoo)
 from serve.batching import BatchingEngine
-from serve.decoding import (TENSOR_DECODABLE, ImageHeader, ImagePayload, RequestError, check_top_k, decode_base64,
-                            decode_jpegs_on_device, decode_pil, decode_uint8, inspect_image, payloads_from_json)
+from serve.decoding import (TENSOR_DECODABLE, ImageHeader, ImagePayload, decode_jpegs_on_device, decode_pil, decode_uint8,
+                            inspect_image)
+from serve.errors import RequestError
+from serve.parsing import check_top_k, decode_base64, payloads_from_json
 from serve.metrics import ServerMetrics
 from gcl_zoo.data.preprocessing import eval_transform
 from serve.preprocess import DevicePipeline, PilPipeline, data_config, resize_crop_normalize, uint8_transform
 from serve.headers import read_header
-from serve.runner import ModelRunner, allow_graphs_per_bucket, batch_buckets, inference_plan, pads_to_buckets
+from serve.runner import ModelRunner, batch_buckets, inference_plan, pads_to_buckets
 from serve.settings import ServeSettings
+from serve.startup import allow_graphs_per_bucket
 from serve_images import cifar_test_images, png_header_only, reencode
 
 
