@@ -1,6 +1,7 @@
 """``gcl-zoo serve``: flags -> ``ServeSettings`` -> uvicorn.
 
-Flags override ``GCL_ZOO_SERVE_<FIELD>`` environment variables, which override the defaults; an invalid value
+The flags are made from ``ServeSettings``' fields (one per field, its help the field's description), so a new
+setting is a new flag without a second list to keep in step. Flags override ``GCL_ZOO_SERVE_<FIELD>`` environment variables, which override the defaults; an invalid value
 stops the command with a message naming it, before anything is loaded.
 """
 from __future__ import annotations
@@ -8,69 +9,55 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import List, Optional
+from typing import Any, Dict, List, Literal, Optional, Union, get_args, get_origin
 
 from pydantic import ValidationError
+from pydantic.fields import FieldInfo
 
-from .settings import DEFAULT_MODEL, ENV_PREFIX, ServeSettings
+from .settings import ENV_PREFIX, ServeSettings
 
 __all__ = ["main", "build_parser"]
 
 
+# the flags not named after their field (``--model a b`` fills ``models``), and the metavars that say more than a type
+FLAG_NAMES = {"models": "--model"}
+METAVARS = {"models": "MODEL", "target_prior": "VALUE", "api_key_env": "VAR"}
+
+
+def _flag_kwargs(name: str, field: FieldInfo) -> Dict[str, Any]:
+    """argparse keywords for one ``ServeSettings`` field: its type or choices, its description and default as
+    help; every flag defaults to None so that unset flags leave environment values and defaults in place."""
+    kwargs: Dict[str, Any] = {"dest": name, "default": None}
+    annotation = field.annotation
+    if get_origin(annotation) is Union:  # Optional[X]: the flag takes an X
+        annotation = next(arg for arg in get_args(annotation) if arg is not type(None))
+    if get_origin(annotation) is Literal:
+        kwargs["choices"] = list(get_args(annotation))
+    elif get_origin(annotation) in (list, List):
+        kwargs.update(action="extend", nargs="+", type=get_args(annotation)[0])
+    elif annotation is not str:
+        kwargs["type"] = annotation
+    if name in METAVARS:
+        kwargs["metavar"] = METAVARS[name]
+    default = None if field.default_factory is not None else field.default
+    shown = f"{default:,}" if isinstance(default, int) and default >= 10_000 else (
+        f"{default:g}" if isinstance(default, float) else default)
+    kwargs["help"] = field.description + ("" if default is None or "(default" in field.description
+                                          else f" (default: {shown})")
+    return kwargs
+
+
 def build_parser(prog: str = "gcl-zoo serve") -> argparse.ArgumentParser:
-    """Every flag defaults to None so that unset flags leave environment values and defaults in place."""
-    fields = ServeSettings.model_fields
+    """One flag per ``ServeSettings`` field (``--max-batch-size`` for ``max_batch_size``), made from the field's
+    type, choices and description, plus ``--compile``, short for ``--optimize compile``."""
     parser = argparse.ArgumentParser(
         prog=prog, description="Serve zoo models over HTTP: POST /predict, GET /health /ready /models /metrics /docs.",
         epilog=f"Every option can also be set as an environment variable {ENV_PREFIX}<NAME> "
                f"(for example {ENV_PREFIX}MAX_BATCH_SIZE=32); flags win.")
-    add = parser.add_argument
-    add("--model", dest="models", action="extend", nargs="+", metavar="MODEL",
-        help=f"zoo name, hf-hub:ORG/NAME or local-dir:PATH; repeat or list several to serve them side by side "
-             f"(the first is the default; default: {DEFAULT_MODEL})")
-    add("--device", choices=["auto", "cpu", "cuda"], help="where the models run (default: auto, CUDA when present)")
-    add("--host", help="address to bind (default: 127.0.0.1; 0.0.0.0 for every interface)")
-    add("--port", type=int, help="port (default: 8000)")
-    add("--max-batch-size", type=int, help=f"most images per forward pass (default: {fields['max_batch_size'].default})")
-    add("--max-wait-ms", type=float, help=f"longest a batch waits to fill (default: {fields['max_wait_ms'].default})")
-    add("--max-queue", type=int, help=f"most images queued per model before 503 (default: {fields['max_queue'].default})")
-    add("--request-timeout-s", type=float,
-        help=f"answer 504 after this long (default: {fields['request_timeout_s'].default})")
-    add("--max-body-mb", type=float, help=f"largest request body in MB (default: {fields['max_body_mb'].default})")
-    add("--max-images", type=int, help=f"most images per request (default: {fields['max_images'].default})")
-    add("--max-pixels", type=int, help=f"most pixels per image (default: {fields['max_pixels'].default:,})")
-    add("--max-inflight-mb", type=float, help="most MB of request bodies held at once; beyond, 503 with Retry-After "
-                                              f"(default: {fields['max_inflight_mb'].default:g})")
-    add("--header-timeout-s", type=float, help="408 and close when a request's headers take longer "
-                                               f"(default: {fields['header_timeout_s'].default:g})")
-    add("--body-timeout-s", type=float, help="408 when a request's body takes longer "
-                                             f"(default: {fields['body_timeout_s'].default:g})")
-    add("--shutdown-grace-s", type=float, help="on SIGTERM, how long requests in flight may still finish "
-                                               f"(default: {fields['shutdown_grace_s'].default:g})")
-    add("--default-top-k", type=int, help=f"labels per image when a request names no top_k "
-                                          f"(default: {fields['default_top_k'].default})")
-    add("--target-prior", metavar="VALUE",
-        help="the deployment's class prior, where a request names no target_prior: uniform (default: the scores as "
-             "calibrated), train (each model's training class counts) or a JSON file holding a list of class weights "
-             "for every model, or a mapping from model id to a list, uniform or train")
-    add("--api-key-env", metavar="VAR",
-        help="environment variable holding the API key /predict requires; unset or empty variable: no key "
-             "(default: GCL_ZOO_API_KEY)")
-    add("--optimize", choices=["auto", "eager", "trace", "compile"],
-        help="auto (default): TorchScript trace on CPU, eager bf16 on CUDA; compile: torch.compile per batch bucket")
-    add("--compile", dest="optimize", action="store_const", const="compile", help="same as --optimize compile")
-    add("--runtime", choices=["auto", "torch", "openvino", "onnxruntime"],
-        help="auto (default): OpenVINO on CPU when installed (pip install 'gcl-zoo[openvino]'), else PyTorch; "
-             "onnxruntime: ONNX Runtime (the [onnxruntime] extra); both run the model's ONNX graph on the CPU")
-    add("--precision", choices=["auto", "f32", "int8"],
-        help="auto (default): bf16 where it pays (OpenVINO: timed against float32 at start-up, kept only when at "
-             "least 1.1x faster; CUDA: bf16 autocast); f32: exact float32; int8: the folder's model.int8.onnx "
-             "(gcl-zoo export --int8-calibration) in OpenVINO or ONNX Runtime")
-    add("--inference-streams", type=int,
-        help="batches computed at once, each on an equal share of the cores, on CUDA each on its own CUDA stream "
-             "(default: 2 on CPU, 1 with --compile or on CUDA)")
-    add("--decode-workers", type=int, help="threads decoding images (default: up to 4)")
-    add("--log-level", choices=["critical", "error", "warning", "info", "debug"])
+    for name, field in ServeSettings.model_fields.items():
+        parser.add_argument(FLAG_NAMES.get(name, "--" + name.replace("_", "-")), **_flag_kwargs(name, field))
+    parser.add_argument("--compile", dest="optimize", action="store_const", const="compile",
+                        help="same as --optimize compile")
     return parser
 
 

@@ -23,43 +23,53 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    models: List[str] = Field(default_factory=lambda: [DEFAULT_MODEL], min_length=1,
-                              description="timm model names, hf-hub:ORG/NAME or local-dir:PATH; the first is the default")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
+    models: List[str] = Field(
+        default_factory=lambda: [DEFAULT_MODEL], min_length=1,
+        description="zoo name, hf-hub:ORG/NAME or local-dir:PATH; repeat or list several to serve them side by side "
+                    f"(the first is the default; default: {DEFAULT_MODEL})")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="where the models run (auto: CUDA when present)")
+    host: str = Field("127.0.0.1", description="address to bind (0.0.0.0 for every interface)")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     max_batch_size: int = Field(64, ge=1, le=4096, description="most images in one forward pass")
     max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="longest a batch waits to fill up")
     max_queue: int = Field(1024, ge=1, description="most images waiting per model; more answer 503")
     request_timeout_s: float = Field(30.0, gt=0, description="a request not answered within this answers 504")
-    max_body_mb: float = Field(10.0, gt=0, description="largest request body")
+    max_body_mb: float = Field(10.0, gt=0, description="largest request body in MB")
     max_images: int = Field(64, ge=1, description="most images in one request")
     max_pixels: int = Field(40_000_000, ge=1, description="most pixels in one image (decompression-bomb guard)")
-    max_inflight_mb: float = Field(256.0, gt=0, description="most bytes of request bodies held at once; more answer 503")
-    header_timeout_s: float = Field(10.0, gt=0, description="a request's line and headers must arrive within this")
-    body_timeout_s: float = Field(30.0, gt=0, description="a request's body must arrive within this of its start")
-    shutdown_grace_s: float = Field(30.0, ge=0, description="on SIGTERM, how long requests in flight may finish")
-    default_top_k: int = Field(5, ge=1)
+    max_inflight_mb: float = Field(256.0, gt=0, description="most MB of request bodies held at once; beyond, 503 with "
+                                                            "Retry-After")
+    header_timeout_s: float = Field(10.0, gt=0, description="408 and close when a request's line and headers take "
+                                                            "longer")
+    body_timeout_s: float = Field(30.0, gt=0, description="408 when a request's body takes longer from its start")
+    shutdown_grace_s: float = Field(30.0, ge=0, description="on SIGTERM, how long requests in flight may still finish")
+    default_top_k: int = Field(5, ge=1, description="labels per image when a request names no top_k")
     target_prior: str = Field(
-        "uniform", description="the deployment's class prior where a request names none: uniform (the scores as "
-                               "calibrated), train (each model's training class counts), or a JSON file holding a "
-                               "list of class weights (every model) or a mapping from model id to a list, uniform "
-                               "or train")
-    api_key_env: Optional[str] = Field("GCL_ZOO_API_KEY", description="environment variable holding the API key")
+        "uniform", description="the deployment's class prior where a request names no target_prior: uniform (the "
+                               "scores as calibrated), train (each model's training class counts), or a JSON file "
+                               "holding a list of class weights (every model) or a mapping from model id to a list, "
+                               "uniform or train")
+    api_key_env: Optional[str] = Field(
+        "GCL_ZOO_API_KEY", description="environment variable holding the API key /predict requires; unset or empty "
+                                       "variable: no key")
     optimize: Literal["auto", "eager", "trace", "compile"] = Field(
-        "auto", description="auto: TorchScript trace on CPU, eager (bf16 autocast) on CUDA")
+        "auto", description="auto: TorchScript trace on CPU, eager (bf16 autocast) on CUDA; compile: torch.compile "
+                            "per batch bucket")
     runtime: Literal["auto", "torch", "openvino", "onnxruntime"] = Field(
-        "auto", description="auto: OpenVINO on CPU when installed (the [openvino] extra), else PyTorch; PyTorch on CUDA")
+        "auto", description="auto: OpenVINO on CPU when installed (pip install 'gcl-zoo[openvino]'), else PyTorch; "
+                            "PyTorch on CUDA; onnxruntime: ONNX Runtime (the [onnxruntime] extra); both run the "
+                            "model's ONNX graph on the CPU")
     precision: Literal["auto", "f32", "int8"] = Field(
         "auto", description="auto: bf16 where it pays (OpenVINO on CPUs with bf16 instructions: timed against "
                             "float32 at start-up, kept only when at least 1.1x faster; bf16 autocast on CUDA); "
-                            "f32: float32 throughout; int8: the exported int8 graph (model.int8.onnx) in OpenVINO or "
-                            "ONNX Runtime")
+                            "f32: float32 throughout; int8: the exported int8 graph (model.int8.onnx, gcl-zoo export "
+                            "--int8-calibration) in OpenVINO or ONNX Runtime")
     inference_streams: Optional[int] = Field(
-        None, ge=1, description="batches computed at once, each on an equal share of the CPU cores; "
-                                "default 2 on CPU (1 with compile), 1 on CUDA")
-    decode_workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1)
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+        None, ge=1, description="batches computed at once, each on an equal share of the CPU cores, on CUDA each on "
+                                "its own CUDA stream (default: 2 on CPU, 1 with compile or on CUDA)")
+    decode_workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1,
+                                description="threads decoding images (default: the cores, up to 4)")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log verbosity")
     _target_priors: Dict[str, PriorSpec] = PrivateAttr(default_factory=dict)  # per model, read from target_prior
 
     @field_validator("models")
