@@ -1,7 +1,7 @@
 """The headers of common PNG, WebP and JPEG files read straight from their first bytes.
 
-Pillow's ``Image.open`` costs about as much as decoding a whole 32x32 image (it builds a file object, a plugin
-and its info dictionaries); these readers take a few microseconds. Each returns exactly the (format, mode, size)
+Pillow's ``Image.open`` costs about as much as decoding a small image (it builds a file object, a plugin and its
+info dictionaries); these readers only unpack a few bytes. Each returns exactly the (format, mode, size)
 Pillow reports, or None for anything it does not know for sure (16-bit PNGs, animated or extended WebPs,
 multi-picture or 12-bit JPEGs, a damaged header), and then Pillow reads the header as before.
 """

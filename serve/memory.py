@@ -2,13 +2,12 @@
 
 glibc serves allocations above a threshold (128 KiB at first, adjusted up to 32 MiB as blocks are freed) with
 fresh ``mmap`` pages and unmaps them on ``free``, so a CPU forward pass whose activations are a few MiB each
-faults its memory in again on every batch: about 5,000 page faults per batch of 64 for a CIFAR ResNet-32, and
-6,000 per request in the server. Raising the mmap threshold to its maximum and the trim threshold far above it
+faults its memory in again on every batch, thousands of page faults each. Raising the mmap threshold to its maximum and the trim threshold far above it
 makes those blocks come from (and return to) the allocator's arenas, which then stay as large as the busiest
 batch needed. Tensors larger than 32 MiB are still mapped and unmapped each time.
 
-The server applies it. CPU training steps fault too (about 3,000 times a step for the ResNet-32 recipe), but
-there the saving was lost in the noise of the shared test machine, so the trainer leaves the allocator alone.
+The server applies it (``serve.startup``). CPU training steps fault too, but there the saving is within the noise
+of a step's time, so the trainer leaves the allocator alone.
 """
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 
 The server holds a request's whole body anyway (bounded by ``--max-body-mb`` and ``--max-inflight-mb``), so the
 parts are found with ``bytes.find`` on the boundary, in C, instead of a streaming parser's per-chunk callbacks
-and a spooled temporary file per part: on a 2-core Xeon Starlette's form parser took 45 us an image of a 64-image
-request, this one 12 (``bench/serve_runtimes.py``'s profile). Header parameters are read by one regular expression (quoted strings with escapes, and
-RFC 5987's ``filename*``), not by ``email.message`` as python-multipart does, which alone took 8 us a header.
+and a spooled temporary file per part (``bench/serve_runtimes.py`` profiles both). Header parameters are read by
+one regular expression (quoted strings with escapes, and RFC 5987's ``filename*``), not by ``email.message`` as
+python-multipart does, which costs more than the rest of a part's parsing.
 """
 from __future__ import annotations
 

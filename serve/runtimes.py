@@ -4,8 +4,8 @@ Each runtime turns a pre-processed float32 NCHW batch (a CPU tensor) into the mo
 logits) and is called from the server's inference threads, several at once (one per stream):
 
 * ``openvino``: one compiled model with ``NUM_STREAMS`` streams and an infer request per inference thread. The CPU
-  plugin computes in bf16 on CPUs with bf16 instructions, but whether that pays depends on the CPU: bf16 served
-  1.9x float32 on a 2-core AMD EPYC (Zen 4) and 0.68x on a 2-core Xeon with AVX-512 BF16 and no AMX. So
+  plugin computes in bf16 on CPUs with bf16 instructions, but whether that pays depends on the CPU: on some it
+  is much faster than float32, on others slower (``bench/serve_runtimes.py`` measures both). So
   ``precision="auto"`` times both at start-up and keeps bf16 only where it is clearly faster
   (``choose_precision``); ``precision="f32"`` pins float32.
 * ``precision="int8"`` (either runtime): the folder's or Hub repo's ``model.int8.onnx`` (or the one shipped beside a
@@ -35,13 +35,14 @@ import torch.nn as nn
 __all__ = ["RUNTIMES", "PRECISIONS", "EXTRA_FOR", "MIN_SPEEDUP_FOR_BF16", "runtime_installed", "resolve_runtime",
            "onnx_graph", "OpenVINOForward", "OnnxRuntimeForward", "choose_precision", "create_onnx_forward"]
 
-log = logging.getLogger("serve.runtimes")
+log = logging.getLogger(__name__)
 
 RUNTIMES = ("torch", "openvino", "onnxruntime")
 PRECISIONS = ("auto", "f32", "int8")
 EXTRA_FOR = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
-# bf16 serves only when it pays for what it costs: it moves probabilities by up to about 0.04 and flips about 0.5%
-# of top-1 labels (near-ties) on real test images; within 10% of float32's speed, exact float32 answers win
+# bf16 serves only when it pays for what it costs: it moves probabilities a little and can flip the top-1 label of
+# near-ties (bench/int8_accuracy.py compares the answers); a gain within timing noise is not worth that, so exact
+# float32 answers win unless bf16 is at least 10% faster
 MIN_SPEEDUP_FOR_BF16 = 1.1
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
