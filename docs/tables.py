@@ -448,6 +448,13 @@ def _soak_total() -> Tuple[str, ...]:
     return (f(load("soak_serve.json")["requests"], 0),)
 
 
+def _refactor_ab() -> Tuple[str, ...]:
+    best = load("serve_refactor_ab.json")["summary"]["best_served_images_per_s"]
+    pairs = best["after_over_before_per_pair"]
+    return (f(best["after"]["median"], 0), f(best["before"]["median"], 0), f(best["after_over_before"]),
+            f(min(pairs)), f(max(pairs)))
+
+
 # (file, phrase with {0}, {1}... placeholders, the values) -- the phrase, filled in, must appear in the file
 QUOTES: List[Tuple[str, str, Callable[[], Tuple[str, ...]]]] = [
     ("docs/training.md", "`torch.compile` buys nothing there ({0} against the uncompiled fast path", _compile),
@@ -486,6 +493,8 @@ QUOTES: List[Tuple[str, str, Callable[[], Tuple[str, ...]]]] = [
     ("docs/benchmarks.md", "the known prior gives {0} against {1} unadjusted", _cifar10_prior),
     ("docs/serving.md", "({0} requests over three seeds", _fuzz_total),
     ("docs/serving.md", "{0} requests of mixed good and bad input", _soak_total),
+    ("docs/benchmarks.md", "a median of {0} images/s after against {1} before (after / before {2}); the six adjacent "
+                           "pairs range from {3} to {4}", _refactor_ab),
 ]
 
 
