@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 REPO = Path(__file__).resolve().parent.parent
-# the files ``gcl-zoo train`` writes into a run folder (train.cli.RUN_FILE, train.recipes.RECIPE_FILE; a test
-# checks they agree), named here so that a benchmark starts its runs without importing torch
-RUN_FILE, RECIPE_FILE = "run.json", "recipe.yaml"
+# the files ``gcl-zoo train`` writes into a run folder (train.run_folder's constants; a test checks they agree),
+# named here so that a benchmark starts its runs without importing torch
+RUN_FILE, RECIPE_FILE, METRICS_FILE, EVAL_FILE = "run.json", "recipe.yaml", "metrics.jsonl", "eval.json"
 
 # a few steps of every stage on a small subset: the whole benchmark tried on a CPU (the rehearsal of a GPU run)
 SMOKE = {"epochs": 1, "warmup_epochs": 1, "decay_epochs": [], "stage2.epochs": 1, "max_per_class": 100,
@@ -56,21 +56,21 @@ def read_json(path: Path) -> Dict[str, Any]:
 
 
 def is_finished(folder: Path) -> bool:
-    return (folder / "eval.json").is_file() and "finished" in read_json(folder / RUN_FILE)
+    return (folder / EVAL_FILE).is_file() and "finished" in read_json(folder / RUN_FILE)
 
 
 def progress(folder: Path) -> Dict[str, Any]:
     """What a run folder holds: epochs done per stage, the seconds they took, and the final report once finished."""
     epochs: Dict[str, int] = {}
     seconds = 0.0
-    metrics = folder / "metrics.jsonl"
+    metrics = folder / METRICS_FILE
     for line in metrics.read_text().splitlines() if metrics.is_file() else []:
         row = json.loads(line)
         epochs[str(row["stage"])] = row["epoch"]
         seconds += row.get("seconds") or 0.0
     info: Dict[str, Any] = {"finished": is_finished(folder), "epochs_done": epochs, "epoch_seconds": seconds}
     if info["finished"]:
-        report = read_json(folder / "eval.json")
+        report = read_json(folder / EVAL_FILE)
         info.update({k: report.get(k) for k in REPORT_KEYS})
     return info
 

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any, Dict, List
 
-from gcl_zoo.export import write_shipped_cards
-from gcl_zoo.models.weights import WEIGHTS_DIR
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from gcl_zoo.export import write_shipped_cards  # noqa: E402
+from gcl_zoo.models.weights import WEIGHTS_DIR  # noqa: E402
+from train.run_folder import RunFolder  # noqa: E402
+
 SEEDS_DIR = Path(__file__).resolve().parent / "results" / "seeds"
 # shipped entry -> the prefix of its extra seeds' record folders (``<prefix>_seed<N>``)
 ENTRIES = {"gcl_resnet32_cifar10_lt.ir100": "c10_gcl_ir100", "gcl_resnet32_cifar100_lt.ir100": "c100_gcl_ir100"}
@@ -25,7 +29,7 @@ SHIPPED_SEED = 0
 
 def final_top1(record: Path) -> float:
     """The test top-1 of a record's last line (the run's final epoch)."""
-    last = json.loads((record / "metrics.jsonl").read_text().splitlines()[-1])
+    last = json.loads(RunFolder(record).metrics_file.read_text().splitlines()[-1])
     return float(last["top1"])
 
 
@@ -34,7 +38,7 @@ def spread(name: str, prefix: str) -> Dict[str, Any]:
     seeds: List[int] = [SHIPPED_SEED]
     top1: List[float] = [round(float(shipped["top1"]), 2)]
     for record in sorted(SEEDS_DIR.glob(f"{prefix}_seed*"), key=lambda p: int(p.name.rsplit("seed", 1)[1])):
-        run = json.loads((record / "run.json").read_text())
+        run = RunFolder(record).read_info()
         seeds.append(int(run["options"]["seed"]))
         top1.append(round(final_top1(record), 2))
     if len(top1) < 2:

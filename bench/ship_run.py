@@ -33,12 +33,13 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from gcl_zoo.hub import write_shipped_cards  # noqa: E402
+from gcl_zoo.hub import CONFIG_NAME, WEIGHTS_NAME, write_shipped_cards  # noqa: E402
 from gcl_zoo.models.weights import WEIGHTS_DIR  # noqa: E402
 from train.evaluate import evaluate_run  # noqa: E402
+from train.run_folder import EVAL_FILE, METRICS_FILE, RECIPE_FILE, RUN_FILE, RunFolder  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
-RECORD_FILES = ("recipe.yaml", "run.json", "metrics.jsonl", "eval.json", "per_class_accuracy.png", "tsne.png")
+RECORD_FILES = (RECIPE_FILE, RUN_FILE, METRICS_FILE, EVAL_FILE, "per_class_accuracy.png", "tsne.png")
 SHIPPED_KEYS = ("top1", "top5", "many", "medium", "few", "per_class", "num_samples", "dataset", "split")
 
 
@@ -85,8 +86,9 @@ def main() -> int:
     args = parser.parse_args()
     run, name = args.run, args.name
     report = evaluate_run(run, data_root=str(args.data_root), device="cpu")
-    run_info = json.loads((run / "run.json").read_text())
-    recipe = yaml.safe_load(repo_relative((run / "recipe.yaml").read_text(), args.data_root))
+    folder = RunFolder(run)
+    run_info = folder.read_info()
+    recipe = yaml.safe_load(repo_relative(folder.recipe_file.read_text(), args.data_root))
     options = run_info["options"]
     settings = ", ".join(k for k, on in (("bf16 autocast", options["amp"] == "on"),
                                           ("channels_last", options["channels_last"] == "on"),
@@ -114,7 +116,7 @@ def main() -> int:
         (record / "summary.json").write_text(json.dumps({"final": shipped, "stage1": stage1}, indent=2) + "\n")
     else:
         args.weights_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run / "model.safetensors", args.weights_dir / f"{name}.safetensors")
+        shutil.copyfile(run / WEIGHTS_NAME, args.weights_dir / f"{name}.safetensors")
         (args.weights_dir / f"{name}.json").write_text(json.dumps(shipped, indent=2) + "\n")
     for file in RECORD_FILES:
         source = run / file
@@ -138,8 +140,9 @@ def evaluate_stage1(run: Path, data_root: Path) -> Dict[str, Any]:
     """The run's stage-1 model evaluated as ``gcl-zoo eval`` evaluates the final one (float32, full test set)."""
     with tempfile.TemporaryDirectory() as tmp:
         view = Path(tmp)
-        for source in (run / "recipe.yaml", run / "run.json", run / "stage1" / "model.safetensors",
-                       run / "stage1" / "config.json"):
+        folder = RunFolder(run)
+        for source in (folder.recipe_file, folder.run_file, folder.stage1_dir / WEIGHTS_NAME,
+                       folder.stage1_dir / CONFIG_NAME):
             shutil.copyfile(source, view / source.name)
         return evaluate_run(view, data_root=str(data_root), device="cpu", tsne_samples=0)
 

@@ -34,6 +34,7 @@ sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).
 
 from _train_runs import SMOKE, read_json, write_json  # noqa: E402
 from gcl_zoo.devices import cpu_has_fast_bf16, resolve_device  # noqa: E402
+from train.cli import create_trainer  # noqa: E402
 from train.distributed import DistInfo  # noqa: E402
 from train.engine import RunOptions, Trainer  # noqa: E402
 from train.recipes import load_recipe  # noqa: E402
@@ -65,10 +66,8 @@ def synchronize(device: torch.device) -> None:
 def time_stage(trainer: Trainer, stage: int, steps: int, warmup: int) -> Dict[str, float]:
     """Seconds per step of ``stage`` after ``warmup`` steps (compilation, allocator, worker start-up)."""
     model = trainer.prepare_stage(stage)
-    sampler = trainer.make_sampler(stage)
-    batches = trainer.make_batches(stage, sampler)
-    loss_fn = trainer.make_loss(stage)
-    optimizer = trainer.make_optimizer(model, stage)
+    parts = trainer.stage_parts(stage, model)
+    sampler, batches, loss_fn, optimizer = parts.sampler, parts.batches, parts.loss, parts.optimizer
     net = trainer.wrap(model)
     trainer.set_train_mode(stage)
     steps_per_epoch = len(batches)
@@ -91,7 +90,7 @@ def make_trainer(recipe: Dict[str, Any], device: torch.device, fast: bool, compi
                  amp: bool) -> Trainer:
     options = RunOptions(out=out, device=device, fast=fast, compile=compile_model and fast,
                          amp=fast and amp, channels_last=fast and amp, progress=False)
-    return Trainer(recipe, options, DistInfo())
+    return create_trainer(recipe, options, DistInfo())
 
 
 def machine() -> Dict[str, Any]:

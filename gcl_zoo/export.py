@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 
 from .files import replace_file
-from .folders import (CARD_NAME, CONFIG_NAME, EVAL_NAME, RECIPE_NAME, TIMM_CONFIG_KEYS, InvalidModelFolder, read_json,
-                      save_model_folder, validate_folder)
+from .folders import (CARD_NAME, CONFIG_NAME, EVAL_NAME, RECIPE_NAME, RUN_INFO_NAME, RUN_RECIPE_NAME, TIMM_CONFIG_KEYS,
+                      InvalidModelFolder, read_json, save_model_folder, validate_folder)
 
 __all__ = ["Int8Calibration", "export_run", "export_embedded", "write_shipped_cards"]
 
@@ -138,13 +138,13 @@ def export_run(run_dir: PathLike, out_dir: PathLike, zoo_name: Optional[str] = N
         raise InvalidModelFolder(f"{out_dir}: the export folder must differ from the run folder")
     model = validate_folder(run_dir)
     config = read_json(run_dir / CONFIG_NAME)
-    recipe = _read_optional(run_dir / "recipe.yaml")
+    recipe = _read_optional(run_dir / RUN_RECIPE_NAME)
     evaluation = _read_optional(run_dir / EVAL_NAME)
-    run = _read_optional(run_dir / "run.json")
-    missing = [n for n, d in (("eval.json", evaluation), ("recipe.yaml", recipe), ("run.json", run)) if d is None]
+    run = _read_optional(run_dir / RUN_INFO_NAME)
+    missing = [n for n, d in ((EVAL_NAME, evaluation), (RUN_RECIPE_NAME, recipe), (RUN_INFO_NAME, run)) if d is None]
 
     _save_with_onnx(model, out_dir, {k: v for k, v in config.items() if k not in TIMM_CONFIG_KEYS}, onnx, int8)
-    for target, source in ((RECIPE_NAME, "recipe.yaml"), (EVAL_NAME, EVAL_NAME)):
+    for target, source in ((RECIPE_NAME, RUN_RECIPE_NAME), (EVAL_NAME, EVAL_NAME)):
         if (run_dir / source).is_file():
             shutil.copyfile(run_dir / source, out_dir / target)
         else:
@@ -183,7 +183,7 @@ def export_embedded(name: str, out_dir: PathLike, repo_id: Optional[str] = None,
     run = {k: info[k] for k in ("command", "device", "notes") if info and info.get(k)} or None
     if info is not None:
         (out_dir / EVAL_NAME).write_text(json.dumps(info, indent=2), encoding="utf-8")
-    _write_card(out_dir, model, name, info, recipe, run, [] if info else ["eval.json"],
+    _write_card(out_dir, model, name, info, recipe, run, [] if info else [EVAL_NAME],
                 f"hf-hub:{repo_id}" if repo_id else name)  # a shipped checkpoint loads by its zoo name
     validate_folder(out_dir)
     return out_dir

@@ -15,13 +15,17 @@ from timm.models import save_for_hf
 from .files import replace_file
 
 __all__ = ["save_model_folder", "validate_folder", "refuse_pickles", "read_json", "InvalidModelFolder",
-           "WEIGHTS_NAME", "CONFIG_NAME", "RECIPE_NAME", "EVAL_NAME", "CARD_NAME", "TIMM_CONFIG_KEYS"]
+           "WEIGHTS_NAME", "CONFIG_NAME", "RECIPE_NAME", "EVAL_NAME", "CARD_NAME", "RUN_RECIPE_NAME", "RUN_INFO_NAME",
+           "TIMM_CONFIG_KEYS"]
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 RECIPE_NAME = "train_hparams.yaml"  # the run's recipe.yaml: the resolved training settings
 EVAL_NAME = "eval.json"
 CARD_NAME = "README.md"
+# what an export reads from a training run folder besides the model (the trainer's train.run_folder names them all)
+RUN_RECIPE_NAME = "recipe.yaml"  # the resolved recipe
+RUN_INFO_NAME = "run.json"  # the training command, options and device
 PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".pkl", ".pickle", ".ckpt", ".tar")
 # config.json keys timm reads; any other top-level key is the trainer's and is carried over on export
 TIMM_CONFIG_KEYS = {"architecture", "num_classes", "num_features", "global_pool", "label_names", "label_descriptions",

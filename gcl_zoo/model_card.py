@@ -12,6 +12,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .folders import EVAL_NAME, RUN_INFO_NAME, RUN_RECIPE_NAME
+
 __all__ = ["CardInputs", "render_card", "card_data", "card_notes", "dataset_info", "PAPER_TOP1", "TEMPLATE_PATH"]
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "model_card_template.md"
@@ -177,6 +179,6 @@ def render_card(inputs: CardInputs, template_path: Optional[Path] = None) -> str
 
 def card_notes(missing: Sequence[str]) -> List[str]:
     """One sentence per missing source file, for the card's "Files" section."""
-    why = {"eval.json": "no evaluation results are reported", "recipe.yaml": "the training settings are unknown",
-           "run.json": "the training command is unknown"}
+    why = {EVAL_NAME: "no evaluation results are reported", RUN_RECIPE_NAME: "the training settings are unknown",
+           RUN_INFO_NAME: "the training command is unknown"}
     return [f"No `{name}` was available: {why.get(name, 'it is not included')}." for name in missing]

@@ -11,8 +11,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 import _train_runs  # noqa: E402
 from _train_runs import train_command  # noqa: E402
-from train.cli import RUN_FILE  # noqa: E402
-from train.recipes import RECIPE_FILE  # noqa: E402
+from train import run_folder  # noqa: E402
 
 
 def _gpu_script(out: Path, work: Path, data: Path, **limits: str) -> str:
@@ -56,7 +55,8 @@ def test_the_gpu_script_rehearsed_on_the_cpu_writes_each_part_and_resumes(tmp_pa
 
 def test_a_benchmark_run_resumes_a_run_folder_and_restarts_anything_else(tmp_path):
     """A stopped run's folder is continued with --resume; a folder a process left while starting is cleared."""
-    assert (_train_runs.RUN_FILE, _train_runs.RECIPE_FILE) == (RUN_FILE, RECIPE_FILE)
+    names = ("RUN_FILE", "RECIPE_FILE", "METRICS_FILE", "EVAL_FILE")
+    assert [getattr(_train_runs, n) for n in names] == [getattr(run_folder, n) for n in names]
     stopped, broken = tmp_path / "stopped", tmp_path / "broken"
     stopped.mkdir()
     (stopped / "run.json").write_text("{}")

@@ -10,12 +10,13 @@ import torch
 import torch.distributed as dist
 
 from train import cli
-from train.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from train.checkpoint import load_checkpoint
 from train.distributed import DistInfo
-from train.engine import STAGE1_DIR, RunOptions, Trainer
+from train.engine import RunOptions, Trainer
 from train.handover import load_stage1
 from train.preemption import StopRequested, StopSignal
 from train.recipes import load_recipe
+from train.run_folder import CHECKPOINT_FILE, STAGE1_DIR
 from two_ranks import on_two_ranks
 
 # 243 training images, 16 steps of 8 per rank of two: a stop agreed after step 10 leaves 6
@@ -38,7 +39,7 @@ def test_an_explicit_gpu_under_torchrun_is_refused_with_the_fix(monkeypatch, tmp
 def _trainer(data_root: str, out: Path, info: DistInfo) -> Trainer:
     recipe = load_recipe("cifar10_lt", {**DDP_RECIPE, "data_root": data_root})
     out.mkdir(parents=True, exist_ok=True)
-    return Trainer(recipe, RunOptions(out=out, stages=[1], seed=7, fast=True, progress=False), info)
+    return cli.create_trainer(recipe, RunOptions(out=out, stages=[1], seed=7, fast=True, progress=False), info)
 
 
 def _stop_and_resume_under_ddp(rank: int, data_root: str, out: str) -> str:
@@ -54,7 +55,7 @@ def _stop_and_resume_under_ddp(rank: int, data_root: str, out: str) -> str:
     except StopRequested:
         pass
     dist.barrier()
-    state = load_checkpoint(Path(out) / "stopped" / CHECKPOINT_NAME)
+    state = load_checkpoint(Path(out) / "stopped" / CHECKPOINT_FILE)
     _trainer(data_root, Path(out) / "stopped", info).run(resume=state)
     return "ok"
 
@@ -73,7 +74,7 @@ def _rows(folder: Path) -> list:
 
 def test_a_ddp_run_stopped_inside_an_epoch_resumes_to_the_same_epoch_loss(ddp_runs):
     """Each rank restores its own partial loss sum, so the resumed epoch's mean loss is the uninterrupted one."""
-    state = torch.load(ddp_runs / "stopped" / CHECKPOINT_NAME, weights_only=True)
+    state = torch.load(ddp_runs / "stopped" / CHECKPOINT_FILE, weights_only=True)
     assert state["step"] == 0 and len(state["rng"]) == 2  # the finished run's last checkpoint
     stopped, reference = _rows(ddp_runs / "stopped"), _rows(ddp_runs / "reference")
     assert [(r["stage"], r["epoch"], r["loss"]) for r in stopped] == [(r["stage"], r["epoch"], r["loss"])

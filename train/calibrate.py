@@ -27,7 +27,8 @@ from gcl_zoo.models.gcl import GCLModel
 
 from .data import DataBundle, build_data
 from .predict import predict
-from .recipes import RECIPE_FILE, RecipeError, validate
+from .recipes import RecipeError, validate
+from .run_folder import RECIPE_FILE
 
 __all__ = ["folder_recipe", "load_folder_model", "validation_logits", "calibrate_folder", "main"]
 

@@ -20,8 +20,6 @@ from gcl_zoo.files import replace_file
 
 from .distributed import gather_objects
 
-CHECKPOINT_NAME = "checkpoint.pt"
-
 
 def rng_state() -> Dict[str, Any]:
     np_state = np.random.get_state()

@@ -74,9 +74,16 @@ class DataBundle:
                 "per_class_min": min(counts), "per_class_max": max(counts)}
 
 
-def large_data_cfg(model: torch.nn.Module, img_size: int) -> Dict[str, Any]:
+def large_data_cfg(recipe: Dict[str, Any], model: Optional[torch.nn.Module] = None) -> Dict[str, Any]:
+    """``model``'s data config at the recipe's ``img_size``; without a model, that of the recipe's backbone (read
+    from a GCL wrapper built without weights, and without drawing from the run's random generators)."""
+    if model is None:
+        from .parts import build_model
+
+        with torch.random.fork_rng(devices=[]):
+            model = build_model(recipe, 1, pretrained_backbone=False)
     cfg = resolve_model_data_config(model)
-    return {**cfg, "input_size": (3, img_size, img_size)}
+    return {**cfg, "input_size": (3, recipe["img_size"], recipe["img_size"])}
 
 
 def train_transform(recipe: Dict[str, Any], data_cfg: Dict[str, Any]):
@@ -190,11 +197,12 @@ def _list_splits(recipe: Dict[str, Any], data_cfg: Dict[str, Any]) -> List[Optio
     return [train, *held_out]
 
 
-def build_data(recipe: Dict[str, Any], model: torch.nn.Module) -> DataBundle:
-    """Training, validation and test sets for a recipe, with transforms set for the DataLoader path."""
+def build_data(recipe: Dict[str, Any], model: Optional[torch.nn.Module] = None) -> DataBundle:
+    """Training, validation and test sets for a recipe, with transforms set for the DataLoader path. Images other
+    than CIFAR's are preprocessed as ``model`` says (a trained model), else as the recipe's backbone does."""
     if is_small_image_data(recipe):
         return _cifar_data(recipe)
-    data_cfg = large_data_cfg(model, recipe["img_size"])
+    data_cfg = large_data_cfg(recipe, model)
     splits = _folder_splits if recipe["dataset"] == "imagefolder" else _list_splits
     train, val, test = splits(recipe, data_cfg)
     held_out = {"validation": val, "test": test} if val is not None else {"test": test}

@@ -1,16 +1,15 @@
 """The two-stage training loop: stage 1 learns the representation with GCL, stage 2 re-trains the classifier.
 
-One loop serves both stages and both data paths. A run folder holds the resolved recipe, ``metrics.jsonl``,
-``checkpoint.pt`` (the full training state, rewritten atomically each epoch and at a stop request), ``stage1/``
-(the stage-1 model), and the final ``model.safetensors`` + ``config.json`` + ``eval.json``.
+One loop serves both stages and both data paths; it reads top to bottom: ``Trainer.run`` (the stages, and a
+resumed run's place in them), ``run_stage`` (one stage's epochs), ``train_epoch`` (the steps), ``finish_epoch``
+(evaluation, checkpoint, metrics), then the pieces they use. What the run folder holds is ``train.run_folder``.
 
 The stage's parts (model, sampler, batches, loss, optimizer) are built in ``train.parts``, the stage-1 weights
 handed to stage 2 by ``train.handover``, checkpoints written by ``train.checkpoint``, and a SIGTERM turned into a
-clean stop by ``train.preemption``; this module assembles them and runs the loop, evaluation and logging.
+clean stop by ``train.preemption``. The caller seeds the random generators (``train.cli.create_trainer``).
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,16 +29,16 @@ from gcl_zoo.models.gcl import raw_logits_module, score_scale
 
 from .augment import mix, mixup_lambdas
 from . import parts
-from .checkpoint import CHECKPOINT_NAME, atomic_torch_save, rng_states_of_all_ranks, set_rng_state
+from .checkpoint import atomic_torch_save, rng_states_of_all_ranks, set_rng_state
 from .data import build_data, is_small_image_data
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, gather_objects
 from .errors import TrainingError
 from .handover import load_stage1
 from .predict import predict
 from .preemption import StopRequested, StopSignal
+from .run_folder import RunFolder
 from .schedule import lr_at
 
-STAGE1_DIR = "stage1"
 TEST_KEYS = ("top1", "top5", "many", "medium", "few")  # metrics.jsonl: the test set, at each stage's last epoch
 VAL_KEYS = ("top1", "many", "medium", "few")  # metrics.jsonl: the validation split as val_<key>, with val_nll
 
@@ -84,6 +83,15 @@ class Forward:
         return (self.compiled if x.shape[0] == full_batch else self.eager)(x)
 
 
+@dataclass
+class StageParts:
+    """What one stage trains with (``train.parts`` builds each)."""
+    sampler: Any
+    batches: Any
+    loss: nn.Module
+    optimizer: Any
+
+
 def rank_seed(seed: int, rank: int) -> int:
     """The random seed of process ``rank`` (rank 0 keeps ``seed``)."""
     return seed + 1_000_003 * rank
@@ -98,19 +106,15 @@ class Trainer:
     """Runs the stages of one recipe in one run folder (resumable)."""
 
     def __init__(self, recipe: Dict[str, Any], options: RunOptions, dist_info: DistInfo):
+        """The data, and the model built from the current random state (seed it first: the same initial weights on
+        every rank)."""
         self.recipe = recipe
         self.opt = options
         self.dist = dist_info
         self.device = options.device
-        torch.manual_seed(options.seed)
-        probe = parts.build_model(recipe, 1, pretrained_backbone=False)  # data config of the backbone, no download
-        self.data = build_data(recipe, probe)
-        del probe
-        torch.manual_seed(options.seed)
-        self.model = parts.build_model(recipe, self.data.num_classes)  # the same initial weights on every rank
-        if dist_info.rank:
-            # each rank its own crops, flips, mixup pairs and noise; rank 0 continues a one-process run's stream
-            torch.manual_seed(rank_seed(options.seed, dist_info.rank))
+        self.folder = RunFolder(options.out)
+        self.data = build_data(recipe)
+        self.model = parts.build_model(recipe, self.data.num_classes)
         parts.describe_model(self.model, self.data)
         self.model.to(self.device)
         if options.channels_last:
@@ -131,91 +135,38 @@ class Trainer:
         self.stop: Optional[StopSignal] = None  # set by the CLI: a SIGTERM stops the run at a step boundary
         self.writer = self._tensorboard() if options.tensorboard and dist_info.is_main else None
 
-    def _tensorboard(self):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:
-            raise RuntimeError("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
-        return SummaryWriter(str(self.opt.out / "tensorboard"))
+    def run(self, resume: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Run the stages, from ``resume`` (a checkpoint) when given; returns the final-epoch report."""
+        stages = self.opt.stages
+        first, have_stage1 = stages[0], False
+        if resume is not None:
+            unwrap(self.model).load_state_dict(resume["model"])
+            set_rng_state(self.rank_share(resume["rng"]))
+            self.history = list(resume["history"])
+            first, have_stage1 = resume["stage"], True
+            if not resume.get("step") and resume["epoch"] + 1 >= self.section(first)["epochs"]:  # that stage had finished
+                self.save_stage_result(first)  # the crash may have come before its result was written
+                resume, first = None, first + 1
+        for stage in [s for s in stages if s >= first]:
+            if stage == 2 and not have_stage1:
+                load_stage1(unwrap(self.model), self.opt.stage1_checkpoint or self.folder.stage1_dir,
+                            self.recipe["model"], self.data.num_classes)
+            self.run_stage(stage, resume if resume is not None and resume["stage"] == stage else None)
+            resume, have_stage1 = None, True
+        if self.final_report is None:  # a --no-test run, or a resumed one whose last stage had already finished
+            self.final_report = self.evaluate(self.model, self.final_split, with_confusion=True)
+        return self.final_report
 
-    # ---- building blocks -------------------------------------------------------------------------------------
-    def section(self, stage: int) -> Dict[str, Any]:
-        return self.recipe if stage == 1 else self.recipe["stage2"]
-
-    def make_sampler(self, stage: int):
-        return parts.stage_sampler(self.section(stage), self.data.train.targets, self.opt.seed, stage)
-
-    def make_batches(self, stage: int, sampler):
-        resident = (self.train_images, self.train_labels) if self.fast else None
-        return parts.stage_batches(self.section(stage), self.data, sampler, self.device, self.recipe["workers"],
-                                   resident)
-
-    def make_loss(self, stage: int) -> nn.Module:
-        return parts.stage_loss(self.section(stage), self.recipe["cloud"], self.data.cls_num_list, self.device)
-
-    def make_optimizer(self, model: nn.Module, stage: int):
-        return parts.stage_optimizer(model, self.section(stage), self.device)
-
-    def autocast(self):
-        return autocast_for(self.device, torch.bfloat16 if self.opt.amp else None)
-
-    # ---- evaluation ------------------------------------------------------------------------------------------
-    def predict(self, model: nn.Module, split: str = "test", with_embeddings: bool = False) -> Dict[str, torch.Tensor]:
-        return predict(unwrap(model), self.data, self.device, self.dist, amp=self.opt.amp,
-                       channels_last=self.opt.channels_last, workers=self.recipe["workers"],
-                       resident=self.resident.get(split), with_embeddings=with_embeddings, split=split)
-
-    def evaluate(self, model: nn.Module, split: str = "test", with_confusion: bool = False) -> Dict[str, Any]:
-        pred = self.predict(model, split)
-        return accuracy_report(pred["logits"], pred["targets"], self.data.cls_num_list, with_confusion=with_confusion)
-
-    def validation_metrics(self, model: nn.Module) -> Dict[str, Any]:
-        """``val_top1``, ``val_many``, ``val_medium``, ``val_few`` and ``val_nll`` (mean cross-entropy of the scaled
-        logits): what choosing, tuning and calibrating read, so the test set is not read for them."""
-        pred = self.predict(model, "val")
-        report = accuracy_report(pred["logits"], pred["targets"], self.data.cls_num_list)
-        metrics = {f"val_{key}": report.get(key) for key in VAL_KEYS}
-        metrics["val_nll"] = nll(pred["logits"] * score_scale(unwrap(model)), pred["targets"])
-        return metrics
-
-    # ---- stages ----------------------------------------------------------------------------------------------
-    def prepare_stage(self, stage: int) -> nn.Module:
-        """Set trainable parts for the stage; stage 2 freezes the backbone and its BatchNorm statistics."""
-        model = self.model
-        if stage == 1:
-            model.requires_grad_(True)
-            return model
-        model.backbone.requires_grad_(False)
-        section = self.section(2)
-        prepare_retraining(model.head, section["method"], fresh=section["fresh_head"], tau=section["tau"])
-        if model.head_type == "cosine":
-            model.logit_scale.fill_(section["s"])
-        return model
-
-    def set_train_mode(self, stage: int) -> None:
-        self.model.train()
-        if stage == 2:
-            self.model.backbone.eval()  # BatchNorm keeps its stage-1 statistics
-
-    def wrap(self, model: nn.Module) -> "Forward":
-        """The model's raw logits (what the loss trains on, before the calibrated scale), with DDP around them when
-        distributed, and a compiled twin with ``--compile``."""
-        eager = raw_logits_module(model)
-        if self.dist.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            eager = nn.parallel.DistributedDataParallel(eager, device_ids=ids)
-        return Forward(eager, torch.compile(eager) if self.opt.compile else eager)
-
+    # ---- one stage -----------------------------------------------------------------------------------------------
     def run_stage(self, stage: int, state: Optional[Dict[str, Any]] = None) -> None:
+        """The stage's epochs, from ``state`` (its checkpoint) when resumed."""
         section = self.section(stage)
         model = self.prepare_stage(stage)
         if stage == 2 and section["method"] == "tau_norm":
             self.finish_epoch(stage, section["epochs"] - 1, {"loss": None, "lr": 0.0, "seconds": 0.0}, None, None)
             return
-        sampler = self.make_sampler(stage)
-        batches = self.make_batches(stage, sampler)
-        loss_fn = self.make_loss(stage)
-        optimizer = self.make_optimizer(model, stage)
+        built = self.stage_parts(stage, model)
+        sampler, batches, loss_fn, optimizer = built.sampler, built.batches, built.loss, built.optimizer
         start, mid_epoch = 0, None
         if state is not None:
             optimizer.load_state_dict(state["optimizer"])
@@ -288,20 +239,6 @@ class Trainer:
         summed = self._check_finite(total, steps, first_bad, stage, epoch)
         return float(summed[0] / summed[1].clamp_min(1))
 
-    def _check_finite(self, total: torch.Tensor, steps: int, first_bad: torch.Tensor, stage: int,
-                      epoch: int) -> torch.Tensor:
-        """One collective for the loss sums and for "did any rank see a non-finite loss", so every rank stops
-        together; returns (loss sum, steps, ranks that saw one) over all ranks."""
-        summed = all_reduce_sum(torch.stack([total, torch.tensor(float(steps), device=self.device),
-                                             (first_bad >= 0).float()]))
-        if float(summed[2]) > 0:
-            bad = int(first_bad)
-            where = f", step {bad + 1}" if bad >= 0 else ""
-            ranks = f" (on {int(summed[2])} of {self.dist.world} processes)" if self.dist.enabled else ""
-            raise TrainingError(f"the loss became NaN/inf at stage {stage}, epoch {epoch + 1}{where}{ranks}; "
-                                "lower the learning rate (--lr) or check the data; the last good checkpoint is kept")
-        return summed
-
     def finish_epoch(self, stage: int, epoch: int, stats: Dict[str, Any], optimizer, sampler) -> None:
         """Evaluate when due (the validation split every ``eval_every`` epochs and at the stage's last, unless it is
         empty; the test set at the stage's last epoch only, and never in a ``--no-test`` run), checkpoint
@@ -324,8 +261,7 @@ class Trainer:
         if optimizer is not None:
             self.save_checkpoint(stage, epoch, optimizer, sampler)
         if self.dist.is_main:
-            with (self.opt.out / "metrics.jsonl").open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
+            self.folder.append_metrics(record)
             if self.writer is not None:
                 for key, value in record.items():
                     if isinstance(value, (int, float)) and key not in ("stage", "epoch"):
@@ -336,6 +272,68 @@ class Trainer:
         if last:
             self.save_stage_result(stage)
         barrier()
+
+    # ---- the stage's parts ---------------------------------------------------------------------------------------
+    def section(self, stage: int) -> Dict[str, Any]:
+        return self.recipe if stage == 1 else self.recipe["stage2"]
+
+    def stage_parts(self, stage: int, model: nn.Module) -> StageParts:
+        """The stage's sampler (seeded per stage), batches (device-resident on the fast path), loss and optimizer."""
+        section = self.section(stage)
+        sampler = parts.stage_sampler(section, self.data.train.targets, self.opt.seed, stage)
+        resident = (self.train_images, self.train_labels) if self.fast else None
+        batches = parts.stage_batches(section, self.data, sampler, self.device, self.recipe["workers"], resident)
+        loss = parts.stage_loss(section, self.recipe["cloud"], self.data.cls_num_list, self.device)
+        return StageParts(sampler, batches, loss, parts.stage_optimizer(model, section, self.device))
+
+    def prepare_stage(self, stage: int) -> nn.Module:
+        """Set trainable parts for the stage; stage 2 freezes the backbone and its BatchNorm statistics."""
+        model = self.model
+        if stage == 1:
+            model.requires_grad_(True)
+            return model
+        model.backbone.requires_grad_(False)
+        section = self.section(2)
+        prepare_retraining(model.head, section["method"], fresh=section["fresh_head"], tau=section["tau"])
+        if model.head_type == "cosine":
+            model.logit_scale.fill_(section["s"])
+        return model
+
+    def set_train_mode(self, stage: int) -> None:
+        self.model.train()
+        if stage == 2:
+            self.model.backbone.eval()  # BatchNorm keeps its stage-1 statistics
+
+    def wrap(self, model: nn.Module) -> "Forward":
+        """The model's raw logits (what the loss trains on, before the calibrated scale), with DDP around them when
+        distributed, and a compiled twin with ``--compile``."""
+        eager = raw_logits_module(model)
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            eager = nn.parallel.DistributedDataParallel(eager, device_ids=ids)
+        return Forward(eager, torch.compile(eager) if self.opt.compile else eager)
+
+    def autocast(self):
+        return autocast_for(self.device, torch.bfloat16 if self.opt.amp else None)
+
+    # ---- evaluation, checkpoints, results ------------------------------------------------------------------------
+    def evaluate(self, model: nn.Module, split: str = "test", with_confusion: bool = False) -> Dict[str, Any]:
+        pred = self.predict(model, split)
+        return accuracy_report(pred["logits"], pred["targets"], self.data.cls_num_list, with_confusion=with_confusion)
+
+    def validation_metrics(self, model: nn.Module) -> Dict[str, Any]:
+        """``val_top1``, ``val_many``, ``val_medium``, ``val_few`` and ``val_nll`` (mean cross-entropy of the scaled
+        logits): what choosing, tuning and calibrating read, so the test set is not read for them."""
+        pred = self.predict(model, "val")
+        report = accuracy_report(pred["logits"], pred["targets"], self.data.cls_num_list)
+        metrics = {f"val_{key}": report.get(key) for key in VAL_KEYS}
+        metrics["val_nll"] = nll(pred["logits"] * score_scale(unwrap(model)), pred["targets"])
+        return metrics
+
+    def predict(self, model: nn.Module, split: str = "test", with_embeddings: bool = False) -> Dict[str, torch.Tensor]:
+        return predict(unwrap(model), self.data, self.device, self.dist, amp=self.opt.amp,
+                       channels_last=self.opt.channels_last, workers=self.recipe["workers"],
+                       resident=self.resident.get(split), with_embeddings=with_embeddings, split=split)
 
     def save_checkpoint(self, stage: int, epoch: int, optimizer, sampler, step: int = 0,
                         loss_sum: float = 0.0) -> None:
@@ -349,7 +347,7 @@ class Trainer:
                 "stage": stage, "epoch": epoch, "step": step, "loss_sum": loss_sums,
                 "model": unwrap(self.model).state_dict(), "optimizer": optimizer.state_dict(),
                 "sampler": sampler.state_dict(), "rng": rng, "history": self.history,
-            }, self.opt.out / CHECKPOINT_NAME)
+            }, self.folder.checkpoint_file)
         barrier()
 
     def save_stage_result(self, stage: int) -> None:
@@ -357,10 +355,10 @@ class Trainer:
         rank takes part: the predictions are gathered), so the run's model answers calibrated scores."""
         model = unwrap(self.model)
         if self.dist.is_main and stage == 1:
-            save_model_folder(model, self.opt.out / STAGE1_DIR)  # uncalibrated: stage 2 starts from it
+            save_model_folder(model, self.folder.stage1_dir)  # uncalibrated: stage 2 starts from it
         extra = {"calibration": self.calibrate(model)} if stage == self.opt.stages[-1] and len(self.data.val) else None
         if self.dist.is_main:
-            save_model_folder(model, self.opt.out, extra_config=extra)
+            save_model_folder(model, self.folder.path, extra_config=extra)
 
     def calibrate(self, model: nn.Module) -> Dict[str, Any]:
         """Fit the logit scale and measure the implied prior on the validation split (``gcl_zoo.calibration``)."""
@@ -368,7 +366,21 @@ class Trainer:
         return calibrate_model(model, pred["logits"], pred["targets"],
                                f"validation split: {self.data.validation_summary()['source']}")
 
-    # ---- stage-1 hand-over -----------------------------------------------------------------------------------
+    # ---- helpers -------------------------------------------------------------------------------------------------
+    def _check_finite(self, total: torch.Tensor, steps: int, first_bad: torch.Tensor, stage: int,
+                      epoch: int) -> torch.Tensor:
+        """One collective for the loss sums and for "did any rank see a non-finite loss", so every rank stops
+        together; returns (loss sum, steps, ranks that saw one) over all ranks."""
+        summed = all_reduce_sum(torch.stack([total, torch.tensor(float(steps), device=self.device),
+                                             (first_bad >= 0).float()]))
+        if float(summed[2]) > 0:
+            bad = int(first_bad)
+            where = f", step {bad + 1}" if bad >= 0 else ""
+            ranks = f" (on {int(summed[2])} of {self.dist.world} processes)" if self.dist.enabled else ""
+            raise TrainingError(f"the loss became NaN/inf at stage {stage}, epoch {epoch + 1}{where}{ranks}; "
+                                "lower the learning rate (--lr) or check the data; the last good checkpoint is kept")
+        return summed
+
     def rank_share(self, saved: Any) -> Any:
         """This rank's entry of a per-rank checkpoint field (generator states, loss sums; older checkpoints hold
         rank 0's alone)."""
@@ -380,24 +392,9 @@ class Trainer:
                                 f"--nproc-per-node) so every rank continues its own random stream")
         return saved[self.dist.rank]
 
-    # ---- the run ---------------------------------------------------------------------------------------------
-    def run(self, resume: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        stages = self.opt.stages
-        first, have_stage1 = stages[0], False
-        if resume is not None:
-            unwrap(self.model).load_state_dict(resume["model"])
-            set_rng_state(self.rank_share(resume["rng"]))
-            self.history = list(resume["history"])
-            first, have_stage1 = resume["stage"], True
-            if not resume.get("step") and resume["epoch"] + 1 >= self.section(first)["epochs"]:  # that stage had finished
-                self.save_stage_result(first)  # the crash may have come before its result was written
-                resume, first = None, first + 1
-        for stage in [s for s in stages if s >= first]:
-            if stage == 2 and not have_stage1:
-                load_stage1(unwrap(self.model), self.opt.stage1_checkpoint or self.opt.out / STAGE1_DIR,
-                            self.recipe["model"], self.data.num_classes)
-            self.run_stage(stage, resume if resume is not None and resume["stage"] == stage else None)
-            resume, have_stage1 = None, True
-        if self.final_report is None:  # a --no-test run, or a resumed one whose last stage had already finished
-            self.final_report = self.evaluate(self.model, self.final_split, with_confusion=True)
-        return self.final_report
+    def _tensorboard(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise RuntimeError("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
+        return SummaryWriter(str(self.opt.out / "tensorboard"))

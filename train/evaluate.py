@@ -19,7 +19,7 @@ import torch
 import gcl_zoo  # noqa: F401  (registers the architectures)
 from gcl_zoo.calibration import calibration_report, reliability_bins
 from gcl_zoo.devices import resolve_device
-from gcl_zoo.folders import CONFIG_NAME, WEIGHTS_NAME, read_json
+from gcl_zoo.folders import CONFIG_NAME, EVAL_NAME, WEIGHTS_NAME, read_json
 from gcl_zoo.metrics import FEW_SHOT_MAX, MANY_SHOT_MIN, accuracy_report
 from gcl_zoo.models.gcl import score_scale
 
@@ -136,7 +136,7 @@ def evaluate_run(run: Path, data_root: Optional[str] = None, device: str = "auto
                    "classes": list(bundle.classes), "train_cls_num_list": list(bundle.cls_num_list),
                    "calibration": test_calibration(model, out["logits"], out["targets"],
                                                    read_json(run / CONFIG_NAME))})
-    (run / "eval.json").write_text(json.dumps(report, indent=2))
+    (run / EVAL_NAME).write_text(json.dumps(report, indent=2))
     plot_per_class(report, bundle.cls_num_list, bundle.classes, run / "per_class_accuracy.png")
     plot_reliability(report["calibration"], run / "reliability.png")
     if tsne_samples > 0:

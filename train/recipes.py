@@ -19,7 +19,6 @@ from gcl_zoo.losses import CLOUD_STRATEGIES
 from gcl_zoo.sampling import SAMPLERS
 
 RECIPE_DIR = Path(__file__).resolve().parent / "recipes"
-RECIPE_FILE = "recipe.yaml"  # the resolved recipe in every run folder
 DATASETS = ("cifar10_lt", "cifar100_lt", "imagenet_lt", "inat18", "places_lt", "imagefolder", "listfile")
 LOSSES = ("gcl", "ce", "focal", "ldam", "logit_adjusted", "balanced_softmax")
 SCHEDULES = ("step", "cosine", "constant")
