@@ -33,7 +33,10 @@ from serve_images import cifar_test_images
 REPO = Path(__file__).resolve().parent.parent
 ZOO_NAME = "gcl_resnet32_cifar10_lt.ir100"
 F32_PROB_TOL = 1e-5
-BF16_PROB_TOL = 5e-2
+# bf16 keeps 8 bits of mantissa: a cosine moves by up to about 4e-3, and a softmax probability by up to half the
+# calibrated scale (about 23) times the change of a logit gap, so up to about 0.1 on an unlucky near-tie; the
+# top-1 agreement is what guards the labels
+BF16_PROB_TOL = 1e-1
 BF16_TOP1_AGREEMENT = 0.99
 
 
