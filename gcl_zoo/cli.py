@@ -62,11 +62,15 @@ def run_bench(argv: List[str], command: str = "bench") -> int:
         where = f"choose one of {', '.join(available)}" if available else "benchmarks ship with the source checkout only"
         print(f"gcl-zoo bench: unknown benchmark {argv[0]!r}; {where}", file=sys.stderr)
         return 2
-    sys.argv = [str(BENCH_DIR / f"{name}.py"), *argv[1:]]
+    # a script reads its arguments from sys.argv: set them for the run, and put the caller's back after it
+    script, saved = str(BENCH_DIR / f"{name}.py"), sys.argv
+    sys.argv = [script, *argv[1:]]
     try:
-        runpy.run_path(sys.argv[0], run_name="__main__")
+        runpy.run_path(script, run_name="__main__")
     except SystemExit as exc:
         return int(exc.code or 0)
+    finally:
+        sys.argv = saved
     return 0
 
 

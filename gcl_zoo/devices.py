@@ -36,8 +36,7 @@ def resolve_device(name: str = "auto", local_rank: Optional[int] = None) -> torc
 
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU runs bf16 in hardware (AVX-512 or AMX, as oneDNN requires); on an AVX2-only CPU autocast
-    emulates bf16 and the fast path trained a ResNet-32 15-18x slower than in float32
-    (bench/results/train_speed_cpu_avx2*.json)."""
+    emulates bf16 and training runs many times slower than in float32 (bench/results/train_speed_cpu_avx2*.json)."""
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 

@@ -38,7 +38,7 @@ def backend() -> str:
 
 
 def decode_rgb(data: bytes) -> Optional[torch.Tensor]:
-    """Image bytes as a uint8 CHW RGB tensor (about 5x faster than Pillow for small images); None where the
+    """Image bytes as a uint8 CHW RGB tensor (faster than Pillow for small images); None where the
     decoder gives no such tensor (a format it does not read, a corrupt file, 16-bit samples, an animation)."""
     try:
         image = _decoder()[1](data)
