@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
 
@@ -27,6 +29,7 @@ def _statuses(report: Path) -> dict:
     return {run["method"]: run["status"] for run in json.loads(report.read_text())["runs"]}
 
 
+@pytest.mark.slow  # the whole GPU script in miniature
 def test_the_gpu_script_rehearsed_on_the_cpu_writes_each_part_and_resumes(tmp_path, cifar10_zip):
     """First call: the timings, and no training (limits of 0 s: every run waits). Second call, with an emptied
     $OUT as the GPU machine gives each command: the timings are skipped, every run trains and finishes."""

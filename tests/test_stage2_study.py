@@ -3,11 +3,14 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from train import cli
 
 REPO_BENCH = "bench/stage2_study.py"
 
 
+@pytest.mark.slow  # several training runs end to end
 def test_study_runs_variants_on_validation_only_and_resumes(tmp_path, cifar100_zip):
     stage1 = tmp_path / "s1"
     assert cli.main(["--recipe", "cifar100_lt", "--out", str(stage1), "--data-root", str(cifar100_zip), "--stage", "1",

@@ -250,6 +250,7 @@ SIGTERM_ARGS = ("--epochs", "2", "--stage2.epochs", "1", "--deterministic", "--s
                 "--batch-size", "16")
 
 
+@pytest.mark.slow  # a fault drill: two deterministic runs, one stopped and resumed
 def test_sigterm_stops_at_a_step_and_resume_reaches_the_uninterrupted_result(tmp_path, cifar10_zip):
     """SIGTERM in epoch 2: a checkpoint at the next step, exit status 143 with the resume command; --resume then
     ends with the weights and per-epoch losses of a run never interrupted."""
@@ -283,6 +284,7 @@ def _torchrun(*args: str) -> list:
             "-m", "train", *args]
 
 
+@pytest.mark.slow  # a fault drill: two deterministic runs, one stopped and resumed
 def test_sigterm_under_ddp_stops_every_rank_at_one_step_and_resumes_to_the_same_result(tmp_path, cifar10_zip):
     """torchrun forwards SIGTERM to its processes; they agree on one step, rank 0 writes the checkpoint with
     every rank's random state and loss sum, and a torchrun --resume ends where an uninterrupted DDP run ends: the

@@ -62,6 +62,7 @@ def decoded_test_set(archive, num_classes: int):
     return CIFARLongTail(archive, num_classes=num_classes, train=False).as_tensors()
 
 
+@pytest.mark.slow  # the full 10,000-image test set of every shipped checkpoint
 @pytest.mark.parametrize("name", [n for n in SHIPPED if n.split(".")[0] in CIFAR_ZIPS])
 def test_independent_evaluation_gives_the_stated_accuracy(name, request):
     stated = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
