@@ -39,7 +39,7 @@ import torch.nn as nn
 from PIL import Image
 
 from gcl_zoo.devices import autocast_for
-from gcl_zoo.models.gcl import raw_logits_module, score_scale
+from gcl_zoo.models.gcl import checked_label_names, raw_logits_module, score_scale
 from gcl_zoo.prior import PriorError, check_prior
 
 from .decoding import ImageHeader, ImagePayload, inspect_image
@@ -48,7 +48,7 @@ from .preprocess import DevicePipeline, Pipeline, create_pipeline, data_config
 from .runtimes import create_onnx_forward, resolve_runtime
 
 __all__ = ["ModelRunner", "Execution", "create_runner", "resolve_optimization", "inference_plan", "load_model",
-           "batch_buckets", "device_works", "label_names_of", "implied_prior_of", "train_prior_of"]
+           "batch_buckets", "device_works", "implied_prior_of", "train_prior_of"]
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +81,6 @@ def load_model(model_id: str) -> nn.Module:
     import gcl_zoo  # noqa: F401  (registers the zoo and the local-dir loader's architectures)
 
     return timm.create_model(model_id, pretrained=True)
-
-
-def label_names_of(model: nn.Module) -> List[str]:
-    """Class names from the model's ``pretrained_cfg``; ``LABEL_<i>`` (the Hugging Face convention) without them."""
-    num_classes = int(model.num_classes)
-    names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
-    if not names:
-        return [f"LABEL_{i}" for i in range(num_classes)]
-    if len(names) != num_classes:
-        raise ValueError(f"the model has {num_classes} classes but its config names {len(names)} labels")
-    return [str(n) for n in names]
 
 
 def _model_prior(weights: Any, model: nn.Module, what: str) -> Optional[torch.Tensor]:
@@ -172,7 +161,8 @@ class ModelRunner:
                  max_batch_size: int = 64, execution: Execution = Execution()):
         self.model_id = model_id
         self.device = device
-        self.labels = label_names_of(model)
+        names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names") or None
+        self.labels = list(checked_label_names(int(model.num_classes), names))
         self.logit_scale = score_scale(model)
         self.implied_prior = implied_prior_of(model)  # what the deployment's prior is measured against
         self.train_prior = train_prior_of(model)  # what target_prior "train" names

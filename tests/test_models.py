@@ -8,6 +8,7 @@ import torch
 
 import gcl_zoo
 from gcl_zoo import CosineClassifier, GCLLoss, create_gcl_model, prepare_retraining
+from gcl_zoo.models.gcl import checked_label_names
 from gcl_zoo.models.weights import training_command
 from train.cli import build_parser
 
@@ -129,6 +130,14 @@ def test_unknown_backbone_and_label_count_errors():
         create_gcl_model("resnet_does_not_exist", num_classes=3)
     with pytest.raises(ValueError, match="2 label names for 3 classes"):
         create_gcl_model("resnet18", num_classes=3, label_names=["a", "b"])
+
+
+def test_label_names_are_checked_and_default_to_the_hugging_face_convention():
+    """What create_gcl_model and the server's answers name the classes by (one helper for both)."""
+    assert checked_label_names(3) == ("LABEL_0", "LABEL_1", "LABEL_2")
+    assert checked_label_names(2, ["cat", 7]) == ("cat", "7")
+    with pytest.raises(ValueError, match="1 label names for 2 classes"):
+        checked_label_names(2, ["cat"])
 
 
 def test_retraining_methods_share_the_cosine_head_shape():

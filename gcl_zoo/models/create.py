@@ -5,7 +5,7 @@ from typing import Any, Optional, Sequence
 
 import timm
 
-from .gcl import GCLModel, label_names_for
+from .gcl import GCLModel, checked_label_names
 
 __all__ = ["create_gcl_model"]
 
@@ -20,7 +20,8 @@ def create_gcl_model(backbone: str, num_classes: int, pretrained_backbone: bool 
     """
     if not timm.is_model(backbone.split(".")[0]):
         raise ValueError(f"unknown timm backbone {backbone!r}; see timm.list_models() for the names timm knows")
-    names = label_names_for(num_classes, label_names)
-    overlay = {"num_classes": num_classes, **({"label_names": names} if names else {})}
+    overlay = {"num_classes": num_classes}
+    if label_names is not None:
+        overlay["label_names"] = checked_label_names(num_classes, label_names)
     return timm.create_model("gcl_timm", backbone=backbone, num_classes=num_classes,
                              pretrained_backbone=pretrained_backbone, pretrained_cfg_overlay=overlay, **kwargs)

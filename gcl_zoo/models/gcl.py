@@ -197,11 +197,12 @@ def score_scale(model: nn.Module) -> float:
     return float(model.logit_scale) if isinstance(model, GCLModel) else 1.0
 
 
-def label_names_for(num_classes: int, label_names: Optional[Sequence[str]]) -> Optional[tuple]:
-    """Validate label names against the class count (names travel with the model in its config)."""
-    if label_names is None:
-        return None
-    names = tuple(str(n) for n in label_names)
+def checked_label_names(num_classes: int, names: Optional[Sequence[str]] = None) -> Tuple[str, ...]:
+    """One name per class: ``names`` (from a model's config, where they travel with it) checked against the class
+    count, or ``LABEL_<i>`` (the Hugging Face convention) without them."""
+    if names is None:
+        return tuple(f"LABEL_{i}" for i in range(num_classes))
+    names = tuple(str(n) for n in names)
     if len(names) != num_classes:
         raise ValueError(f"got {len(names)} label names for {num_classes} classes; give one name per class")
     return names
