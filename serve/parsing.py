@@ -24,7 +24,7 @@ from gcl_zoo.prior import PriorError
 from .decoding import SUPPORTED_FORMATS, ImagePayload
 from .errors import RequestError
 from .multipart import FormError, FormPart, parse_form
-from .priors import PriorSpec, prior_from_json, prior_from_text, resolve_prior
+from .priors import OUTPUT_TRANSFORMS, PriorSpec, prior_from_json, prior_from_text, resolve_prior
 
 __all__ = ["PredictRequest", "PredictParameters", "payloads_from_json", "payloads_from_form", "check_counts",
            "check_top_k", "decode_base64", "parse_predict_request", "query_parameters", "ParsedRequest",
@@ -40,7 +40,8 @@ RAW_BODY_TYPES = ("image/", "application/octet-stream")
 
 _DATA_URI = re.compile(r"^data:[\w/+.-]*;base64,", re.IGNORECASE)
 
-OUTPUT_FUNCTIONS = ("softmax", "sigmoid", "none")
+OUTPUT_FUNCTIONS = tuple(OUTPUT_TRANSFORMS)  # the names a request may give, from the one table that applies them
+OutputFunction = Literal[OUTPUT_FUNCTIONS]  # type: ignore[valid-type]
 
 
 class PredictParameters(BaseModel):
@@ -49,7 +50,7 @@ class PredictParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
     top_k: Optional[int] = Field(None, ge=1, description="how many labels to return per image, best first (more "
                                                        "than the class count gives all)")
-    function_to_apply: Optional[Literal["softmax", "sigmoid", "none"]] = Field(
+    function_to_apply: Optional[OutputFunction] = Field(
         None, description="how scores come from the scaled cosine logits: softmax (the default), sigmoid, or none "
                           "(the logits themselves)")
     target_prior: Optional[Union[Literal["uniform", "train"], List[float]]] = Field(
