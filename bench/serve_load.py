@@ -45,7 +45,7 @@ sys.path[:0] = [str(REPO), str(REPO / "tests")]  # tests/server_process.py: the 
 import timm  # noqa: E402
 
 import gcl_zoo  # noqa: E402,F401
-from gcl_zoo.devices import cpu_has_fast_bf16  # noqa: E402
+from gcl_zoo.devices import cpu_has_fast_bf16, cpu_model  # noqa: E402
 from gcl_zoo.hub import save_model_folder  # noqa: E402
 from serve.memory import retain_freed_memory  # noqa: E402
 from gcl_zoo.models.weights import embedded_weights  # noqa: E402
@@ -58,12 +58,7 @@ DEFAULT_MODEL = "gcl_resnet32_cifar10_lt"
 
 
 def machine() -> Dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model() or platform.processor() or "unknown"
     return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_units": cpu_has_fast_bf16(),
             "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "retain_freed_memory": retain_freed_memory(),  # as the server does, so the raw figures get it too

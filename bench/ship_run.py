@@ -33,6 +33,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from gcl_zoo.devices import cpu_model  # noqa: E402
 from gcl_zoo.hub import CONFIG_NAME, WEIGHTS_NAME, write_shipped_cards  # noqa: E402
 from gcl_zoo.models.weights import WEIGHTS_DIR  # noqa: E402
 from train.evaluate import evaluate_run  # noqa: E402
@@ -50,10 +51,7 @@ def repo_relative(text: str, data_root: Path) -> str:
 
 
 def machine() -> str:
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or platform.machine()
+    cpu = cpu_model() or platform.processor() or platform.machine()
     return f"CPU ({os.cpu_count()}-core {cpu})"
 
 

@@ -33,7 +33,7 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
 
 from _train_runs import SMOKE, read_json, write_json  # noqa: E402
-from gcl_zoo.devices import cpu_has_fast_bf16, resolve_device  # noqa: E402
+from gcl_zoo.devices import cpu_has_fast_bf16, cpu_model, resolve_device  # noqa: E402
 from train.cli import create_trainer  # noqa: E402
 from train.distributed import DistInfo  # noqa: E402
 from train.engine import RunOptions, Trainer  # noqa: E402
@@ -97,11 +97,8 @@ def machine() -> Dict[str, Any]:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_units": cpu_has_fast_bf16()}
-    try:
-        info["cpu_model"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                                 if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    if cpu_model():
+        info["cpu_model"] = cpu_model()
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info

@@ -34,6 +34,16 @@ def resolve_device(name: str = "auto", local_rank: Optional[int] = None) -> torc
     return device
 
 
+def cpu_model() -> Optional[str]:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), None elsewhere: benchmark records name their machine,
+    since the CPU model, not the core count, decides most timings."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return None
+
+
 def cpu_has_fast_bf16() -> bool:
     """Whether this CPU runs bf16 in hardware (AVX-512 or AMX, as oneDNN requires); on an AVX2-only CPU autocast
     emulates bf16 and training runs many times slower than in float32 (bench/results/train_speed_cpu_avx2*.json)."""

@@ -43,6 +43,9 @@ def test_train_speed_benchmark_runs_on_cpu(tmp_path, cifar10_zip):
         assert timing["seconds_per_epoch"] == pytest.approx(timing["seconds_per_step"] * timing["steps_per_epoch"])
     assert report["speedup"] == pytest.approx(report["loader"]["seconds_per_epoch"] / report["fast"]["seconds_per_epoch"])
     assert "speed-up of the fast path" in result.stdout
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():  # the record names the CPU model, which decides the timings
+        assert f": {report['machine']['cpu_model']}\n" in cpuinfo.read_text()
 
 
 @pytest.mark.slow
