@@ -32,6 +32,8 @@ SMOKE = ["--max-per-class", "30", "--val-per-class", "5", "--test-per-class", "5
 # the recipe's stage 2 (cRT from the stage-1 head, lr 0.002, CBEN, 30 epochs) and one change at a time around it
 VARIANTS: Dict[str, List[str]] = {
     "recipe (lr 0.002, stage-1 head, cben, 30 ep)": [],
+    "recipe, seed 1": ["--seed", "1"],  # the recipe again with other random draws: one run's noise, measured
+    "recipe, seed 2": ["--seed", "2"],
     "lr 0.004": ["--stage2.lr", "0.004"],
     "lr 0.008": ["--stage2.lr", "0.008"],
     "fresh head, lr 0.002": ["--stage2.fresh-head", "true"],
