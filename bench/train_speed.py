@@ -97,8 +97,9 @@ def machine() -> Dict[str, Any]:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_units": cpu_has_fast_bf16()}
-    if cpu_model():
-        info["cpu_model"] = cpu_model()
+    model = cpu_model()
+    if model:
+        info["cpu_model"] = model
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
