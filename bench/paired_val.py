@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -29,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import gcl_zoo  # noqa: E402,F401
-from gcl_zoo.metrics import accuracy_report  # noqa: E402
+from gcl_zoo.metrics import accuracy_report, mcnemar_p, paired_bootstrap  # noqa: E402
 from train.calibrate import folder_recipe, load_folder_model  # noqa: E402
 from train.data import build_data  # noqa: E402
 from train.predict import predict  # noqa: E402
@@ -39,25 +38,6 @@ def load_model(spec: str) -> torch.nn.Module:
     """A folder's model, or a zoo entry's shipped weights."""
     path = Path(spec)
     return load_folder_model(path) if path.is_dir() else timm.create_model(spec, pretrained=True)
-
-
-def mcnemar_p(base_only: int, new_only: int) -> float:
-    """Exact two-sided McNemar p-value: the discordant pairs as a fair coin's tosses."""
-    n, k = base_only + new_only, min(base_only, new_only)
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
-
-
-def paired_bootstrap(base: torch.Tensor, new: torch.Tensor, draws: int, seed: int) -> Tuple[float, float]:
-    """95% interval of the top-1 difference (points), resampling images with replacement, the same draw for both."""
-    generator = torch.Generator().manual_seed(seed)
-    diff = new.float() - base.float()
-    picks = torch.randint(len(diff), (draws, len(diff)), generator=generator)
-    means = diff[picks].mean(dim=1) * 100
-    low, high = torch.quantile(means, torch.tensor([0.025, 0.975])).tolist()
-    return low, high
 
 
 def compare(models: List[Tuple[str, str]], recipe: Dict[str, Any], draws: int, seed: int) -> Dict[str, Any]:

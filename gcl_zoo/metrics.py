@@ -1,4 +1,5 @@
-"""Accuracy for long-tailed evaluation: top-k, per class, many/medium/few shot, confusion matrix.
+"""Accuracy for long-tailed evaluation: top-k, per class, many/medium/few shot, confusion matrix; and two models
+compared on the same images, paired.
 
 The shot groups follow Liu et al. (2019): many-shot classes have more than 100 training images, few-shot fewer
 than 20, medium-shot the rest. Group accuracy is the mean of its classes' accuracies (so each class counts once,
@@ -6,11 +7,13 @@ as the test sets are balanced).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ["shot_groups", "confusion_matrix", "accuracy_report", "MANY_SHOT_MIN", "FEW_SHOT_MAX"]
+__all__ = ["shot_groups", "confusion_matrix", "accuracy_report", "mcnemar_p", "paired_bootstrap", "MANY_SHOT_MIN",
+           "FEW_SHOT_MAX"]
 
 MANY_SHOT_MIN = 100  # many-shot: more than this many training images
 FEW_SHOT_MAX = 20    # few-shot: fewer than this many
@@ -61,3 +64,24 @@ def accuracy_report(logits: torch.Tensor, targets: torch.Tensor, train_cls_num_l
     if with_confusion:
         report["confusion"] = cm.tolist()
     return report
+
+
+def mcnemar_p(base_only: int, other_only: int) -> float:
+    """Exact two-sided McNemar p-value of two models on the same images, from the images only one of them gets
+    right: under "equally good" those discordant pairs are a fair coin's tosses."""
+    n, k = base_only + other_only, min(base_only, other_only)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+
+
+def paired_bootstrap(base_correct: torch.Tensor, other_correct: torch.Tensor, draws: int = 10000,
+                     seed: int = 0) -> Tuple[float, float]:
+    """95% interval of the top-1 difference (points, other - base), resampling images with replacement, the same
+    draw for both models."""
+    generator = torch.Generator().manual_seed(seed)
+    diff = other_correct.float() - base_correct.float()
+    picks = torch.randint(len(diff), (draws, len(diff)), generator=generator)
+    means = diff[picks].mean(dim=1) * 100
+    low, high = torch.quantile(means, torch.tensor([0.025, 0.975])).tolist()
+    return low, high

@@ -2,15 +2,11 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-from paired_val import mcnemar_p, paired_bootstrap  # noqa: E402
-
-from train.recipes import dump_recipe, load_recipe  # noqa: E402
+from gcl_zoo.metrics import mcnemar_p, paired_bootstrap
+from train.recipes import dump_recipe, load_recipe
 
 
 def test_mcnemar_p_is_the_exact_binomial_tail():
