@@ -37,13 +37,19 @@ from train.predict import predict  # noqa: E402
 def load_model(spec: str) -> torch.nn.Module:
     """A folder's model, or a zoo entry's shipped weights."""
     path = Path(spec)
-    return load_folder_model(path) if path.is_dir() else timm.create_model(spec, pretrained=True)
+    if path.is_dir():
+        return load_folder_model(path)
+    if spec not in timm.list_models(pretrained=True):
+        raise ValueError(f"--model {spec!r} is neither a folder nor a zoo name with weights; give a run or model "
+                         "folder, or one of timm.list_pretrained('gcl_*')")
+    return timm.create_model(spec, pretrained=True)
 
 
-def compare(models: List[Tuple[str, str]], recipe: Dict[str, Any], draws: int, seed: int) -> Dict[str, Any]:
+def compare(models: List[Tuple[str, str, torch.nn.Module]], recipe: Dict[str, Any], draws: int,
+            seed: int) -> Dict[str, Any]:
     rows, correct, bundle = [], [], None
-    for name, spec in models:
-        model = load_model(spec).eval()
+    for name, spec, model in models:
+        model.eval()
         bundle = bundle or build_data(recipe, model)  # one split, read once, for every model
         out = predict(model, bundle, torch.device("cpu"), split="val")
         report = accuracy_report(out["logits"], out["targets"], bundle.cls_num_list, topk=(1,))
@@ -79,7 +85,12 @@ def main() -> int:
         models.append((name, spec))
     if len(models) < 2:
         parser.error("give at least two --model: the base first, then the models compared with it")
-    result = compare(models, folder_recipe(args.recipe_from, args.data_root, workers=0), args.draws, args.seed)
+    try:  # every model and the recipe before any data is read
+        loaded = [(name, spec, load_model(spec)) for name, spec in models]
+        recipe = folder_recipe(args.recipe_from, args.data_root, workers=0)
+    except (FileNotFoundError, ValueError) as exc:  # a missing folder, an unfinished run, an unknown name
+        parser.error(str(exc))
+    result = compare(loaded, recipe, args.draws, args.seed)
     print(f"{'model':40s} {'val top-1':>9s} {'many':>6s} {'medium':>6s} {'few':>6s}  against the base")
     for row in result["models"]:
         groups = " ".join("   n/a" if row[key] is None else f"{row[key]:6.2f}" for key in ("many", "medium", "few"))

@@ -319,10 +319,17 @@ def stage1_noise_decisive() -> List[dict]:
             for m in json.loads(path.read_text())["models"][1:] if m["name"].startswith("noise 1.0")]
 
 
+def stage1_noise_summed() -> Tuple[int, int, float]:
+    """The decisive comparisons' discordant pairs summed over the ratios, and their McNemar p."""
+    from gcl_zoo.metrics import mcnemar_p
+    decisive = stage1_noise_decisive()
+    base_only, this_only = (sum(a[k] for a in decisive) for k in ("base_right_only", "this_right_only"))
+    return base_only, this_only, mcnemar_p(base_only, this_only)
+
+
 def stage1_noise() -> str:
     """The paper's noise multiplier in stage 1 against the recipe's, paired on each ratio's validation split; with
     more than one ratio, the discordant pairs of the final models summed over the ratios."""
-    from gcl_zoo.metrics import mcnemar_p
     rows = []
     for path in stage1_noise_files():
         d = json.loads(path.read_text())
@@ -334,11 +341,10 @@ def stage1_noise() -> str:
                          f"{a['top1_difference']:+.2f} [{low:+.2f}, {high:+.2f}]",
                          f"{a['base_right_only']} / {a['this_right_only']}", f"{a['mcnemar_p']:.2f}",
                          f"{f(base['few'])} -> {f(m['few'])}"])
-    decisive = stage1_noise_decisive()
-    if len(decisive) > 1:
-        base_only, this_only = (sum(a[k] for a in decisive) for k in ("base_right_only", "this_right_only"))
+    if len(stage1_noise_decisive()) > 1:
+        base_only, this_only, p = stage1_noise_summed()
         rows.append(["all", "noise 1.0, final models", "the recipe, final models", "", "",
-                     f"{base_only} / {this_only}", f"{mcnemar_p(base_only, this_only):.3f}", ""])
+                     f"{base_only} / {this_only}", f"{p:.3f}", ""])
     return table(["ratio", "model", "against", "val top-1", "difference [95% bootstrap]",
                   "right only: against / model", "McNemar p", "val few-shot"], rows)
 
@@ -460,10 +466,8 @@ def _stage1_noise_r100() -> Tuple[str, ...]:
 
 
 def _stage1_noise_r200() -> Tuple[str, ...]:
-    from gcl_zoo.metrics import mcnemar_p
     a = load("stage1_noise/r200.json")["models"][1]["against_base"]
-    decisive = stage1_noise_decisive()
-    summed = mcnemar_p(*(sum(d[k] for d in decisive) for k in ("base_right_only", "this_right_only")))
+    summed = stage1_noise_summed()[2]
     return f"{-a['top1_difference']:.2f}", f"{a['mcnemar_p']:.2f}", f"{summed:.3f}"
 
 

@@ -43,7 +43,7 @@ def test_script_compares_two_models_on_validation_only(make_run, cifar10_zip, tm
                                      "this_right_only": 0, "mcnemar_p": 1.0}
     versus = other_row["against_base"]
     right_diff = versus["this_right_only"] - versus["base_right_only"]
-    assert abs(versus["top1_difference"] - right_diff * 100 / 200) < 1e-6
+    assert abs(versus["top1_difference"] - right_diff * 100 / 180) < 1e-4
 
 
 def test_script_refuses_a_model_without_a_name(make_run, cifar10_zip):
@@ -51,3 +51,6 @@ def test_script_refuses_a_model_without_a_name(make_run, cifar10_zip):
     done = subprocess.run([sys.executable, "bench/paired_val.py", "--recipe-from", str(run), "--model", str(run),
                            "--model", f"b={run}"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "NAME=FOLDER_OR_ZOO_NAME" in done.stderr
+    unknown = subprocess.run([sys.executable, "bench/paired_val.py", "--recipe-from", str(run), "--model", f"a={run}",
+                              "--model", "b=gcl_resnet32_nowhere"], capture_output=True, text=True, timeout=300)
+    assert unknown.returncode == 2 and "neither a folder nor a zoo name" in unknown.stderr
