@@ -27,12 +27,12 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import gcl_zoo  # noqa: E402,F401
-from gcl_zoo.hub import WEIGHTS_NAME, save_model_folder, write_shipped_cards  # noqa: E402
+from gcl_zoo.hub import save_model_folder, write_shipped_cards  # noqa: E402
 from gcl_zoo.files import replace_file  # noqa: E402
 from gcl_zoo.models.weights import WEIGHTS_DIR  # noqa: E402
 from train.calibrate import calibrate_folder  # noqa: E402
 from train.evaluate import evaluate_run  # noqa: E402
-from train.run_folder import RECIPE_FILE  # noqa: E402
+from gcl_zoo.folders import RUN_RECIPE_NAME, WEIGHTS_NAME  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 DATA_ARCHIVE = {"cifar10_lt": "cifar10/cifar10.zip", "cifar100_lt": "cifar100/cifar100.zip"}
@@ -51,7 +51,7 @@ def calibrate_entry(name: str, data_dir: Path) -> Dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         save_model_folder(timm.create_model(name, pretrained=True), folder)
-        (folder / RECIPE_FILE).write_text(yaml.safe_dump(recipe, sort_keys=False))
+        (folder / RUN_RECIPE_NAME).write_text(yaml.safe_dump(recipe, sort_keys=False))
         fitted = calibrate_folder(folder, str(data_root), device="cpu")
         report = evaluate_run(folder, data_root=str(data_root), device="cpu", tsne_samples=0)
         if round(report["top1"], 2) != record["top1"]:

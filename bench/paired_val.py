@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 import gcl_zoo  # noqa: E402,F401
 from gcl_zoo.metrics import accuracy_report, mcnemar_p, paired_bootstrap  # noqa: E402
 from train.calibrate import folder_recipe, load_folder_model  # noqa: E402
+from timm.data import resolve_model_data_config  # noqa: E402
 from train.data import build_data  # noqa: E402
 from train.predict import predict  # noqa: E402
 
@@ -50,7 +51,7 @@ def compare(models: List[Tuple[str, str, torch.nn.Module]], recipe: Dict[str, An
     rows, correct, bundle = [], [], None
     for name, spec, model in models:
         model.eval()
-        bundle = bundle or build_data(recipe, model)  # one split, read once, for every model
+        bundle = bundle or build_data(recipe, resolve_model_data_config(model))  # one split, read once, for every model
         out = predict(model, bundle, torch.device("cpu"), split="val")
         report = accuracy_report(out["logits"], out["targets"], bundle.cls_num_list, topk=(1,))
         correct.append(out["logits"].argmax(dim=1) == out["targets"])

@@ -47,7 +47,7 @@ import timm  # noqa: E402
 import gcl_zoo  # noqa: E402,F401
 from gcl_zoo.devices import cpu_has_fast_bf16, cpu_model  # noqa: E402
 from gcl_zoo.hub import save_model_folder  # noqa: E402
-from serve.memory import retain_freed_memory  # noqa: E402
+from serve.startup import retain_freed_memory  # noqa: E402
 from gcl_zoo.models.weights import embedded_weights  # noqa: E402
 from serve.decoding import ImagePayload, inspect_image  # noqa: E402
 from serve.preprocess import PilPipeline, data_config  # noqa: E402

@@ -46,8 +46,8 @@ from gcl_zoo.hub import Int8Calibration, export_embedded  # noqa: E402
 from gcl_zoo.quantize import int8_quantizer_missing  # noqa: E402
 from serve.decoding import ImagePayload, inspect_image  # noqa: E402
 from serve.multipart import parse_form  # noqa: E402
-from serve.parsing import ParsedRequest  # noqa: E402
-from serve.predict import predict_response  # noqa: E402
+from serve.pipeline import predict_batch  # noqa: E402
+from serve.predict import PredictReply, predict_response  # noqa: E402
 from serve.runner import Execution, ModelRunner  # noqa: E402
 from serve.runtimes import runtime_installed  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
@@ -89,19 +89,18 @@ def request_costs(runner: ModelRunner, body: Tuple[bytes, str], images: int, rou
     for _ in range(rounds):
         parts = parse_form(*body, max_files=images, max_fields=3)
     multipart_s = (time.perf_counter() - start) / (rounds * images)
-    rows = list(torch.randn(images, runner.num_classes))
-    request = ParsedRequest([ImagePayload(p.filename, p.data) for p in parts], top_k=5, function_to_apply="softmax",
-                            hf_schema=False, single=False)
+    assert len(parts) == images
+    scores = torch.randn(images, runner.num_classes).softmax(dim=1)
     start = time.perf_counter()
     for _ in range(rounds):
-        predict_response(runner.model_id, rows, runner.labels, 5, request)
+        predict_response(runner.model_id, scores, runner.labels, 5, PredictReply(hf_schema=False, single=False))
     return {"multipart": multipart_s, "answer": (time.perf_counter() - start) / (rounds * images)}
 
 
 def probabilities(runner: ModelRunner, items: Sequence[Any]) -> torch.Tensor:
     rows = []
     for start in range(0, len(items), 64):
-        rows += runner.predict(items[start:start + 64])
+        rows += predict_batch(runner, items[start:start + 64])
     return torch.stack(rows).softmax(dim=1)
 
 

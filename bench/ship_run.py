@@ -34,13 +34,14 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from gcl_zoo.devices import cpu_model  # noqa: E402
-from gcl_zoo.hub import CONFIG_NAME, WEIGHTS_NAME, write_shipped_cards  # noqa: E402
+from gcl_zoo.folders import CONFIG_NAME, EVAL_NAME, RUN_INFO_NAME, RUN_RECIPE_NAME, WEIGHTS_NAME  # noqa: E402
+from gcl_zoo.hub import write_shipped_cards  # noqa: E402
 from gcl_zoo.models.weights import WEIGHTS_DIR  # noqa: E402
 from train.evaluate import evaluate_run  # noqa: E402
-from train.run_folder import EVAL_FILE, METRICS_FILE, RECIPE_FILE, RUN_FILE, RunFolder  # noqa: E402
+from train.run_folder import METRICS_FILE, RunFolder  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
-RECORD_FILES = (RECIPE_FILE, RUN_FILE, METRICS_FILE, EVAL_FILE, "per_class_accuracy.png", "tsne.png")
+RECORD_FILES = (RUN_RECIPE_NAME, RUN_INFO_NAME, METRICS_FILE, EVAL_NAME, "per_class_accuracy.png", "tsne.png")
 SHIPPED_KEYS = ("top1", "top5", "many", "medium", "few", "per_class", "num_samples", "dataset", "split")
 
 

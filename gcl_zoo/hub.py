@@ -6,15 +6,15 @@ A folder holds ``model.safetensors`` + ``config.json`` (what timm reads), and on
 pushed to the Hub, the same files load with ``timm.create_model("hf-hub:<org>/<name>", pretrained=True)``.
 
 The jobs live in ``folders`` (save, validate), ``export`` (runs and shipped checkpoints to Hub-ready folders, model
-cards) and ``push`` (upload); this module is their public face.
+cards) and ``push`` (upload); this module is their public face. The file names of a folder are
+``gcl_zoo.folders``' (``WEIGHTS_NAME``, ``CONFIG_NAME``, ...).
 """
 from .export import Int8Calibration, export_embedded, export_run, write_shipped_cards
-from .folders import (CARD_NAME, CONFIG_NAME, EVAL_NAME, RECIPE_NAME, WEIGHTS_NAME, InvalidModelFolder,
-                      save_model_folder, validate_folder)
+from .folders import InvalidModelFolder, save_model_folder, validate_folder
 from .push import push_folder
 
 __all__ = [
     "save_model_folder", "validate_folder", "Int8Calibration", "export_run", "export_embedded", "write_shipped_cards",
     "push_folder",
-    "InvalidModelFolder", "WEIGHTS_NAME", "CONFIG_NAME", "RECIPE_NAME", "EVAL_NAME", "CARD_NAME",
+    "InvalidModelFolder",
 ]

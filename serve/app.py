@@ -24,9 +24,10 @@ from fastapi_offline import FastAPIOffline
 from . import __version__, oip, probes
 from .errors import install_error_handlers
 from .limits import BodyBudget, BodyLimitMiddleware, DrainMiddleware
-from .metrics import MetricsMiddleware, ServerMetrics
+from .metrics import MetricsMiddleware, ServerMetrics, templated_routes
 from .predict import predict_router
 from .schemas import install_openapi
+from .served import ServedModels
 from .settings import ServeSettings
 from .state import ServerState, load_models
 
@@ -35,12 +36,10 @@ __all__ = ["create_app", "ServerState"]
 
 def create_state(settings: ServeSettings) -> ServerState:
     """The state the routes share, its metrics reading the engines' queues and the runners' decode fallbacks."""
-    state = ServerState(settings=settings, api_key=settings.api_key,
-                        metrics=ServerMetrics(settings.max_batch_size,
-                                              lambda: {m: e.depth for m, e in state.engines.items()},
-                                              decode_fallbacks=lambda: {m: r.decode_fallbacks()
-                                                                        for m, r in state.runners.items()}))
-    return state
+    models = ServedModels(settings.max_images, settings.default_top_k)
+    metrics = ServerMetrics(settings.max_batch_size, lambda: {m: s.images.depth for m, s in models.served.items()},
+                            decode_fallbacks=lambda: {m: r.decode_fallbacks() for m, r in models.runners().items()})
+    return ServerState(settings=settings, metrics=metrics, models=models)
 
 
 def lifespan_for(state: ServerState, on_load_failure: Optional[Callable[[str], None]]) -> Callable:
@@ -54,7 +53,7 @@ def lifespan_for(state: ServerState, on_load_failure: Optional[Callable[[str], N
             yield
         finally:
             loading.cancel()
-            engines = [*state.engines.values(), *state.tensor_engines.values()]
+            engines = [engine for model in state.models.served.values() for engine in (model.images, model.tensors)]
             await asyncio.gather(loading, *(engine.stop() for engine in engines), return_exceptions=True)
             for pool in (state.decode_pool, state.inference_pool):
                 if pool is not None:
@@ -78,10 +77,9 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                        budget=BodyBudget(settings.max_inflight_bytes), body_timeout_s=settings.body_timeout_s)
     app.add_middleware(DrainMiddleware, state=state)
-    # the routes a response refused before routing (an early 413) is counted under, matched by path
     app.add_middleware(MetricsMiddleware, metrics=state.metrics,
-                       routes=[*app.routes, *(route for router in routers for route in router.routes)])
+                       routes=templated_routes([*app.routes, *(route for router in routers for route in router.routes)]))
     install_error_handlers(app)
     install_openapi(app, settings.max_images, [oip.protocol_name(m) for m in settings.models],
-                    state.api_key is not None, lambda: list(state.runners.values()) if state.ready else [])
+                    settings.api_key is not None, lambda: list(state.models.runners().values()) if state.ready else [])
     return app

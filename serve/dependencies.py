@@ -30,14 +30,15 @@ _header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the 
 
 async def require_api_key(state: State, credentials: Optional[HTTPAuthorizationCredentials] = Security(_bearer),
                           key: Optional[str] = Security(_header_key)) -> None:
-    """When an API key is configured, the routes that classify need it as a bearer token or an X-API-Key
-    header."""
-    if state.api_key is None:
+    """When an API key is configured (``ServeSettings.api_key``, read from its environment variable on every
+    request, its one source), the routes that classify need it as a bearer token or an X-API-Key header."""
+    expected = state.settings.api_key
+    if expected is None:
         return
     given = key or (credentials.credentials if credentials else None)
     if not given:
         raise RequestError(401, "this server needs an API key; send 'Authorization: Bearer <key>' or "
                                 "'X-API-Key: <key>'", headers={"WWW-Authenticate": "Bearer"})
-    if not secrets.compare_digest(given.encode(), state.api_key.encode()):
+    if not secrets.compare_digest(given.encode(), expected.encode()):
         raise RequestError(401, "wrong API key; check the key the server was started with",
                            headers={"WWW-Authenticate": "Bearer"})

@@ -9,7 +9,9 @@ import collections
 import time
 from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Sequence, Tuple
 
-__all__ = ["Counter", "Gauge", "ReadCounter", "Histogram", "ServerMetrics", "MetricsMiddleware", "CONTENT_TYPE"]
+from starlette.routing import Match
+
+__all__ = ["Counter", "Gauge", "ReadCounter", "Histogram", "ServerMetrics", "MetricsMiddleware", "route_template", "templated_routes", "CONTENT_TYPE"]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -164,8 +166,32 @@ class ServerMetrics:
         return "\n".join(line for metric in self._all for line in metric.lines()) + "\n"
 
 
+def templated_routes(routes: Iterable[Any]) -> List[Any]:
+    """The routes that have a path template, each once (an application's own routes and those of the routers it
+    includes: some FastAPI versions list the included routes as copies, others wrap them in one object)."""
+    seen, unique = set(), []
+    for route in routes:
+        key = (getattr(route, "path", None), tuple(sorted(getattr(route, "methods", None) or ())))
+        if isinstance(key[0], str) and key not in seen:
+            seen.add(key)
+            unique.append(route)
+    return unique
+
+
+def route_template(scope: Dict[str, Any], routes: Sequence[Any]) -> str:
+    """The route template a request is counted under (``/v2/models/{name}/infer``, not the path it named): the
+    route that answered it, else the first of ``routes`` its path and method match (a response refused before
+    routing: an early 413, 408 or 503), else ``unmatched``."""
+    route = scope.get("route")
+    if route is None:
+        matched = [(r.matches(scope)[0], r) for r in routes]
+        route = next((r for match, r in matched if match == Match.FULL), None) or next(
+            (r for match, r in matched if match == Match.PARTIAL), None)
+    return getattr(route, "path", None) or "unmatched"
+
+
 class MetricsMiddleware:
-    """Count every response by route and status, and time it (unknown paths share the label 'unmatched')."""
+    """Count every response by route template (``routes``: ``templated_routes``) and status, and time it."""
 
     def __init__(self, app: Any, metrics: ServerMetrics, routes: Sequence[Any]):
         self.app = app
@@ -187,7 +213,4 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, record_status)
         finally:
-            route = scope.get("route")  # set by API routes; others (/docs, early 413s) are matched by path
-            endpoint = getattr(route, "path", None) or next(
-                (r.path for r in self.routes if getattr(r, "path", None) == scope["path"]), "unmatched")
-            self.metrics.observe_request(endpoint, status, time.perf_counter() - start)
+            self.metrics.observe_request(route_template(scope, self.routes), status, time.perf_counter() - start)

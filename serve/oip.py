@@ -26,16 +26,13 @@ from . import __version__
 from .decoding import ImagePayload
 from .dependencies import State, require_api_key
 from .errors import RequestError
-from .parsing import check_counts, check_target_prior, check_top_k, decode_base64, requested_prior
+from .parsing import PredictParameters, answer_options, check_counts, decode_base64, read_parameters
 from .pipeline import InferenceJob, answer
-from .priors import PriorSpec, prior_from_json
-from .runner import ModelRunner
 from .schemas import NOT_READY, UNKNOWN_MODEL, V2_ERRORS, V2_INFER_BODY
-from .settings import ServeSettings
-from .state import ServerState
+from .served import ServedModel, ServedModels
 
-__all__ = ["InferRequest", "InferSpec", "parse_infer_request", "infer_response", "model_metadata", "protocol_name",
-           "runner_named", "router", "INPUT_IMAGE", "INPUT_TENSOR", "OUTPUTS"]
+__all__ = ["InferRequest", "InferReply", "InferSpec", "parse_infer_request", "infer_response", "model_metadata",
+           "protocol_name", "model_named", "router", "INPUT_IMAGE", "INPUT_TENSOR", "OUTPUTS"]
 
 INPUT_IMAGE, INPUT_TENSOR = "image", "input"
 OUTPUTS = ("probabilities", "labels")
@@ -59,20 +56,26 @@ def model_metadata(name: str, input_size: Tuple[int, ...], num_classes: int) -> 
     }
 
 
-@dataclass
-class InferRequest:
-    """One decoded inference request: encoded images or a pre-processed tensor, and what to answer."""
+# the request parameters v2 takes: /predict's, but function_to_apply (its "probabilities" are probabilities)
+V2_PARAMETERS = tuple(name for name in PredictParameters.model_fields if name != "function_to_apply")
+
+
+@dataclass(frozen=True)
+class InferReply:
+    """What a v2 answer echoes and holds: the request's id, and the outputs asked for as (name, binary) in order."""
 
     request_id: Optional[str]
+    outputs: List[Tuple[str, bool]]
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """One read inference request: encoded images or a pre-processed tensor, its parameters, its reply's shape."""
+
     images: Optional[List[ImagePayload]]
     tensor: Optional[torch.Tensor]
-    top_k: Optional[int]
-    outputs: List[Tuple[str, bool]]  # (name, binary) in the order asked for
-    target_prior: Optional[PriorSpec] = None  # None: the server's default for the model
-
-    @property
-    def count(self) -> int:
-        return len(self.images) if self.images is not None else int(self.tensor.shape[0])
+    parameters: PredictParameters
+    reply: InferReply
 
 
 def _split_body(body: bytes, header_length: Optional[str]) -> Tuple[Dict[str, Any], bytes]:
@@ -181,21 +184,17 @@ def parse_infer_request(body: bytes, header_length: Optional[str], input_size: T
             raise RequestError(400, f"unknown output {output.get('name')!r}; this model answers {', '.join(OUTPUTS)}")
         binary_out = _mapping(output.get("parameters"), f"outputs[{i}].parameters").get("binary_data", False)
         outputs.append((output["name"], bool(binary_out)))
-    parameters = _mapping(request.get("parameters"), "parameters")
-    top_k = parameters.get("top_k")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int)):
-        raise RequestError(400, f"parameter top_k must be an integer, got {top_k!r}")
-    return InferRequest(request.get("id"), images, batch, top_k, outputs,
-                        requested_prior(parameters.get("target_prior"), prior_from_json))
+    given = _mapping(request.get("parameters"), "parameters")  # others (a client's own) are not ours to refuse
+    parameters = read_parameters({k: v for k, v in given.items() if k in V2_PARAMETERS}, "parameters")
+    return InferRequest(images, batch, parameters, InferReply(request.get("id"), outputs))
 
 
-def infer_response(name: str, request: InferRequest, probs: torch.Tensor, labels: List[str],
-                   default_top_k: int) -> Tuple[bytes, Dict[str, str]]:
-    """The v2 response body and headers for probabilities ``probs`` (``output_scores``; binary outputs where the
-    client asked for them)."""
-    top_k = check_top_k(request.top_k, len(labels), default_top_k)
+def infer_response(name: str, reply: InferReply, probs: torch.Tensor, labels: List[str],
+                   top_k: int) -> Tuple[bytes, Dict[str, str]]:
+    """The v2 response body and headers for probabilities ``probs`` (``output_scores``) and the ``top_k`` labels
+    (binary outputs where the client asked for them)."""
     outputs, blobs = [], []
-    for output, binary in request.outputs:
+    for output, binary in reply.outputs:
         if output == "probabilities":
             values = probs.numpy().astype("<f4")
             entry = {"name": output, "datatype": "FP32", "shape": list(values.shape)}
@@ -214,8 +213,8 @@ def infer_response(name: str, request: InferRequest, probs: torch.Tensor, labels
             entry["data"] = json_data
         outputs.append(entry)
     head = {"model_name": name, "model_version": "1", "outputs": outputs}
-    if request.request_id is not None:
-        head["id"] = request.request_id
+    if reply.request_id is not None:
+        head["id"] = reply.request_id
     header = json.dumps(head, separators=(",", ":")).encode()
     if not blobs:
         return header, {"content-type": "application/json"}
@@ -223,29 +222,29 @@ def infer_response(name: str, request: InferRequest, probs: torch.Tensor, labels
                                       "Inference-Header-Content-Length": str(len(header))}
 
 
-def runner_named(state: ServerState, name: str) -> ModelRunner:
-    """The runner whose ``protocol_name`` is ``name``; 404 names the served ones."""
-    for runner in state.runners.values():
-        if protocol_name(runner.model_id) == name:
-            return runner
+def model_named(models: ServedModels, name: str) -> ServedModel:
+    """The served model whose ``protocol_name`` is ``name``; 404 names the served ones."""
+    for model_id, model in models.served.items():
+        if protocol_name(model_id) == name:
+            return model
     raise RequestError(404, f"unknown model {name!r}; this server has "
-                            f"{', '.join(protocol_name(m) for m in state.runners)} (see GET /v2/models/NAME)")
+                            f"{', '.join(protocol_name(m) for m in models.served)} (see GET /v2/models/NAME)")
 
 
 class InferSpec:
-    """The v2 infer route's request in (``InferRequest``: encoded images or a pre-processed tensor), its outputs
-    out; the model is the one the path names."""
+    """The v2 infer route's request in (``InferRequest``: encoded images or a pre-processed tensor, its parameters
+    checked against the model the path names), its outputs out."""
 
-    async def decode_request(self, request: Request, state: ServerState) -> InferenceJob:
-        runner = runner_named(state, request.path_params["name"])
+    async def decode_request(self, request: Request, models: ServedModels) -> InferenceJob[InferReply]:
+        model = model_named(models, request.path_params["name"])
         parsed = parse_infer_request(await request.body(), request.headers.get(HEADER_LENGTH),
-                                     tuple(runner.config["input_size"]), state.settings.max_images)
-        prior = check_target_prior(parsed.target_prior, state.default_priors[runner.model_id], runner)
-        return InferenceJob(runner, prior, parsed, images=parsed.images, tensor=parsed.tensor)
+                                     tuple(model.runner.config["input_size"]), models.max_images)
+        return InferenceJob(model.runner, answer_options(parsed.parameters, model, models.default_top_k),
+                            parsed.reply, images=parsed.images, tensor=parsed.tensor)
 
-    def encode_response(self, job: InferenceJob, scores: torch.Tensor, settings: ServeSettings) -> Response:
-        body, headers = infer_response(protocol_name(job.runner.model_id), job.request, scores, job.runner.labels,
-                                       settings.default_top_k)
+    def encode_response(self, job: InferenceJob[InferReply], scores: torch.Tensor) -> Response:
+        body, headers = infer_response(protocol_name(job.runner.model_id), job.reply, scores, job.runner.labels,
+                                       job.options.top_k)
         return Response(body, headers=headers)
 
 
@@ -272,14 +271,14 @@ async def server_metadata() -> Dict[str, Any]:
 @router.get("/v2/models/{name}", summary="v2: model metadata", responses=UNKNOWN_MODEL)
 async def metadata(name: str, state: State) -> Dict[str, Any]:
     state.check_ready()
-    runner = runner_named(state, name)
+    runner = model_named(state.models, name).runner
     return model_metadata(name, tuple(runner.config["input_size"]), runner.num_classes)
 
 
 @router.get("/v2/models/{name}/ready", summary="v2: the model serves", responses=UNKNOWN_MODEL)
 async def model_ready(name: str, state: State) -> Dict[str, Any]:
     state.check_ready()
-    runner_named(state, name)
+    model_named(state.models, name)
     return {"name": name, "ready": True}
 
 

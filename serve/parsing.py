@@ -3,8 +3,13 @@ status and a message that names the input and the fix.
 
 The checks run cheapest first: the body's shape (JSON schema, multipart parts, base64) and its parameters here,
 then each image's header and only then the full decode (``serve.decoding``). ``parse_predict_request`` reads
-``/predict``'s three body forms; the checks both protocols share (image counts, ``top_k``, ``target_prior``) are
-beside it.
+``/predict``'s three body forms; what both protocols share is beside it: the request parameters
+(``PredictParameters``, one pydantic model, read from JSON or from text), image counts, and ``answer_options``,
+which checks the parameters against the model that answers and fills in the defaults.
+
+A new request parameter is a field of ``PredictParameters`` and of ``AnswerOptions`` (checked in
+``answer_options``), used by the pipeline step it is for; the body forms, the query string and v2 read it as
+they are.
 """
 from __future__ import annotations
 
@@ -12,11 +17,11 @@ import base64
 import binascii
 import json
 import re
-from dataclasses import dataclass, replace
-from typing import Annotated, Any, Callable, Dict, List, Literal, Optional, Sequence, Union
+from dataclasses import dataclass, field, replace
+from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Sequence, Union
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from gcl_zoo.prior import PriorError
@@ -24,17 +29,16 @@ from gcl_zoo.prior import PriorError
 from .decoding import SUPPORTED_FORMATS, ImagePayload
 from .errors import RequestError
 from .multipart import FormError, FormPart, parse_form
-from .priors import OUTPUT_TRANSFORMS, PriorSpec, prior_from_json, prior_from_text, resolve_prior
+from .priors import DEFAULT_OUTPUT_FUNCTION, OUTPUT_TRANSFORMS, PriorSpec, prior_from_json, prior_from_text, resolve_prior
+from .served import ServedModel
 
 __all__ = ["PredictRequest", "PredictParameters", "payloads_from_json", "payloads_from_form", "check_counts",
            "check_top_k", "decode_base64", "parse_predict_request", "query_parameters", "ParsedRequest",
-           "OUTPUT_FUNCTIONS", "RAW_BODY_TYPES", "FORM_FIELDS", "body_over_query", "requested_prior",
-           "check_target_prior"]
+           "OUTPUT_FUNCTIONS", "RAW_BODY_TYPES", "FORM_FIELDS", "body_over_query", "read_parameters",
+           "AnswerOptions", "answer_options", "describe_validation"]
 
 
 ACCEPTED_PART_TYPES = ("image/", "application/octet-stream")
-# the parameters a form field or the query string may carry (each a ParsedRequest field of the same name)
-FORM_FIELDS = ("model", "top_k", "function_to_apply", "target_prior")
 # raw bodies: one image as the whole request, as Hugging Face Inference Endpoints and TorchServe take it
 RAW_BODY_TYPES = ("image/", "application/octet-stream")
 
@@ -45,27 +49,33 @@ OutputFunction = Literal[OUTPUT_FUNCTIONS]  # type: ignore[valid-type]
 
 
 class PredictParameters(BaseModel):
-    """The Hugging Face image-classification task's parameters."""
+    """The request parameters (the Hugging Face image-classification task's, and ours); v2 takes them too, but
+    ``function_to_apply``. From text (a form field, the query string) a list prior is comma-separated weights."""
 
     model_config = ConfigDict(extra="forbid")
     top_k: Optional[int] = Field(None, ge=1, description="how many labels to return per image, best first (more "
                                                        "than the class count gives all)")
     function_to_apply: Optional[OutputFunction] = Field(
-        None, description="how scores come from the scaled cosine logits: softmax (the default), sigmoid, or none "
-                          "(the logits themselves)")
+        None, description=f"how scores come from the scaled cosine logits: {DEFAULT_OUTPUT_FUNCTION} (the default), "
+                          "sigmoid, or none (the logits themselves)")
     target_prior: Optional[Union[Literal["uniform", "train"], List[float]]] = Field(
         None, description="the deployment's class prior the scores are moved to (default: the server's, "
                           "--target-prior)")
 
     @field_validator("target_prior", mode="before")
     @classmethod
-    def _read_prior(cls, value: Any) -> Optional[PriorSpec]:
+    def _read_prior(cls, value: Any, info: ValidationInfo) -> Optional[PriorSpec]:
         if value is None:
             return None
+        from_text = isinstance(value, str) and (info.context or {}).get("text", False)
         try:
-            return prior_from_json(value)
+            return prior_from_text(value) if from_text else prior_from_json(value)
         except PriorError as exc:  # its message as it is, without pydantic's "Value error, "
             raise PydanticCustomError("target_prior", "{message}", {"message": str(exc)}) from None
+
+
+# the parameters a form field or the query string may carry: the model, and every request parameter
+FORM_FIELDS = ("model", *PredictParameters.model_fields)
 
 
 @dataclass(frozen=True)
@@ -78,12 +88,20 @@ class ParsedRequest:
     """
 
     payloads: List[ImagePayload]
-    top_k: Optional[int] = None
     model: Optional[str] = None
-    function_to_apply: Optional[str] = None  # None: softmax
-    target_prior: Optional[PriorSpec] = None  # None: the server's default for the model
+    parameters: PredictParameters = field(default_factory=PredictParameters)
     hf_schema: bool = True
     single: bool = True
+
+
+@dataclass(frozen=True)
+class AnswerOptions:
+    """A request's parameters checked against the model that answers, defaults filled in: what the pipeline's
+    steps use."""
+
+    top_k: int
+    function_to_apply: str
+    prior: Optional[torch.Tensor]  # None: the balanced answer
 
 
 Base64Image = Annotated[str, Field(min_length=1, json_schema_extra={"format": "byte"},
@@ -100,7 +118,8 @@ class PredictRequest(BaseModel):
     model: Optional[str] = Field(None, description="which loaded model answers; the first one when omitted")
 
 
-def _describe_validation(exc: ValidationError) -> str:
+def describe_validation(exc: ValidationError) -> str:
+    """Every fault pydantic found, each as ``where: what``."""
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "body"
@@ -130,15 +149,14 @@ def payloads_from_json(body: bytes) -> ParsedRequest:
     try:
         request = PredictRequest.model_validate(raw)
     except ValidationError as exc:
-        raise RequestError(422, f"invalid request: {_describe_validation(exc)}; expected "
+        raise RequestError(422, f"invalid request: {describe_validation(exc)}; expected "
                                 '{"inputs": "<base64>" | ["<base64>", ...], "parameters": {"top_k": 5}, "model": "..."}'
                            ) from exc
     texts = [request.inputs] if isinstance(request.inputs, str) else request.inputs
     names = ["inputs"] if isinstance(request.inputs, str) else [f"inputs[{i}]" for i in range(len(texts))]
     payloads = [ImagePayload(name, decode_base64(text, name)) for name, text in zip(names, texts)]
-    parameters = request.parameters or PredictParameters()
-    return ParsedRequest(payloads, parameters.top_k, request.model, parameters.function_to_apply,
-                         parameters.target_prior, hf_schema=True, single=isinstance(request.inputs, str))
+    return ParsedRequest(payloads, request.model, request.parameters or PredictParameters(), hf_schema=True,
+                         single=isinstance(request.inputs, str))
 
 
 def payloads_from_form(parts: Sequence[FormPart]) -> ParsedRequest:
@@ -158,17 +176,9 @@ def payloads_from_form(parts: Sequence[FormPart]) -> ParsedRequest:
             raise RequestError(415, f"{name} was sent as {part.content_type!r}; send images as image/* "
                                     f"({', '.join(SUPPORTED_FORMATS)}) or application/octet-stream")
         payloads.append(ImagePayload(name, part.data))
-    top_k = None
-    if "top_k" in fields:
-        try:
-            top_k = int(fields["top_k"])
-        except ValueError:
-            raise RequestError(422, f"top_k must be an integer, got {fields['top_k']!r}") from None
-    function = fields.get("function_to_apply")
-    if function is not None and function not in OUTPUT_FUNCTIONS:
-        raise RequestError(422, f"function_to_apply={function!r} is not one of {', '.join(OUTPUT_FUNCTIONS)}")
-    return ParsedRequest(payloads, top_k, fields.get("model"), function,
-                         requested_prior(fields.get("target_prior"), prior_from_text), hf_schema=False, single=False)
+    model = fields.pop("model", None)
+    return ParsedRequest(payloads, model, read_parameters(fields, "form field", text=True), hf_schema=False,
+                         single=False)
 
 
 def check_counts(payloads: Sequence[ImagePayload], max_images: int) -> None:
@@ -184,26 +194,26 @@ def check_counts(payloads: Sequence[ImagePayload], max_images: int) -> None:
             raise RequestError(422, f"{payload.name} is empty; send the image file's bytes")
 
 
-def requested_prior(value: Any, parse: Callable[[Any], PriorSpec]) -> Optional[PriorSpec]:
-    """A request's ``target_prior`` as ``parse`` reads its encoding (None when absent); a malformed one answers 422."""
-    if value is None:
-        return None
+def read_parameters(values: Mapping[str, Any], where: str, text: bool = False) -> PredictParameters:
+    """``PredictParameters`` from ``values`` (JSON values, or ``text`` as forms and query strings carry them); a
+    malformed one answers 422 naming the ``where`` it came from."""
     try:
-        return parse(value)
-    except PriorError as exc:
-        raise RequestError(422, str(exc)) from None
+        return PredictParameters.model_validate(values, context={"text": text})
+    except ValidationError as exc:
+        raise RequestError(422, f"invalid {where}: {describe_validation(exc)}") from None
 
 
-def check_target_prior(spec: Optional[PriorSpec], default: Optional[torch.Tensor],
-                       runner: Any) -> Optional[torch.Tensor]:
-    """The prior a request asks for, checked against the model that answers (422 naming the fault), else the
-    server's ``default`` for that model."""
-    if spec is None:
-        return default
-    try:
-        return resolve_prior(spec, runner)
-    except PriorError as exc:
-        raise RequestError(422, f"target_prior: {exc}") from None
+def answer_options(parameters: PredictParameters, model: ServedModel, default_top_k: int) -> AnswerOptions:
+    """``parameters`` checked against the model that answers (422 naming the fault), the defaults filled in."""
+    runner = model.runner
+    prior = model.default_prior
+    if parameters.target_prior is not None:
+        try:
+            prior = resolve_prior(parameters.target_prior, runner)
+        except PriorError as exc:
+            raise RequestError(422, f"target_prior: {exc}") from None
+    return AnswerOptions(check_top_k(parameters.top_k, runner.num_classes, default_top_k),
+                         parameters.function_to_apply or DEFAULT_OUTPUT_FUNCTION, prior)
 
 
 def check_top_k(top_k: Optional[int], num_classes: int, default: int) -> int:
@@ -241,26 +251,22 @@ async def parse_predict_request(request: Any, max_images: int) -> ParsedRequest:
                                 "multipart/form-data, base64 images as application/json, or one image as the body "
                                 "(image/jpeg, image/png, image/webp or application/octet-stream)")
     check_counts(parsed.payloads, max_images)
-    merged = body_over_query(parsed, query)
-    return replace(merged, function_to_apply=merged.function_to_apply or "softmax")
+    return body_over_query(parsed, query)
 
 
 def body_over_query(body: ParsedRequest, query: ParsedRequest) -> ParsedRequest:
     """``body``'s own parameters, and ``query``'s where the body leaves one out."""
-    missing = {name: getattr(query, name) for name in FORM_FIELDS if getattr(body, name) is None}
-    return replace(body, **missing)
+    given = body.parameters.model_dump(exclude_none=True)
+    return replace(body, model=body.model or query.model, parameters=query.parameters.model_copy(update=given))
 
 
 def query_parameters(query: Dict[str, str]) -> ParsedRequest:
-    """``top_k``, ``function_to_apply``, ``model`` and ``target_prior`` from the query string, checked (a request
-    without images); anything else is refused."""
+    """The model and the request parameters from the query string, checked (a request without images); anything
+    else is refused."""
     unknown = sorted(set(query) - set(FORM_FIELDS))
     if unknown:
         raise RequestError(422, f"unknown query parameter(s) {', '.join(unknown)}; /predict takes "
                                 f"{', '.join(FORM_FIELDS)}")
-    try:
-        parameters = PredictParameters(top_k=query.get("top_k"), function_to_apply=query.get("function_to_apply"))
-    except ValidationError as exc:
-        raise RequestError(422, f"invalid query: {_describe_validation(exc)}") from exc
-    return ParsedRequest([], parameters.top_k, query.get("model"), parameters.function_to_apply,
-                         requested_prior(query.get("target_prior"), prior_from_text))
+    values = dict(query)
+    model = values.pop("model", None)
+    return ParsedRequest([], model, read_parameters(values, "query", text=True))

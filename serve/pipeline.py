@@ -1,89 +1,135 @@
 """One request pipeline with named steps, shared by every protocol that classifies images.
 
-A protocol (``/predict``'s Hugging Face task, the v2 Open Inference Protocol) is a ``ProtocolSpec``: it reads
-its request into an ``InferenceJob`` and writes the scores back in its own shape, as LitServe's ``LitSpec``
-does. ``answer`` runs the steps between, the same for every protocol:
+A protocol (``/predict``'s Hugging Face task, the v2 Open Inference Protocol) is a ``ProtocolSpec``: its
+``decode_request`` reads and checks a request into an ``InferenceJob`` and its ``encode_response`` writes the
+scores back in its own shape, as LitServe's ``LitSpec`` does. Everything between is here, one function a step:
 
-1. ``state.check_ready``: 503 while the models load, the device failed or the server drains;
-2. ``spec.decode_request``: parse and check the request (``serve.parsing``), pick the model;
-3. ``prepare_images`` in the decode pool: each image's header checked, then decoded and pre-processed on the
-   CPU, or, for a JPEG on a GPU, kept encoded for step 5 (``serve.preprocess``);
-4. ``BatchingEngine.submit``: the images join a batch with other requests' (``serve.batching``);
-5. in the inference thread, per batch: ``decode_on_device`` (GPU JPEG decoding), ``collate`` and the forward
-   pass (``ModelRunner.predict``);
-6. ``output_scores``: the scaled logits moved to the target prior and through the output function
-   (``serve.priors``);
+1. ``spec.decode_request``: every check a request can fail (its body, its parameters against the model that
+   answers) happens here, before any image is decoded; the job carries what was checked;
+2. ``prepare``: in the decode pool, each image's header checked, then decoded and pre-processed on the CPU or,
+   for a JPEG on a GPU, kept encoded for step 4;
+3. ``batch``: the images join a batch with other requests' (``serve.batching.BatchingEngine``, which runs
+   ``predict_batch`` per batch in the inference thread);
+4. ``predict``: the batch's inputs collated (GPU JPEG decoding included) and the forward pass, scaled logits;
+5. ``unbatch``: one row per item again, in order, with an item that failed to decode as its own error;
+6. ``output_scores``: the rows moved to the target prior and through the output function (``serve.priors``);
 7. ``spec.encode_response``.
 
-Pre-processed tensors (the v2 ``FP32`` input) skip steps 3 and 5.
+Pre-processed tensors (the v2 ``FP32`` input) skip steps 2 and 4's collation. ``answer`` runs the sequence.
 """
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any, List, Optional, Protocol, Sequence
+from concurrent.futures import Executor
+from typing import Any, Dict, Generic, List, Optional, Protocol, Sequence, TypeVar, Union
 
 import torch
 from fastapi import Request
 from fastapi.responses import Response
 
 from .decoding import ImagePayload, inspect_image
+from .errors import RequestError
+from .parsing import AnswerOptions
 from .priors import output_scores
 from .runner import ModelRunner
+from .served import ServedModels
 from .settings import ServeSettings
-from .state import ServerState
 
-__all__ = ["InferenceJob", "ProtocolSpec", "answer", "prepare_images"]
+__all__ = ["InferenceJob", "ProtocolSpec", "PipelineHost", "answer", "prepare", "batch", "predict", "unbatch", "predict_batch",
+           "predict_tensors"]
+
+ReplyT = TypeVar("ReplyT")
 
 
 @dataclass(frozen=True)
-class InferenceJob:
-    """What a request asks the models for, whichever protocol it came in: encoded ``images`` or an already
-    pre-processed NCHW ``tensor`` for ``runner``, scored against ``prior`` (None: the model's own calibration)
-    through ``function_to_apply``; ``request`` is the protocol's parsed request, for its answer."""
+class InferenceJob(Generic[ReplyT]):
+    """A checked request, whichever protocol it came in: encoded ``images`` or an already pre-processed NCHW
+    ``tensor`` for ``runner``, answered as its checked ``options`` say (``top_k``, the target prior, the output
+    function); ``reply`` is what only its protocol needs for the answer's shape."""
 
     runner: ModelRunner
-    prior: Optional[torch.Tensor]
-    request: Any
+    options: AnswerOptions
+    reply: ReplyT
     images: Optional[Sequence[ImagePayload]] = None
     tensor: Optional[torch.Tensor] = None
-    function_to_apply: str = "softmax"
 
 
-class ProtocolSpec(Protocol):
+class ProtocolSpec(Protocol[ReplyT]):
     """A protocol's two ends of the pipeline: its request in, its answer out."""
 
-    async def decode_request(self, request: Request, state: ServerState) -> InferenceJob:
-        """Parse and check ``request``; every fault a ``RequestError`` naming it."""
+    async def decode_request(self, request: Request, models: ServedModels) -> InferenceJob[ReplyT]:
+        """Parse and check ``request`` against the model ``models`` resolves for it; every fault a
+        ``RequestError`` naming it."""
 
-    def encode_response(self, job: InferenceJob, scores: torch.Tensor, settings: ServeSettings) -> Response:
-        """The answer carrying ``scores`` (``output_scores``: one row per image, in request order); ``settings``
-        hold the server's defaults for what the request left out."""
+    def encode_response(self, job: InferenceJob[ReplyT], scores: torch.Tensor) -> Response:
+        """The answer carrying ``scores`` (``output_scores``: one row per image, in request order)."""
 
 
-def prepare_images(runner: ModelRunner, payloads: Sequence[ImagePayload], max_pixels: int) -> List[Any]:
-    """Check each image's header, then decode/pre-process it for ``runner`` (runs in the decode pool)."""
+class PipelineHost(Protocol):
+    """What ``answer`` needs of the server: its readiness, models, limits and decode pool (``ServerState``)."""
+
+    settings: ServeSettings
+    models: ServedModels
+    decode_pool: Optional[Executor]
+
+    def check_ready(self) -> None:
+        """Raise the 503 that answers while the server cannot serve."""
+
+
+def prepare(runner: ModelRunner, payloads: Sequence[ImagePayload], max_pixels: int) -> List[Any]:
+    """Step 2, in the decode pool: check each image's header, then decode/pre-process it for ``runner``."""
     return [runner.prepare(payload, inspect_image(payload, max_pixels)) for payload in payloads]
 
 
-async def infer(state: ServerState, job: InferenceJob) -> List[torch.Tensor]:
-    """Scaled logits, one row per image of ``job``: images decoded in the decode pool, then batched; tensors
-    batched as they are."""
+def batch(runner: ModelRunner, items: Sequence[Any]) -> tuple:
+    """Step 4's first half: the model's input batch from prepared ``items`` (None when none decodes) and the items
+    that failed to decode, by position."""
+    return runner.pipeline.collate(items, runner.device)
+
+
+def predict(runner: ModelRunner, inputs: torch.Tensor) -> torch.Tensor:
+    """Step 4's second half: scaled logits (float32, CPU), one row per input."""
+    return runner.scaled_logits(inputs)
+
+
+def unbatch(rows: Optional[torch.Tensor], failed: Dict[int, RequestError],
+            count: int) -> List[Union[torch.Tensor, RequestError]]:
+    """Step 5: ``count`` results in item order, the ``failed`` items' errors in their places."""
+    good = iter(rows) if rows is not None else iter(())
+    return [failed[i] if i in failed else next(good) for i in range(count)]
+
+
+def predict_batch(runner: ModelRunner, items: Sequence[Any]) -> List[Union[torch.Tensor, RequestError]]:
+    """Steps 4 and 5 for one batch of prepared images, in an inference thread (what the image engine runs)."""
+    with runner.computing():
+        inputs, failed = batch(runner, items)
+        rows = predict(runner, inputs) if inputs is not None else None
+    return unbatch(rows, failed, len(items))
+
+
+def predict_tensors(runner: ModelRunner, items: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    """Steps 4 and 5 for already pre-processed CHW float images (what the tensor engine runs)."""
+    with runner.computing():
+        return list(predict(runner, torch.stack(list(items)).to(runner.device)))
+
+
+async def _rows(state: PipelineHost, job: InferenceJob) -> List[torch.Tensor]:
+    """Steps 2-5: scaled logits, one row per image of ``job``."""
     settings = state.settings
-    model_id = job.runner.model_id
+    served = state.models.served[job.runner.model_id]
     if job.images is not None:
-        items = await asyncio.get_running_loop().run_in_executor(state.decode_pool, prepare_images, job.runner,
-                                                                 job.images, settings.max_pixels)
-        return await state.engines[model_id].submit(items, settings.request_timeout_s)
-    return await state.tensor_engines[model_id].submit(list(job.tensor), settings.request_timeout_s)
+        items = await asyncio.get_running_loop().run_in_executor(state.decode_pool, prepare, job.runner, job.images,
+                                                                 settings.max_pixels)
+        return await served.images.submit(items, settings.request_timeout_s)
+    return await served.tensors.submit(list(job.tensor), settings.request_timeout_s)
 
 
-async def answer(spec: ProtocolSpec, request: Request, state: ServerState) -> Response:
-    """The shared sequence: ready check, the protocol's request, decoding and batched inference, scores, the
-    protocol's answer."""
+async def answer(spec: ProtocolSpec, request: Request, state: PipelineHost) -> Response:
+    """The shared sequence: ready check, the protocol's checked request, decoding and batched inference, scores,
+    the protocol's answer."""
     state.check_ready()
-    job = await spec.decode_request(request, state)
-    rows = await infer(state, job)
-    settings = state.settings
-    scores = output_scores(torch.stack(list(rows)), job.runner, job.prior, job.function_to_apply)
-    return spec.encode_response(job, scores, settings)
+    job = await spec.decode_request(request, state.models)
+    rows = await _rows(state, job)
+    scores = output_scores(torch.stack(list(rows)), job.runner, job.options.prior, job.options.function_to_apply)
+    return spec.encode_response(job, scores)

@@ -7,7 +7,7 @@ top ``k`` labels per image.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -15,17 +15,24 @@ from fastapi import APIRouter, Request, Security
 from fastapi.responses import Response
 
 from .dependencies import State, require_api_key
-from .parsing import ParsedRequest, check_target_prior, check_top_k, parse_predict_request
+from .parsing import answer_options, parse_predict_request
 from .pipeline import InferenceJob, answer
 from .schemas import ERRORS, PREDICT_ANSWERS, predict_body
-from .settings import ServeSettings
-from .state import ServerState
+from .served import ServedModels
 
-__all__ = ["PredictSpec", "predict_response", "predict_router"]
+__all__ = ["PredictSpec", "PredictReply", "predict_response", "predict_router"]
 
 
-def predict_response(model_id: str, scores: Sequence[torch.Tensor], labels: Sequence[str], top_k: int,
-                     request: ParsedRequest) -> Response:
+@dataclass(frozen=True)
+class PredictReply:
+    """The answer's shape a ``/predict`` request asked for (``ParsedRequest.hf_schema`` and ``single``)."""
+
+    hf_schema: bool
+    single: bool
+
+
+def predict_response(model_id: str, scores: torch.Tensor, labels: Sequence[str], top_k: int,
+                     reply: PredictReply) -> Response:
     """The answer for one row of ``scores`` per image (``output_scores``), serialised directly: building and
     re-validating pydantic objects for every image's labels would cost more than the rest of the request's
     event-loop work.
@@ -34,31 +41,28 @@ def predict_response(model_id: str, scores: Sequence[torch.Tensor], labels: Sequ
     image for a list of inputs), the ``{"model", "predictions"}`` envelope for multipart forms; the model that
     answered is in the ``X-Model-Id`` header either way.
     """
-    best, indices = torch.topk(torch.stack(list(scores)), top_k, dim=1)
+    best, indices = torch.topk(scores, top_k, dim=1)
     predictions = [[{"label": labels[i], "score": s} for s, i in zip(row_scores, row_indices)]
                    for row_scores, row_indices in zip(best.tolist(), indices.tolist())]
-    if not request.hf_schema:
+    if not reply.hf_schema:
         body: Any = {"model": model_id, "predictions": predictions}
     else:
-        body = predictions[0] if request.single else predictions
+        body = predictions[0] if reply.single else predictions
     return Response(json.dumps(body, separators=(",", ":")), media_type="application/json",
                     headers={"X-Model-Id": model_id})
 
 
 class PredictSpec:
-    """``/predict``'s request in (``ParsedRequest``, its ``top_k`` checked against the model), labels out."""
+    """``/predict``'s request in (any of its body forms, its parameters checked against the model), labels out."""
 
-    async def decode_request(self, request: Request, state: ServerState) -> InferenceJob:
-        settings = state.settings
-        parsed = await parse_predict_request(request, settings.max_images)
-        runner = state.pick(parsed.model)
-        top_k = check_top_k(parsed.top_k, runner.num_classes, settings.default_top_k)
-        prior = check_target_prior(parsed.target_prior, state.default_priors[runner.model_id], runner)
-        return InferenceJob(runner, prior, replace(parsed, top_k=top_k), images=parsed.payloads,
-                            function_to_apply=parsed.function_to_apply)
+    async def decode_request(self, request: Request, models: ServedModels) -> InferenceJob[PredictReply]:
+        parsed = await parse_predict_request(request, models.max_images)
+        model = models.pick(parsed.model)
+        return InferenceJob(model.runner, answer_options(parsed.parameters, model, models.default_top_k),
+                            PredictReply(parsed.hf_schema, parsed.single), images=parsed.payloads)
 
-    def encode_response(self, job: InferenceJob, scores: torch.Tensor, settings: ServeSettings) -> Response:
-        return predict_response(job.runner.model_id, scores, job.runner.labels, job.request.top_k, job.request)
+    def encode_response(self, job: InferenceJob[PredictReply], scores: torch.Tensor) -> Response:
+        return predict_response(job.runner.model_id, scores, job.runner.labels, job.options.top_k, job.reply)
 
 
 PREDICT = PredictSpec()

@@ -19,7 +19,8 @@ import torch
 from gcl_zoo.prior import PriorError, adjust_logits, check_prior
 
 __all__ = ["PriorSpec", "PRIOR_WORDS", "text_prior_pattern", "prior_from_json", "prior_from_text",
-           "read_prior_setting", "resolve_prior", "default_prior", "OUTPUT_TRANSFORMS", "output_scores"]
+           "read_prior_setting", "resolve_prior", "default_prior", "OUTPUT_TRANSFORMS", "DEFAULT_OUTPUT_FUNCTION",
+           "output_scores"]
 
 PriorSpec = Union[str, List[float]]  # "uniform", "train" or class weights, before it meets a model
 PRIOR_WORDS = ("uniform", "train")
@@ -119,10 +120,11 @@ def default_prior(spec: PriorSpec, runner: Any) -> Optional[torch.Tensor]:
 
 OUTPUT_TRANSFORMS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softmax": lambda logits: logits.softmax(dim=1), "sigmoid": torch.sigmoid, "none": lambda logits: logits}
+DEFAULT_OUTPUT_FUNCTION = "softmax"  # what a request that names no function_to_apply gets: probabilities
 
 
 def output_scores(rows: torch.Tensor, runner: Any, prior: Optional[torch.Tensor],
-                  function: str = "softmax") -> torch.Tensor:
+                  function: str = DEFAULT_OUTPUT_FUNCTION) -> torch.Tensor:
     """The scores an answer carries for calibrated-logit ``rows``: moved to the deployment's ``prior`` against
     the model's implied one (``runner.implied_prior``), then through the output ``function``. Every route's
     answer comes through here."""

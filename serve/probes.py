@@ -17,22 +17,22 @@ router = APIRouter()
 
 @router.get("/health", response_model=StatusResponse, summary="liveness: the process answers")
 async def health(state: State) -> StatusResponse:
-    return StatusResponse(status="alive", models=list(state.runners))
+    return StatusResponse(status="alive", models=list(state.models.served))
 
 
 @router.get("/ready", response_model=StatusResponse, responses=NOT_READY,
             summary="readiness: every model loaded and warmed up, and its device still working")
 async def ready(state: State) -> StatusResponse:
     state.check_ready()
-    return StatusResponse(status="ready", models=list(state.runners))
+    return StatusResponse(status="ready", models=list(state.models.served))
 
 
 @router.get("/models", response_model=ModelsResponse, summary="loaded models: classes and pre-processing")
 async def models(state: State) -> ModelsResponse:
     descriptions = [ModelDescription(**runner.describe(), **state.inference,
                                      target_prior=state.settings.target_prior_for(runner.model_id))
-                    for runner in state.runners.values()]
-    return ModelsResponse(default=next(iter(state.runners), None), models=descriptions)
+                    for runner in state.models.runners().values()]
+    return ModelsResponse(default=next(iter(state.models.served), None), models=descriptions)
 
 
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")

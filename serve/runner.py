@@ -32,7 +32,7 @@ import threading
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -43,7 +43,6 @@ from gcl_zoo.models.gcl import checked_label_names, raw_logits_module, score_sca
 from gcl_zoo.prior import PriorError, check_prior
 
 from .decoding import ImageHeader, ImagePayload, inspect_image
-from .errors import RequestError
 from .preprocess import DevicePipeline, Pipeline, create_pipeline, data_config
 from .runtimes import create_onnx_forward, resolve_runtime
 
@@ -155,7 +154,8 @@ class Execution:
 
 
 class ModelRunner:
-    """One loaded model on one device: ``prepare`` images (thread pool), ``predict`` batches (inference thread)."""
+    """One loaded model on one device: ``prepare`` images (thread pool), ``scaled_logits`` of batches (inference
+    thread, inside ``computing``); ``serve.pipeline`` runs the steps."""
 
     def __init__(self, model_id: str, model: nn.Module, device: torch.device, optimize: str = "auto",
                  max_batch_size: int = 64, execution: Execution = Execution()):
@@ -293,22 +293,17 @@ class ModelRunner:
                           self.model_id, self.device, self.device_error)
             raise
 
+    @contextlib.contextmanager
+    def computing(self) -> Iterator[None]:
+        """Where a batch is computed (``serve.pipeline.predict_batch``): inference mode, this thread's own CUDA
+        stream, and the device watched for a failure that outlives the batch."""
+        with self._watching_device(), torch.inference_mode(), self._own_stream():
+            yield
+
     def decode_fallbacks(self) -> Dict[str, int]:
         """How often GPU JPEG decoding fell back, by kind (``DecodeFallbacks``); empty on the CPU pipeline."""
         fallbacks = getattr(self.pipeline, "fallbacks", None)
         return fallbacks.counts() if fallbacks is not None else {}
-
-    def predict(self, items: Sequence[Any]) -> List[Union[torch.Tensor, RequestError]]:
-        """One row of scaled logits per prepared item, or the ``RequestError`` of an item that failed to decode."""
-        with self._watching_device(), torch.inference_mode(), self._own_stream():
-            batch, failed = self.pipeline.collate(items, self.device)
-            rows = iter(self.scaled_logits(batch)) if batch is not None else iter(())
-        return [failed[i] if i in failed else next(rows) for i in range(len(items))]
-
-    def predict_tensors(self, items: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        """Scaled logits for already pre-processed CHW float images (the v2 protocol's FP32 input)."""
-        with self._watching_device(), torch.inference_mode(), self._own_stream():
-            return list(self.scaled_logits(torch.stack(list(items)).to(self.device)))
 
     def warmup(self, rounds: int = 2) -> float:
         """Run every batch bucket ``rounds`` times and one real JPEG through the whole path (compiles, profiles,
@@ -318,7 +313,10 @@ class ModelRunner:
             for _ in range(rounds):
                 self.scaled_logits(self._dummy(size))
         sample = self._sample_jpeg()
-        self.predict([self.prepare(sample, inspect_image(sample, max_pixels=sys.maxsize))])
+        with self.computing():
+            inputs, _ = self.pipeline.collate([self.prepare(sample, inspect_image(sample, max_pixels=sys.maxsize))],
+                                              self.device)
+            self.scaled_logits(inputs)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - start

@@ -14,7 +14,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel, Field
 
-from .parsing import FORM_FIELDS, OUTPUT_FUNCTIONS, PredictRequest
+from .parsing import FORM_FIELDS, PredictParameters, PredictRequest
 from .priors import PRIOR_WORDS, text_prior_pattern
 
 __all__ = ["LabelScore", "PredictResponse", "ErrorResponse", "StatusResponse", "ModelDescription", "ModelsResponse",
@@ -94,11 +94,19 @@ def _ref(component: str) -> Dict[str, str]:
     return {"$ref": f"#/components/schemas/{component}"}
 
 
-_FORM_FIELD_SCHEMAS = {"model": {"type": "string", "description": "which loaded model answers (default: the first)"},
-                       "top_k": {"type": "integer", "minimum": 1,
-                                 "description": "labels per image, best first (more than the class count: all)"},
-                       "function_to_apply": {"type": "string", "enum": list(OUTPUT_FUNCTIONS)},
-                       "target_prior": _ref("TargetPriorText")}
+def _text_field_schema(name: str) -> Dict[str, Any]:
+    """A request parameter's schema as a form field or query parameter carries it: its JSON schema without the
+    null (absent is the default), the prior's text encoding for ``target_prior``."""
+    if name == "model":
+        return {"type": "string", "description": "which loaded model answers (default: the first)"}
+    if name == "target_prior":
+        return _ref("TargetPriorText")
+    schema = PredictParameters.model_json_schema()["properties"][name]
+    given = next(option for option in schema.get("anyOf", [schema]) if option.get("type") != "null")
+    return {**given, "description": schema["description"]}
+
+
+_FORM_FIELD_SCHEMAS = {name: _text_field_schema(name) for name in FORM_FIELDS}
 _IMAGE_FILE = {"type": "string", "format": "binary",
                "description": "an image file (JPEG, PNG, WebP, BMP, GIF, TIFF); other bytes answer 422"}
 

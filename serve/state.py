@@ -6,6 +6,7 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable, Dict, Optional
 
 import torch
@@ -15,8 +16,10 @@ from gcl_zoo.devices import resolve_device
 from .batching import BatchingEngine
 from .errors import RequestError
 from .metrics import ServerMetrics
+from .pipeline import predict_batch, predict_tensors
 from .priors import default_prior
-from .runner import Execution, ModelRunner, create_runner, inference_plan, resolve_optimization
+from .runner import Execution, create_runner, inference_plan, resolve_optimization
+from .served import ServedModel, ServedModels
 from .settings import ServeSettings
 from .startup import configure_process
 
@@ -27,15 +30,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ServerState:
-    """What the routes share: settings, loaded runners with their batching engines, pools and metrics."""
+    """What the routes share: settings, the served models (runners, batching engines, default priors), pools and
+    metrics."""
 
     settings: ServeSettings
-    api_key: Optional[str]
     metrics: ServerMetrics
-    runners: Dict[str, ModelRunner] = field(default_factory=dict)
-    engines: Dict[str, BatchingEngine] = field(default_factory=dict)
-    tensor_engines: Dict[str, BatchingEngine] = field(default_factory=dict)  # pre-processed inputs (v2 FP32)
-    default_priors: Dict[str, Optional[torch.Tensor]] = field(default_factory=dict)  # --target-prior, per model
+    models: ServedModels
     ready: bool = False
     load_error: Optional[str] = None
     decode_pool: Optional[ThreadPoolExecutor] = None
@@ -60,20 +60,11 @@ class ServerState:
         if not self.ready:
             raise RequestError(503, "the models are still loading and warming up; retry shortly "
                                     "(GET /ready answers 200 once they serve)", headers={"Retry-After": "5"})
-        failed = [f"{model_id} ({runner.device_error})" for model_id, runner in self.runners.items()
+        failed = [f"{model_id} ({runner.device_error})" for model_id, runner in self.models.runners().items()
                   if runner.device_error]
         if failed:
             raise RequestError(503, f"the device failed for good under {', '.join(failed)}: every batch on it "
                                     "fails until the server process is restarted; restart it")
-
-    def pick(self, model_id: Optional[str]) -> ModelRunner:
-        """The runner for ``model_id`` (the first loaded model when None); 404 names the loaded ones."""
-        if model_id is None:
-            return next(iter(self.runners.values()))
-        if model_id not in self.runners:
-            raise RequestError(404, f"unknown model {model_id!r}; this server has {', '.join(self.runners)} "
-                                    "(see GET /models)")
-        return self.runners[model_id]
 
 
 async def load_models(state: ServerState, on_failure: Optional[Callable[[str], None]] = None) -> None:
@@ -94,18 +85,17 @@ async def load_models(state: ServerState, on_failure: Optional[Callable[[str], N
         for model_id in settings.models:
             runner = await loop.run_in_executor(state.inference_pool, create_runner, model_id, device,
                                                 settings.optimize, settings.max_batch_size, execution)
-            state.default_priors[model_id] = default_prior(settings.target_prior_for(model_id), runner)
-            engine, tensor_engine = (BatchingEngine(
-                model_id, predict, state.inference_pool, max_batch_size=settings.max_batch_size,
+            images, tensors = (BatchingEngine(
+                model_id, partial(predict, runner), state.inference_pool, max_batch_size=settings.max_batch_size,
                 max_wait_s=settings.max_wait_ms / 1000, max_queue=settings.max_queue,
                 on_batch=lambda size, seconds, m=model_id: state.metrics.observe_batch(m, size, seconds),
-                streams=streams) for predict in (runner.predict, runner.predict_tensors))
-            engine.start()
-            tensor_engine.start()
-            state.runners[model_id], state.engines[model_id] = runner, engine
-            state.tensor_engines[model_id] = tensor_engine
+                streams=streams) for predict in (predict_batch, predict_tensors))
+            images.start()
+            tensors.start()
+            state.models.served[model_id] = ServedModel(
+                runner, images, tensors, default_prior(settings.target_prior_for(model_id), runner))
         state.ready = True
-        log.info("ready: %s", ", ".join(state.runners))
+        log.info("ready: %s", ", ".join(state.models.served))
     except Exception as exc:  # reported by /ready and /predict, and handed to on_failure (the CLI exits)
         state.load_error = f"{type(exc).__name__}: {exc}"
         log.error("could not load the models: %s", state.load_error)

@@ -102,7 +102,7 @@ def test_cifar100_recipe_reads_the_zip_by_default(cifar100_zip, monkeypatch):
 
     monkeypatch.setenv("GCL_ZOO_DATA", str(cifar100_zip.parent.parent))
     recipe = load_recipe("cifar100_lt", {"max_per_class": 20, "test_per_class": 2})
-    bundle = build_data(recipe, model=None)  # CIFAR's data config does not depend on the model
+    bundle = build_data(recipe)  # CIFAR's data config does not depend on the model
     assert bundle.num_classes == 100 and bundle.classes[-1] == "worm" and len(bundle.test) == 200
     assert bundle.cls_num_list[0] == 20 and sum(bundle.cls_num_list) < 100 * 20
 

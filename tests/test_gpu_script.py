@@ -58,8 +58,9 @@ def test_the_gpu_script_rehearsed_on_the_cpu_writes_each_part_and_resumes(tmp_pa
 
 def test_a_benchmark_run_resumes_a_run_folder_and_restarts_anything_else(tmp_path):
     """A stopped run's folder is continued with --resume; a folder a process left while starting is cleared."""
-    names = ("RUN_FILE", "RECIPE_FILE", "METRICS_FILE", "EVAL_FILE")
-    assert [getattr(_train_runs, n) for n in names] == [getattr(run_folder, n) for n in names]
+    folder = run_folder.RunFolder(tmp_path)
+    assert (_train_runs.RUN_FILE, _train_runs.RECIPE_FILE, _train_runs.METRICS_FILE, _train_runs.EVAL_FILE) == (
+        folder.run_file.name, folder.recipe_file.name, folder.metrics_file.name, folder.eval_file.name)
     stopped, broken = tmp_path / "stopped", tmp_path / "broken"
     stopped.mkdir()
     (stopped / "run.json").write_text("{}")

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 # page faults per forward pass of a ResNet-32 batch of 64, before and after the tuning, in a fresh process
 PROBE = """
 import json, resource, torch, timm, gcl_zoo
-from serve.memory import retain_freed_memory
+from serve.startup import retain_freed_memory
 model = timm.create_model("gcl_resnet32_cifar10_lt").eval()
 x = torch.randn(64, 3, 32, 32)
 

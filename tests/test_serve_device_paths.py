@@ -17,8 +17,10 @@ from serve import runner as runner_module
 from serve.decoding import ImagePayload, decode_jpegs_on_device, decode_uint8, inspect_image
 from serve.errors import RequestError
 from serve.metrics import ServerMetrics
+from serve.pipeline import predict_batch, predict_tensors
 from serve.preprocess import DevicePipeline, data_config, resize_crop_normalize
 from serve.runner import ModelRunner
+from serve.served import ServedModel, ServedModels
 from serve.settings import ServeSettings
 from serve.startup import configure_torch
 from serve.state import ServerState
@@ -56,8 +58,8 @@ def test_compiled_runners_of_two_models_serve_the_graphs_warm_up_built(monkeypat
         assert len(graphs) == 2 * len(runners[0].buckets) == 6
         for runner in runners:
             for n in (1, 2, 3, 4):
-                runner.predict([torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)] * n)
-                runner.predict_tensors([torch.randn(3, 32, 32)] * n)
+                predict_batch(runner, [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)] * n)
+                predict_tensors(runner, [torch.randn(3, 32, 32)] * n)
         assert len(graphs) == 6
     torch._dynamo.reset()
 
@@ -92,7 +94,7 @@ def test_gpu_jpeg_decoding_fallbacks_are_logged_and_counted_in_the_metrics(cifar
     good, cut = _encoded("JPEG", (40, 40)), _encoded("JPEG", (48, 48))
     payloads = [good, ImagePayload("the cut file", cut.data[:len(cut.data) * 3 // 4])]
     with caplog.at_level(logging.WARNING, logger="serve.decoding"):
-        results = cifar_runner.predict([cifar_runner.prepare(p, inspect_image(p, 10_000)) for p in payloads])
+        results = predict_batch(cifar_runner, [cifar_runner.prepare(p, inspect_image(p, 10_000)) for p in payloads])
     assert isinstance(results[0], torch.Tensor) and isinstance(results[1], RequestError)
     assert cifar_runner.decode_fallbacks() == {"per_image": 1, "pil": 1}
     assert "batched GPU JPEG decoding of 2 images failed" in caplog.text and "refused the cut file" in caplog.text
@@ -105,16 +107,16 @@ def test_gpu_jpeg_decoding_fallbacks_are_logged_and_counted_in_the_metrics(cifar
 def test_a_device_that_fails_for_good_takes_the_server_out_of_readiness(cifar_runner, monkeypatch):
     """A failing batch on a device that still works (a model error) changes nothing; one after which the device
     runs nothing more (a sticky CUDA error: stood in for by device_works) makes /ready and /predict answer 503."""
-    state = ServerState(settings=ServeSettings(), api_key=None, metrics=ServerMetrics(4, dict),
-                        runners={"m": cifar_runner}, ready=True)
+    models = ServedModels(max_images=4, default_top_k=5, served={"m": ServedModel(cifar_runner, None, None, None)})
+    state = ServerState(settings=ServeSettings(), metrics=ServerMetrics(4, dict), models=models, ready=True)
     wrong_channels = [torch.zeros(5, 32, 32)]
     with pytest.raises(RuntimeError):
-        cifar_runner.predict_tensors(wrong_channels)
+        predict_tensors(cifar_runner, wrong_channels)
     state.check_ready()
     assert state.serving()
     monkeypatch.setattr(runner_module, "device_works", lambda device: False)
     with pytest.raises(RuntimeError):
-        cifar_runner.predict_tensors(wrong_channels)
+        predict_tensors(cifar_runner, wrong_channels)
     with pytest.raises(RequestError) as refused:
         state.check_ready()
     assert refused.value.status == 503 and "m (RuntimeError" in refused.value.message

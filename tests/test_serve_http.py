@@ -373,7 +373,7 @@ def test_open_inference_protocol_errors_are_its_json_errors(http, server, images
         (dict(json={"inputs": [good], "outputs": [{"name": "logits"}]}), 400, "unknown output 'logits'"),
         (dict(json={"inputs": [{**good, "data": ["%%%"]}]}), 422, "image[0] is not valid base64"),
         (dict(json={"inputs": [{**good, "data": [b64(b"text")]}]}), 422, "not an image"),
-        (dict(json={"inputs": [good], "parameters": {"top_k": 0}}), 422, "1 or more"),
+        (dict(json={"inputs": [good], "parameters": {"top_k": 0}}), 422, "top_k"),
         (dict(json={"inputs": [good], "parameters": {"target_prior": [1, 2]}}), 422, "2 weights but the model has 10"),
         (dict(json={"inputs": [good], "parameters": {"target_prior": "balanced"}}), 422, '"balanced"'),
         (dict(json={"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32], "data": [0.0]}]}),
@@ -428,6 +428,31 @@ def test_metrics_exposition(http, server, images, model10_id):
     assert metric_value(text, "gcl_serve_images_per_second", model=model10_id) > 0
     assert metric_value(text, "gcl_serve_images_total", model=model10_id) >= 1
     assert "# TYPE gcl_serve_batch_size histogram" in text
+
+
+def test_a_v2_request_with_a_bad_parameter_classifies_nothing(http, server, images, model10_id):
+    """Every check happens before an image is decoded: a v2 request with top_k 0 (or a prior of the wrong length)
+    is refused without a batch running."""
+    url = f"{server.url}/v2/models/{protocol_name(model10_id)}/infer"
+    good = {"name": "image", "datatype": "BYTES", "shape": [1], "data": [b64(images[0][1])]}
+    assert http.post(url, json={"inputs": [good]}).status_code == 200
+    before = metric_value(http.get(f"{server.url}/metrics").text, "gcl_serve_images_total", model=model10_id)
+    for parameters in ({"top_k": 0}, {"target_prior": [1, 2]}):
+        refused = http.post(url, json={"inputs": [good], "parameters": parameters})
+        assert refused.status_code == 422, refused.text
+    after = metric_value(http.get(f"{server.url}/metrics").text, "gcl_serve_images_total", model=model10_id)
+    assert after == before
+
+
+def test_early_refusals_are_counted_under_their_route_template(http, server, model10_id):
+    """A body over the limit is refused before routing; its 413 is counted under the v2 route's template, not as
+    'unmatched'."""
+    url = f"{server.url}/v2/models/{protocol_name(model10_id)}/infer"
+    refused = http.post(url, content=b"\0" * (11 * 2 ** 20), headers={"content-type": "application/json"})
+    assert refused.status_code == 413
+    text = http.get(f"{server.url}/metrics").text
+    assert metric_value(text, "gcl_serve_requests_total", endpoint="/v2/models/{name}/infer", status="413") >= 1
+    assert 'endpoint="unmatched",status="413"' not in text
 
 
 # ---------------------------------------------------------------------------------------------------- bad input

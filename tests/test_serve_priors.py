@@ -14,11 +14,13 @@ from pydantic import ValidationError
 from gcl_zoo.prior import PriorError, adjust_logits, check_prior
 from serve.cli import main as serve_main
 from serve.errors import RequestError
-from serve.parsing import body_over_query, check_target_prior, payloads_from_form, payloads_from_json, query_parameters
+from serve.parsing import (PredictParameters, answer_options, body_over_query, payloads_from_form, payloads_from_json,
+                           query_parameters)
 from serve.multipart import FormPart
 from serve.priors import default_prior, output_scores, prior_from_json, prior_from_text, read_prior_setting
 from serve.runner import implied_prior_of, train_prior_of
 from serve.schemas import prior_schemas
+from serve.served import ServedModel
 from serve.settings import ServeSettings
 
 IMPLIED = torch.tensor([0.4, 0.3, 0.2, 0.1], dtype=torch.float64)
@@ -28,6 +30,12 @@ COUNTS = [400, 100, 40, 10]
 def runner(train_prior=None, implied_prior=IMPLIED) -> SimpleNamespace:
     """What prior resolution and scoring read off a ModelRunner."""
     return SimpleNamespace(model_id="m", num_classes=4, train_prior=train_prior, implied_prior=implied_prior)
+
+
+def check_target_prior(spec, default, model_runner):
+    """The prior a request's ``target_prior`` resolves to for a model whose server default is ``default``."""
+    model = ServedModel(model_runner, None, None, default)
+    return answer_options(PredictParameters(target_prior=spec), model, default_top_k=5).prior
 
 
 def refusal(call, *args) -> str:
@@ -88,14 +96,14 @@ def test_json_form_takes_words_and_numbers_only():
 
 def test_every_body_and_the_query_carry_target_prior_and_the_body_wins():
     body = json.dumps({"inputs": "aGk=", "parameters": {"target_prior": [1, 2, 3, 4]}}).encode()
-    assert payloads_from_json(body).target_prior == [1.0, 2.0, 3.0, 4.0]
+    assert payloads_from_json(body).parameters.target_prior == [1.0, 2.0, 3.0, 4.0]
     image, field = FormPart("files", "a.png", "image/png", b"x"), FormPart("target_prior", None, "", b"uniform")
     form = payloads_from_form([image, field])
-    assert form.target_prior == "uniform"
+    assert form.parameters.target_prior == "uniform"
     query = query_parameters({"target_prior": "[4,3,2,1]", "top_k": "2"})
-    assert query.target_prior == [4.0, 3.0, 2.0, 1.0] and query.top_k == 2
-    assert body_over_query(form, query).target_prior == "uniform"
-    assert body_over_query(payloads_from_json(b'{"inputs": "aGk="}'), query).target_prior == [4.0, 3.0, 2.0, 1.0]
+    assert query.parameters.target_prior == [4.0, 3.0, 2.0, 1.0] and query.parameters.top_k == 2
+    assert body_over_query(form, query).parameters.target_prior == "uniform"
+    assert body_over_query(payloads_from_json(b'{"inputs": "aGk="}'), query).parameters.target_prior == [4.0, 3.0, 2.0, 1.0]
     assert "target_prior" in refusal(query_parameters, {"target_prior": "lots"})
     assert "target_prior" in refusal(payloads_from_form, [FormPart("target_prior", None, "", b"1,-1")])
     null_weight = b'{"inputs": "aGk=", "parameters": {"target_prior": [null]}}'

@@ -24,6 +24,7 @@ import torch
 import gcl_zoo
 from gcl_zoo.hub import save_model_folder
 from serve.decoding import ImagePayload, inspect_image
+from serve.pipeline import predict_batch
 from serve.runner import ModelRunner, Execution
 from gcl_zoo.onnx_export import STACK_TRACE_KEY, export_onnx
 from serve.runtimes import MIN_SPEEDUP_FOR_BF16, OpenVINOForward, choose_precision, resolve_runtime
@@ -61,7 +62,7 @@ def _probs(runner: ModelRunner, images) -> torch.Tensor:
     items = [runner.prepare(p, inspect_image(p, max_pixels=10_000)) for p in payloads]
     rows = []
     for start in range(0, len(items), 64):
-        rows += runner.predict(items[start:start + 64])
+        rows += predict_batch(runner, items[start:start + 64])
     return torch.stack(rows).softmax(dim=1)
 
 

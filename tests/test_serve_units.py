@@ -3,6 +3,7 @@ metrics."""
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 import io
 import threading
 import time
@@ -25,6 +26,7 @@ from serve.metrics import ServerMetrics
 from gcl_zoo.data.preprocessing import eval_transform
 from serve.preprocess import DevicePipeline, PilPipeline, data_config, resize_crop_normalize, uint8_transform
 from serve.headers import read_header
+from serve.pipeline import predict_batch
 from serve.runner import ModelRunner, batch_buckets, inference_plan, pads_to_buckets
 from serve.settings import ServeSettings
 from serve.startup import allow_graphs_per_bucket
@@ -176,10 +178,12 @@ def test_base64_and_json_parsing():
         with pytest.raises(RequestError, match="x"):
             decode_base64(bad, "x")
     parsed = payloads_from_json(b'{"inputs": ["aGk=", "aGVsbG8="], "parameters": {"top_k": 2}}')
-    assert [p.name for p in parsed.payloads] == ["inputs[0]", "inputs[1]"] and (parsed.top_k, parsed.model) == (2, None)
-    assert parsed.hf_schema and not parsed.single and parsed.function_to_apply is None  # unset: softmax, or the query's
+    assert [p.name for p in parsed.payloads] == ["inputs[0]", "inputs[1]"]
+    assert (parsed.parameters.top_k, parsed.model) == (2, None)
+    # unset: softmax, or the query's
+    assert parsed.hf_schema and not parsed.single and parsed.parameters.function_to_apply is None
     one = payloads_from_json(b'{"inputs": "aGk=", "parameters": {"function_to_apply": "sigmoid"}}')
-    assert one.single and one.function_to_apply == "sigmoid"
+    assert one.single and one.parameters.function_to_apply == "sigmoid"
     with pytest.raises(RequestError, match="parameters.top_k"):
         payloads_from_json(b'{"inputs": "aGk=", "parameters": {"top_k": "all"}}')
     assert check_top_k(None, 3, default=5) == 3
@@ -291,7 +295,7 @@ def test_engine_batches_concurrent_requests_and_bounds_its_queue(model):
 
     async def scenario():
         with ThreadPoolExecutor(1) as pool:
-            engine = BatchingEngine("m", runner.predict, pool, max_batch_size=16, max_wait_s=0.2, max_queue=12,
+            engine = BatchingEngine("m", partial(predict_batch, runner), pool, max_batch_size=16, max_wait_s=0.2, max_queue=12,
                                     on_batch=lambda size, seconds: batches.append(size))
             engine.start()
             results = await asyncio.gather(*(engine.submit([item], timeout_s=10) for item in items))
@@ -303,7 +307,7 @@ def test_engine_batches_concurrent_requests_and_bounds_its_queue(model):
     results, full = asyncio.run(scenario())
     assert batches == [12]  # all twelve waited for one another within max_wait
     for item, (probs,) in zip(items, results):
-        assert torch.allclose(probs, runner.predict([item])[0], atol=1e-5)
+        assert torch.allclose(probs, predict_batch(runner, [item])[0], atol=1e-5)
     assert full.status == 503 and full.headers["Retry-After"] and "overloaded" in full.message
 
 
@@ -377,7 +381,7 @@ def test_engine_times_out_with_504_and_skips_expired_work(model):
 
     async def scenario():
         with ThreadPoolExecutor(1) as pool:
-            engine = BatchingEngine("m", runner.predict, pool, max_batch_size=4, max_wait_s=0.5, max_queue=8,
+            engine = BatchingEngine("m", partial(predict_batch, runner), pool, max_batch_size=4, max_wait_s=0.5, max_queue=8,
                                     on_batch=lambda size, seconds: batches.append(size))
             engine.start()
             with pytest.raises(RequestError) as late:
@@ -411,3 +415,18 @@ def test_cli_rejects_invalid_settings_before_loading_anything(capsys):
     assert "max_batch_size" in capsys.readouterr().err
     assert main(["--inference-streams", "0"]) == 2
     assert "inference_streams" in capsys.readouterr().err
+
+
+def test_the_metrics_middleware_knows_every_route_template_once():
+    """Early refusals are matched against route templates; each route is listed once, whichever way this FastAPI
+    version lists the routes of included routers."""
+    from serve.app import create_app
+    from serve.metrics import route_template
+
+    app = create_app(ServeSettings())
+    routes = next(m.kwargs["routes"] for m in app.user_middleware if "routes" in m.kwargs)
+    keys = [(r.path, tuple(sorted(getattr(r, "methods", None) or ()))) for r in routes]
+    assert len(keys) == len(set(keys)) and ("/v2/models/{name}/infer", ("POST",)) in keys
+    scope = {"type": "http", "path": "/v2/models/some-model/infer", "method": "POST", "root_path": "", "headers": []}
+    assert route_template(scope, routes) == "/v2/models/{name}/infer"
+    assert route_template({**scope, "path": "/nowhere"}, routes) == "unmatched"

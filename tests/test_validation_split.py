@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import timm
+from timm.data import resolve_model_data_config
 from PIL import Image
 
 from gcl_zoo.data import CIFAR10_CLASSES, CIFARLongTail, long_tail_counts, long_tail_positions, stratified_holdout
@@ -113,7 +114,8 @@ def test_stratified_holdout_takes_a_share_of_each_class_above_the_floor():
 
 @pytest.fixture(scope="module")
 def probe():
-    return timm.create_model("resnet10t", pretrained=False, num_classes=1)
+    """A small backbone's evaluation data config, what the data of a folder or list is preprocessed with."""
+    return resolve_model_data_config(timm.create_model("resnet10t", pretrained=False, num_classes=1))
 
 
 def _folder(root: Path, sizes) -> Path:

@@ -16,19 +16,19 @@ from typing import Any, Dict, List, Optional
 
 import timm
 import torch
+from timm.data import resolve_model_data_config
 import yaml
 
 import gcl_zoo  # noqa: F401  (registers the architectures)
 from gcl_zoo.calibration import calibrate_model
 from gcl_zoo.devices import resolve_device
-from gcl_zoo.folders import CONFIG_NAME, RECIPE_NAME, TIMM_CONFIG_KEYS, WEIGHTS_NAME, read_json
+from gcl_zoo.folders import CONFIG_NAME, RECIPE_NAME, RUN_RECIPE_NAME, TIMM_CONFIG_KEYS, WEIGHTS_NAME, read_json
 from gcl_zoo.hub import save_model_folder
 from gcl_zoo.models.gcl import GCLModel
 
 from .data import DataBundle, build_data
 from .predict import predict
 from .recipes import RecipeError, validate
-from .run_folder import RECIPE_FILE
 
 __all__ = ["folder_recipe", "load_folder_model", "validation_logits", "calibrate_folder", "main"]
 
@@ -36,9 +36,9 @@ __all__ = ["folder_recipe", "load_folder_model", "validation_logits", "calibrate
 def folder_recipe(folder: Path, data_root: Optional[str] = None, workers: int = 2) -> Dict[str, Any]:
     """The resolved recipe a run (``recipe.yaml``) or exported folder (``train_hparams.yaml``) was trained with,
     set up to read held-out data only (no read-ahead of the training set) from ``data_root`` if given."""
-    recipe_file = next((folder / name for name in (RECIPE_FILE, RECIPE_NAME) if (folder / name).is_file()), None)
+    recipe_file = next((folder / name for name in (RUN_RECIPE_NAME, RECIPE_NAME) if (folder / name).is_file()), None)
     if recipe_file is None:
-        raise FileNotFoundError(f"{folder} has neither {RECIPE_FILE} nor {RECIPE_NAME}; pass the --out folder of a "
+        raise FileNotFoundError(f"{folder} has neither {RUN_RECIPE_NAME} nor {RECIPE_NAME}; pass the --out folder of a "
                                 "training run or a folder written by gcl-zoo export")
     raw = yaml.safe_load(recipe_file.read_text())
     raw.pop("recipe", None)
@@ -59,7 +59,7 @@ def load_folder_model(folder: Path) -> torch.nn.Module:
 def validation_logits(model: torch.nn.Module, recipe: Dict[str, Any], device: torch.device,
                       workers: int = 2) -> tuple:
     """The model's raw logits and the labels of the recipe's validation split, and the data bundle."""
-    bundle: DataBundle = build_data(recipe, model)
+    bundle: DataBundle = build_data(recipe, resolve_model_data_config(model))
     if not len(bundle.val):
         raise ValueError("the recipe's validation split is empty (val_per_class 0?); calibration needs held-out "
                          "images: set val_per_class, val_fraction, val_list or val_dir")

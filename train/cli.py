@@ -19,11 +19,12 @@ from gcl_zoo.devices import resolve_device, slow_bf16_warning
 from gcl_zoo.folders import WEIGHTS_NAME
 
 from .checkpoint import check_writable, load_checkpoint
+from .data import is_small_image_data
 from .distributed import DistInfo, broadcast_error, group_local_rank, init_distributed
 from .engine import RunOptions, Trainer, TrainingError, rank_seed
 from .preemption import EXIT_STOPPED, StopRequested, StopSignal
 from .recipes import RecipeError, add_override_flags, available_recipes, load_recipe, overrides_from_args
-from .run_folder import RECIPE_FILE, RUN_FILE, RunFolder
+from .run_folder import RunFolder
 
 # runtime options that a resumed run takes from run.json
 RUNTIME_KEYS = ("stage", "device", "seed", "deterministic", "fast", "compile", "amp", "channels_last",
@@ -78,8 +79,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> Dict[str, Any]:
             else:
                 folder.rewrite_metrics(state["history"])
         with StopSignal(dist_info, device) as stop:
-            trainer.stop = stop
-            final = trainer.run(resume=state)
+            final = trainer.run(resume=state, stop=stop)
         if dist_info.is_main:
             final.update({"dataset": recipe["dataset"], "split": trainer.final_split, "final_epoch": True,
                           "stages": stages, "checkpoint": WEIGHTS_NAME})
@@ -135,7 +135,7 @@ def prepare_run(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, Any
     if args.resume:
         folder = RunFolder(args.resume)
         if not folder.is_run():
-            raise FileNotFoundError(f"{folder.path} is not a run folder ({RECIPE_FILE} and {RUN_FILE} are missing); "
+            raise FileNotFoundError(f"{folder.path} is not a run folder ({folder.recipe_file.name} and {folder.run_file.name} are missing); "
                                     "pass the --out folder of the run to resume")
         state = load_checkpoint(folder.checkpoint_file) if folder.checkpoint_file.is_file() else None
         return folder.read_recipe(), folder.read_info()["options"], folder, state
@@ -167,7 +167,7 @@ def check_output_folder(folder: RunFolder, recipe: Dict[str, Any], dist_info: Di
 
 def estimate_checkpoint_bytes(recipe: Dict[str, Any]) -> int:
     """A generous bound for checkpoint + model files: ResNet-152 is ~240 MB in float32, x3 with SGD state."""
-    small = recipe["dataset"] in ("cifar10_lt", "cifar100_lt") and recipe["model"].startswith("cifar_")
+    small = is_small_image_data(recipe) and recipe["model"].startswith("cifar_")
     return (16 if small else 1024) * 2**20
 
 

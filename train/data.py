@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-import torch
-from timm.data import create_transform, resolve_model_data_config
+from timm.data import create_transform
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
@@ -74,16 +73,10 @@ class DataBundle:
                 "per_class_min": min(counts), "per_class_max": max(counts)}
 
 
-def large_data_cfg(recipe: Dict[str, Any], model: Optional[torch.nn.Module] = None) -> Dict[str, Any]:
-    """``model``'s data config at the recipe's ``img_size``; without a model, that of the recipe's backbone (read
-    from a GCL wrapper built without weights, and without drawing from the run's random generators)."""
-    if model is None:
-        from .parts import build_model
-
-        with torch.random.fork_rng(devices=[]):
-            model = build_model(recipe, 1, pretrained_backbone=False)
-    cfg = resolve_model_data_config(model)
-    return {**cfg, "input_size": (3, recipe["img_size"], recipe["img_size"])}
+def large_data_cfg(recipe: Dict[str, Any], data_cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """A model's evaluation data config (``timm.data.resolve_model_data_config``, or the backbone's from
+    ``train.parts.backbone_data_config``) at the recipe's ``img_size``."""
+    return {**data_cfg, "input_size": (3, recipe["img_size"], recipe["img_size"])}
 
 
 def train_transform(recipe: Dict[str, Any], data_cfg: Dict[str, Any]):
@@ -197,12 +190,16 @@ def _list_splits(recipe: Dict[str, Any], data_cfg: Dict[str, Any]) -> List[Optio
     return [train, *held_out]
 
 
-def build_data(recipe: Dict[str, Any], model: Optional[torch.nn.Module] = None) -> DataBundle:
+def build_data(recipe: Dict[str, Any], data_cfg: Optional[Dict[str, Any]] = None) -> DataBundle:
     """Training, validation and test sets for a recipe, with transforms set for the DataLoader path. Images other
-    than CIFAR's are preprocessed as ``model`` says (a trained model), else as the recipe's backbone does."""
+    than CIFAR's are preprocessed as ``data_cfg`` says: the model's evaluation data config (a trained model's, or
+    the recipe's backbone's), which they need; CIFAR's preprocessing is its own."""
     if is_small_image_data(recipe):
         return _cifar_data(recipe)
-    data_cfg = large_data_cfg(recipe, model)
+    if data_cfg is None:
+        raise ValueError(f"the {recipe['dataset']} data needs the model's data config to be preprocessed; pass "
+                         "timm.data.resolve_model_data_config(model) or train.parts.backbone_data_config(recipe)")
+    data_cfg = large_data_cfg(recipe, data_cfg)
     splits = _folder_splits if recipe["dataset"] == "imagefolder" else _list_splits
     train, val, test = splits(recipe, data_cfg)
     held_out = {"validation": val, "test": test} if val is not None else {"test": test}

@@ -113,7 +113,7 @@ class Trainer:
         self.dist = dist_info
         self.device = options.device
         self.folder = RunFolder(options.out)
-        self.data = build_data(recipe)
+        self.data = build_data(recipe, parts.backbone_data_config(recipe))
         self.model = parts.build_model(recipe, self.data.num_classes)
         parts.describe_model(self.model, self.data)
         self.model.to(self.device)
@@ -132,11 +132,19 @@ class Trainer:
                 images, labels = getattr(self.data, split).as_tensors()
                 self.resident[split] = images.to(self.device), labels.to(self.device)
         self.history: List[Dict[str, Any]] = []
-        self.stop: Optional[StopSignal] = None  # set by the CLI: a SIGTERM stops the run at a step boundary
+        self.stop: Optional[StopSignal] = None  # during run(): a SIGTERM stops the run at a step boundary
         self.writer = self._tensorboard() if options.tensorboard and dist_info.is_main else None
 
-    def run(self, resume: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-        """Run the stages, from ``resume`` (a checkpoint) when given; returns the final-epoch report."""
+    def run(self, resume: Optional[Dict[str, Any]] = None, stop: Optional[StopSignal] = None) -> Dict[str, Any]:
+        """Run the stages, from ``resume`` (a checkpoint) when given, stopping cleanly at a step boundary when
+        ``stop`` is agreed; returns the final-epoch report."""
+        self.stop = stop
+        try:
+            return self._run_stages(resume)
+        finally:
+            self.stop = None
+
+    def _run_stages(self, resume: Optional[Dict[str, Any]]) -> Dict[str, Any]:
         stages = self.opt.stages
         first, have_stage1 = stages[0], False
         if resume is not None:
@@ -397,4 +405,4 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as exc:
             raise RuntimeError("--tensorboard needs the tensorboard package: pip install tensorboard") from exc
-        return SummaryWriter(str(self.opt.out / "tensorboard"))
+        return SummaryWriter(str(self.folder.tensorboard_dir))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
+from timm.data import resolve_model_data_config
 
 import gcl_zoo  # noqa: F401  (registers the architectures)
 from gcl_zoo.calibration import calibration_report, reliability_bins
@@ -129,7 +130,7 @@ def evaluate_run(run: Path, data_root: Optional[str] = None, device: str = "auto
     model = load_folder_model(run)
     dev = resolve_device(device)
     model.to(dev)
-    bundle: DataBundle = build_data(recipe, model)
+    bundle: DataBundle = build_data(recipe, resolve_model_data_config(model))
     out = predict(model, bundle, dev, workers=workers, with_embeddings=tsne_samples > 0)
     report = accuracy_report(out["logits"], out["targets"], bundle.cls_num_list, with_confusion=True)
     report.update({"dataset": recipe["dataset"], "split": "test", "final_epoch": True, "checkpoint": WEIGHTS_NAME,

@@ -7,7 +7,7 @@ from typing import Union
 
 import torch.nn as nn
 
-from gcl_zoo.hub import CONFIG_NAME, WEIGHTS_NAME
+from gcl_zoo.folders import CONFIG_NAME, WEIGHTS_NAME
 
 from .errors import TrainingError
 

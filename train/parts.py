@@ -7,15 +7,18 @@ from typing import Any, Dict, Optional, Tuple
 import timm
 import torch
 import torch.nn as nn
+from timm.data import resolve_data_config
+from timm.models import get_pretrained_cfg
 from timm.optim import create_optimizer_v2
 
 from gcl_zoo.losses import create_loss
+from gcl_zoo.models.gcl import backbone_data_fields
 from gcl_zoo.sampling import create_sampler
 
 from .batches import DeviceBatches, LoaderBatches
 from .data import DataBundle
 
-__all__ = ["build_model", "describe_model", "stage_sampler", "stage_batches", "stage_loss", "stage_optimizer"]
+__all__ = ["build_model", "backbone_data_config", "describe_model", "stage_sampler", "stage_batches", "stage_loss", "stage_optimizer"]
 
 
 def build_model(recipe: Dict[str, Any], num_classes: int, pretrained_backbone: Optional[bool] = None) -> nn.Module:
@@ -26,6 +29,17 @@ def build_model(recipe: Dict[str, Any], num_classes: int, pretrained_backbone: O
                              logit_scale=recipe["s"] if recipe["head"] == "cosine" else 1.0,
                              pretrained_backbone=recipe["pretrained_backbone"] if pretrained_backbone is None
                              else pretrained_backbone)
+
+
+def backbone_data_config(recipe: Dict[str, Any]) -> Dict[str, Any]:
+    """The evaluation data config of the recipe's backbone, answered from timm's registry (its pretrained config,
+    as a GCL wrapper inherits it), so the data can be built before, and without, any model."""
+    import gcl_zoo  # noqa: F401  (registers the CIFAR backbones)
+
+    cfg = get_pretrained_cfg(recipe["model"])
+    if cfg is None:
+        raise ValueError(f"unknown timm backbone {recipe['model']!r}; see timm.list_models() for the names timm knows")
+    return resolve_data_config(pretrained_cfg=backbone_data_fields(cfg.to_dict()))
 
 
 def describe_model(model: nn.Module, bundle: DataBundle) -> None:

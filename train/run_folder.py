@@ -7,12 +7,14 @@ RUN/
   metrics.jsonl   one line per epoch (loss, lr, validation and, at a stage's last epoch, test metrics)
   checkpoint.pt   the full training state, rewritten atomically each epoch and at a stop request
   stage1/         the stage-1 model folder (stage 2 starts from it)
+  tensorboard/    TensorBoard's event files (with --tensorboard)
   model.safetensors + config.json   the run's model (gcl_zoo.folders writes them)
   eval.json       the final-epoch report
 ```
 
 A run folder is also a model folder, and ``gcl-zoo export`` reads it: the names the library reads come from
-``gcl_zoo.folders``. Benchmarks that start runs as processes name these files without importing torch
+``gcl_zoo.folders`` (``RUN_INFO_NAME``, ``RUN_RECIPE_NAME``, ``EVAL_NAME``), the others are named here.
+Benchmarks that start runs as processes name these files without importing torch
 (``bench/_train_runs.py``; a test checks they agree).
 """
 from __future__ import annotations
@@ -24,14 +26,12 @@ from typing import Any, Dict, Iterable, Union
 
 from gcl_zoo.folders import EVAL_NAME, RUN_INFO_NAME, RUN_RECIPE_NAME
 
-__all__ = ["RUN_FILE", "RECIPE_FILE", "METRICS_FILE", "EVAL_FILE", "CHECKPOINT_FILE", "STAGE1_DIR", "RunFolder"]
+__all__ = ["METRICS_FILE", "CHECKPOINT_FILE", "STAGE1_DIR", "TENSORBOARD_DIR", "RunFolder"]
 
-RUN_FILE = RUN_INFO_NAME
-RECIPE_FILE = RUN_RECIPE_NAME
 METRICS_FILE = "metrics.jsonl"
-EVAL_FILE = EVAL_NAME
 CHECKPOINT_FILE = "checkpoint.pt"
 STAGE1_DIR = "stage1"
+TENSORBOARD_DIR = "tensorboard"
 
 
 def _now() -> str:
@@ -43,12 +43,13 @@ class RunFolder:
 
     def __init__(self, path: Union[str, Path]):
         self.path = Path(path)
-        self.run_file = self.path / RUN_FILE
-        self.recipe_file = self.path / RECIPE_FILE
+        self.run_file = self.path / RUN_INFO_NAME
+        self.recipe_file = self.path / RUN_RECIPE_NAME
         self.metrics_file = self.path / METRICS_FILE
-        self.eval_file = self.path / EVAL_FILE
+        self.eval_file = self.path / EVAL_NAME
         self.checkpoint_file = self.path / CHECKPOINT_FILE
         self.stage1_dir = self.path / STAGE1_DIR
+        self.tensorboard_dir = self.path / TENSORBOARD_DIR
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"

@@ -16,8 +16,9 @@ def lr_at(section: Dict, epoch: int) -> float:
     if epoch < warmup:
         return base * (epoch + 1) / warmup
     if section["sched"] == "step":
+        # stage 2 has no milestones (decay_epochs and decay_rate are stage-1 fields, defaulted by the recipe)
         passed = sum(epoch >= milestone for milestone in section.get("decay_epochs", []))
-        return base * section.get("decay_rate", 0.1) ** passed
+        return base * section["decay_rate"] ** passed if passed else base
     if section["sched"] == "cosine":
         span = max(section["epochs"] - warmup, 1)
         return base * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / span))

@@ -1,6 +1,6 @@
 """A timm backbone plus a (cosine) classifier head: the model GCL trains, for any timm architecture."""
 import re
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 import timm
 import torch
@@ -8,11 +8,22 @@ import torch.nn as nn
 
 from ..heads import create_head
 
-__all__ = ["GCLModel", "DATA_CFG_KEYS", "RawLogits", "raw_logits_module", "score_scale"]
+__all__ = ["GCLModel", "DATA_CFG_KEYS", "backbone_data_fields", "RawLogits", "raw_logits_module", "score_scale"]
 
 # pretrained_cfg fields that describe preprocessing; a wrapper inherits them from its backbone
 DATA_CFG_KEYS = ("input_size", "test_input_size", "min_input_size", "fixed_input_size", "interpolation",
                  "crop_pct", "test_crop_pct", "crop_mode", "mean", "std", "first_conv", "pool_size")
+
+
+def backbone_data_fields(cfg: Mapping[str, Any]) -> Dict[str, Any]:
+    """The preprocessing fields (and pooled feature-map size) of a backbone's ``pretrained_cfg``, as a GCL wrapper
+    inherits them: module paths gain the wrapper's ``backbone.`` prefix. Read off a built backbone or off timm's
+    registry (``timm.models.get_pretrained_cfg``), which give the same fields."""
+    data = {k: cfg[k] for k in DATA_CFG_KEYS if cfg.get(k) is not None}
+    if "first_conv" in data:
+        convs = data["first_conv"]
+        data["first_conv"] = f"backbone.{convs}" if isinstance(convs, str) else tuple(f"backbone.{c}" for c in convs)
+    return data
 
 
 def _prefixed_pattern(pattern: str, prefix: str) -> str:
@@ -80,13 +91,7 @@ class GCLModel(nn.Module):
 
     def backbone_data_cfg(self) -> Dict[str, Any]:
         """The backbone's preprocessing fields (and pooled feature-map size), which a generic wrapper inherits."""
-        cfg = getattr(self.backbone, "pretrained_cfg", None) or {}
-        data = {k: cfg[k] for k in DATA_CFG_KEYS if cfg.get(k) is not None}
-        if "first_conv" in data:  # module paths gain the wrapper's prefix
-            convs = data["first_conv"]
-            data["first_conv"] = (f"backbone.{convs}" if isinstance(convs, str)
-                                  else tuple(f"backbone.{c}" for c in convs))
-        return data
+        return backbone_data_fields(getattr(self.backbone, "pretrained_cfg", None) or {})
 
     def model_args(self) -> Dict[str, Any]:
         """Arguments that rebuild this architecture (saved as ``model_args`` in ``config.json``)."""
