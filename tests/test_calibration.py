@@ -1,7 +1,6 @@
 """Calibration (temperature / BCTS / vector scaling, bounded, balanced; ECE, NLL) and the deployment's class prior
 (adjustment against the source prior, implied prior, regularised EM)."""
 import json
-import math
 
 import pytest
 import timm
