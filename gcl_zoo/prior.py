@@ -1,23 +1,27 @@
 """The deployment's class prior: move calibrated posteriors to the class mix a model is actually served.
 
-A long-tailed model is trained and calibrated for a balanced deployment (every class equally likely). Real traffic
-is usually long-tailed itself. With Bayes' rule, posteriors ``p(y|x)`` that imply a class prior ``q`` become, for a
+A long-tailed model is calibrated for a balanced deployment (every class equally likely). Real traffic is usually
+long-tailed itself. With Bayes' rule, posteriors ``p(y|x)`` that imply a class prior ``q`` become, for a
 deployment whose prior is ``pi``, ``p_pi(y|x) ~ p(y|x) * pi(y) / q(y)`` (Saerens et al., 2002): in logits, add
-``log pi - log q``. ``q``, the model's *implied* prior, is measured, not assumed: the class-balanced mean of its
-calibrated posteriors on the balanced validation split (``implied_prior``), saved with the weights.
+``log pi - log q``. ``q``, the source prior, is measured, not assumed: the class-balanced mean of the calibrated
+posteriors on the validation split (``implied_prior``), saved with the weights. Every target, the uniform one
+included, is taken relative to it; a calibration fitted by ``gcl_zoo.calibration`` makes it uniform, so the
+uniform target leaves the scores as they are and a target a hair off uniform moves them by a hair.
 
-The uniform prior is the deployment the model was calibrated for, so it leaves the scores exactly as they are.
-When the deployment's prior is unknown, ``estimate_prior_em`` estimates it from the posteriors of unlabeled
-images with Saerens' EM.
+When the deployment's prior is unknown, ``estimate_prior`` estimates it from the posteriors of unlabeled images:
+Saerens' EM as a MAP estimate under a Dirichlet prior centred on the source prior (worth ``strength`` images), and
+a likelihood-ratio test that keeps the source prior when the images give no real evidence of a shift.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+import math
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Union
 
 import torch
 
-__all__ = ["PriorError", "check_prior", "implied_prior", "prior_shift", "adjust_logits", "estimate_prior_em",
-           "is_uniform"]
+__all__ = ["PriorError", "PriorEstimate", "check_prior", "missing_class_sources", "implied_prior", "prior_shift", "adjust_logits",
+           "estimate_prior", "estimate_prior_em", "DEFAULT_STRENGTH", "DEFAULT_TEST_LEVEL"]
 
 # smallest prior ratio kept: a weight of 0 gives a class a logit shift of about -69, never -inf (answers stay JSON)
 MIN_PRIOR = 1e-30
@@ -51,9 +55,15 @@ def check_prior(weights: PriorLike, num_classes: int) -> torch.Tensor:
     return prior / prior.sum()
 
 
-def is_uniform(prior: torch.Tensor, rtol: float = 1e-9) -> bool:
-    """Whether every class has the same weight (the balanced deployment)."""
-    return bool((prior - prior.mean()).abs().max() <= rtol * prior.mean())
+def missing_class_sources(present: Sequence[int], num_classes: int,
+                          class_counts: Optional[Sequence[int]] = None) -> Dict[int, Optional[int]]:
+    """For each class without held-out images, the class whose fitted bias it takes: the present class nearest to
+    it in training images (ties: the lower index), or None (the mean of the fitted biases) without counts."""
+    present_set = set(present)
+    missing = [c for c in range(num_classes) if c not in present_set]
+    if class_counts is None or not any(class_counts):
+        return {c: None for c in missing}
+    return {c: min(present, key=lambda k: (abs(class_counts[k] - class_counts[c]), k)) for c in missing}
 
 
 def implied_prior(probs: torch.Tensor, targets: torch.Tensor, num_classes: int,
@@ -71,20 +81,15 @@ def implied_prior(probs: torch.Tensor, targets: torch.Tensor, num_classes: int,
         raise ValueError("no held-out images to measure the implied prior on; the validation split is empty")
     rows = torch.stack([probs[targets == c].mean(dim=0) for c in present])
     prior = rows.mean(dim=0)
-    missing = [c for c in range(num_classes) if c not in present]
-    for c in missing:
-        if class_counts is not None:
-            nearest = min(present, key=lambda k: (abs(class_counts[k] - class_counts[c]), k))
-            prior[c] = prior[nearest]
-        else:
-            prior[c] = prior[present].mean()
+    for c, source in missing_class_sources(present, num_classes, class_counts).items():
+        prior[c] = prior[source] if source is not None else prior[present].mean()
     return prior / prior.sum()
 
 
 def prior_shift(target: Optional[torch.Tensor], implied: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """The per-class logit shift ``log target - log implied`` (float32), or None when nothing moves: no target,
-    or a uniform one (the balanced deployment the model is calibrated for)."""
-    if target is None or is_uniform(target):
+    """The per-class logit shift ``log target - log implied`` (float32), or None without a target. ``implied``
+    (the source prior) None means uniform (a plain classifier's scores count as balanced)."""
+    if target is None:
         return None
     base = implied if implied is not None else torch.full_like(target, 1.0 / target.numel())
     return (target.clamp_min(MIN_PRIOR).log() - base.double().clamp_min(MIN_PRIOR).log()).float()
@@ -97,22 +102,70 @@ def adjust_logits(logits: torch.Tensor, target: Optional[torch.Tensor],
     return logits if shift is None else logits + shift.to(logits.device, logits.dtype)
 
 
+DEFAULT_STRENGTH = 1.0  # the Dirichlet prior's weight in images per class
+DEFAULT_TEST_LEVEL = 0.01  # a shift is taken only when a no-shift likelihood-ratio test rejects at this level
+
+
+@dataclass(frozen=True)
+class PriorEstimate:
+    """An estimated class prior and how it was reached: ``images`` it stood on, EM ``iterations``, whether EM
+    ``converged``, the log-likelihood ratio against the source prior, and whether a shift was taken (False: the
+    evidence was too weak and ``prior`` is the source prior)."""
+
+    prior: torch.Tensor
+    images: int
+    iterations: int
+    converged: bool
+    log_likelihood_ratio: float
+    shifted: bool
+
+
+def _chi2_quantile(level: float, dof: int) -> float:
+    """The upper ``level`` quantile of a chi-squared law with ``dof`` degrees of freedom (Wilson-Hilferty)."""
+    z = math.sqrt(2) * torch.erfinv(torch.tensor(1 - 2 * level, dtype=torch.float64)).item()
+    k = float(dof)
+    return k * (1 - 2 / (9 * k) + z * math.sqrt(2 / (9 * k))) ** 3
+
+
+def estimate_prior(probs: torch.Tensor, source: torch.Tensor, strength: float = DEFAULT_STRENGTH,
+                   test_level: Optional[float] = DEFAULT_TEST_LEVEL, source_images: Optional[int] = None,
+                   max_iter: int = 1000, tol: float = 1e-8) -> PriorEstimate:
+    """The class prior of an unlabeled set from the model's calibrated posteriors on it (``probs``, N x C).
+
+    EM (Saerens et al., 2002) as a MAP estimate: a Dirichlet prior with ``strength`` images per class spread as the
+    ``source`` prior (``alpha - 1 = strength * C * source``), so the M step is ``pi = (sum of re-weighted posteriors
+    + strength * C * source) / (N + strength * C)``: no images give the source prior, one image cannot give a
+    one-hot prior, and a large set speaks for itself. Then, unless ``test_level`` is None, the likelihood-ratio test
+    of "no shift" keeps the source prior when it cannot reject at ``test_level``: on balanced traffic the answers
+    stay the balanced ones. ``2 * LLR`` is compared with the chi-squared law of C - 1 degrees of freedom, widened by
+    ``1 + N / source_images`` when the source prior was itself measured on ``source_images`` validation images
+    (the model's ``source_images``): the stream's mean posterior and the source prior are then two noisy estimates
+    of the same thing, and the calibration's own error grows the statistic with N even without a shift.
+    """
+    base = source.detach().double().cpu().clamp_min(MIN_PRIOR)
+    base = base / base.sum()
+    probs = probs.detach().double().cpu().reshape(-1, base.numel())
+    images, classes = probs.shape
+    pseudo = strength * classes * base
+    prior, iterations, converged = base.clone(), 0, images == 0
+    ratio = probs / base
+    for iterations in range(1, max_iter + 1) if images else ():
+        weighted = ratio * prior
+        weighted = weighted / weighted.sum(dim=1, keepdim=True).clamp_min(MIN_PRIOR)
+        updated = (weighted.sum(dim=0) + pseudo) / (images + pseudo.sum())
+        converged = float((updated - prior).abs().max()) < tol
+        prior = updated
+        if converged:
+            break
+    llr = float((ratio * prior).sum(dim=1).clamp_min(MIN_PRIOR).log().sum()) if images else 0.0
+    widen = 1.0 + images / source_images if source_images else 1.0
+    threshold = _chi2_quantile(test_level, max(classes - 1, 1)) * widen if test_level is not None else -math.inf
+    shifted = images > 0 and 2 * llr > threshold
+    return PriorEstimate(prior if shifted else base, images, iterations, converged, llr, shifted)
+
+
 def estimate_prior_em(probs: torch.Tensor, implied: torch.Tensor, max_iter: int = 1000,
                       tol: float = 1e-8) -> torch.Tensor:
-    """The class prior of an unlabeled set, from the model's calibrated posteriors on it (Saerens et al., 2002).
-
-    Starting from the implied prior, alternate: re-weight each posterior by ``pi / q`` and renormalise (E), then
-    take the mean re-weighted posterior as the new ``pi`` (M); stop when ``pi`` moves less than ``tol``.
-    """
-    probs = probs.detach().double().cpu()
-    base = implied.detach().double().cpu().clamp_min(MIN_PRIOR)
-    prior = base.clone()
-    for _ in range(max_iter):
-        weighted = probs * (prior / base)
-        weighted = weighted / weighted.sum(dim=1, keepdim=True)
-        updated = weighted.mean(dim=0)
-        done = float((updated - prior).abs().max()) < tol
-        prior = updated
-        if done:
-            break
-    return prior
+    """Plain (maximum-likelihood, unregularised) Saerens EM: ``estimate_prior`` with no Dirichlet prior and no
+    test; kept as the baseline the regularised estimate is compared with."""
+    return estimate_prior(probs, implied, strength=0.0, test_level=None, max_iter=max_iter, tol=tol).prior

@@ -1,7 +1,8 @@
 """The deployment's class prior in the server: how a request or the operator names it, and the one step that moves
 a model's scores to it before the answer's output function.
 
-A prior is named as ``"uniform"`` (the balanced deployment the model is calibrated for: the scores as they are),
+A prior is named as ``"uniform"`` (the balanced deployment; like every prior, taken relative to the model's source
+prior, which a balanced calibration makes uniform, so the scores stay as they are),
 ``"train"`` (the model's training class counts, normalised) or a list of non-negative class weights in the model's
 label order. JSON carries the list as a list; a query string or form field carries it as text: the weights separated
 by commas, optionally in square brackets (a JSON list's text). ``text_prior_pattern`` is that text's grammar, which
@@ -97,10 +98,11 @@ def read_prior_setting(value: str, models: Sequence[str]) -> Dict[str, PriorSpec
 
 
 def resolve_prior(spec: PriorSpec, runner: Any) -> Optional[torch.Tensor]:
-    """The probability vector ``spec`` names for ``runner``'s model (its ``num_classes``, ``train_prior``), or None
-    for the uniform prior; a ``PriorError`` naming the fault otherwise."""
+    """The probability vector ``spec`` names for ``runner``'s model (its ``num_classes``, ``train_prior``); a
+    ``PriorError`` naming the fault otherwise. The uniform prior is no special case, so that it and a prior a hair
+    off it give the same answers whatever the model's source prior."""
     if spec == "uniform":
-        return None
+        return torch.full((runner.num_classes,), 1.0 / runner.num_classes, dtype=torch.float64)
     if spec == "train":
         if runner.train_prior is None:
             raise PriorError(f"the model {runner.model_id} does not know its training class counts (its weights "

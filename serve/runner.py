@@ -39,7 +39,7 @@ import torch.nn as nn
 from PIL import Image
 
 from gcl_zoo.devices import autocast_for
-from gcl_zoo.models.gcl import checked_label_names, raw_logits_module, score_scale
+from gcl_zoo.models.gcl import checked_label_names, raw_logits_module, score_affine, score_scale
 from gcl_zoo.prior import PriorError, check_prior
 
 from .decoding import ImageHeader, ImagePayload, inspect_image
@@ -164,6 +164,7 @@ class ModelRunner:
         names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names") or None
         self.labels = list(checked_label_names(int(model.num_classes), names))
         self.logit_scale = score_scale(model)
+        self.score_weight, self.score_bias = score_affine(model)  # raw logits to calibrated ones
         self.implied_prior = implied_prior_of(model)  # what the deployment's prior is measured against
         self.train_prior = train_prior_of(model)  # what target_prior "train" names
         self.config = data_config(model)
@@ -243,8 +244,8 @@ class ModelRunner:
         return ImagePayload("warm-up image", out.getvalue())
 
     def scaled_logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """``logit_scale * cos`` (float32, CPU) for a pre-processed NCHW batch: softmax of it is the model's
-        probabilities; the response applies the function the client asked for.
+        """The calibrated logits ``cos * weight + bias`` (float32, CPU; ``score_affine``) for a pre-processed NCHW
+        batch: softmax of it is the model's probabilities; the response applies the function the client asked for.
 
         The model always sees an inference tensor: Dynamo guards on a tensor's dispatch keys, so a graph compiled
         for one kind is rebuilt for the other, and past the recompile limit the model runs eagerly for good. Warm-up
@@ -261,7 +262,7 @@ class ModelRunner:
                 batch = batch.contiguous(memory_format=torch.channels_last)
             with autocast_for(self.device, self.autocast_dtype):
                 logits = self.forward(batch)[:n].float()
-        return (logits * self.logit_scale).cpu()
+        return logits.cpu() * self.score_weight + self.score_bias
 
     def prepare(self, payload: ImagePayload, header: ImageHeader) -> Any:
         """Per-image work done before queueing (decode + transform on CPU; almost nothing on GPU)."""

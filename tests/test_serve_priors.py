@@ -114,7 +114,7 @@ def test_every_body_and_the_query_carry_target_prior_and_the_body_wins():
 def test_a_request_prior_resolves_against_the_model_or_answers_422():
     default = check_prior(COUNTS, 4)
     assert check_target_prior(None, default, runner()) is default  # nothing asked: the server's default
-    assert check_target_prior("uniform", default, runner()) is None
+    assert torch.equal(check_target_prior("uniform", default, runner()), torch.full((4,), 0.25, dtype=torch.float64))
     assert torch.equal(check_target_prior([2, 2, 0, 4], None, runner()), torch.tensor([0.25, 0.25, 0.0, 0.5],
                                                                                      dtype=torch.float64))
     assert check_target_prior("train", None, runner(train_prior=default)) is default
@@ -132,8 +132,14 @@ def test_scores_move_to_the_prior_before_the_output_function():
     assert torch.equal(output_scores(rows, runner(), prior, "none"), adjusted)
     assert torch.equal(output_scores(rows, runner(), prior), adjusted.softmax(dim=1))
     assert torch.equal(output_scores(rows, runner(), prior, "sigmoid"), adjusted.sigmoid())
-    for same in (None, check_prior([2, 2, 2, 2], 4)):  # the uniform prior: the scores exactly as calibrated
-        assert torch.equal(output_scores(rows, runner(), same), rows.softmax(dim=1))
+    assert torch.equal(output_scores(rows, runner(), None), rows.softmax(dim=1))  # no prior: as calibrated
+    # the uniform prior is relative to the source prior like any other, so a hair off it answers the same labels
+    uniform, hair = check_prior([2, 2, 2, 2], 4), check_prior([2 + 2e-6, 2, 2, 2], 4)
+    assert torch.equal(output_scores(rows, runner(), uniform).argmax(1), output_scores(rows, runner(), hair).argmax(1))
+    assert torch.allclose(output_scores(rows, runner(), uniform), output_scores(rows, runner(), hair), atol=1e-5)
+    assert torch.allclose(output_scores(rows, runner(), uniform), adjust_logits(rows, uniform, IMPLIED).softmax(1))
+    balanced = runner(implied_prior=check_prior([1, 1, 1, 1], 4))  # a balanced calibration: uniform moves nothing
+    assert torch.allclose(output_scores(rows, balanced, uniform), rows.softmax(dim=1), atol=1e-6)
 
 
 def test_the_model_carries_its_implied_prior_and_training_counts():

@@ -1,6 +1,8 @@
 """Validation splits: disjoint from training and test images, seeded, balanced where they can be, and what the
 trainer reads every evaluation (validation) against what it reads once per stage (test)."""
+import contextlib
 import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -11,7 +13,9 @@ from timm.data import resolve_model_data_config
 from PIL import Image
 
 from gcl_zoo.data import CIFAR10_CLASSES, CIFARLongTail, long_tail_counts, long_tail_positions, stratified_holdout
+from train.cli import main
 from train.data import STANDARD_LISTS, build_data
+from train.validation import SharedImagesError, validation_sizes_text
 from train.recipes import RecipeError, load_recipe
 
 from test_train import metrics, tiny_run
@@ -139,8 +143,51 @@ def test_imagefolder_carve_is_disjoint_seeded_and_reported(tmp_path, probe):
     same = build_data(load_recipe("imagefolder", fields), probe)
     other = build_data(load_recipe("imagefolder", {**fields, "val_seed": 1}), probe)
     assert same.val.samples == bundle.val.samples and other.val.samples != bundle.val.samples
-    given = build_data(load_recipe("imagefolder", {**fields, "val_dir": str(test_dir)}), probe)
-    assert len(given.train) == 56 and given.validation_summary()["source"] == f"folder {test_dir}"
+    given_dir = _folder(tmp_path / "val", [2, 2, 2])
+    (given_dir / "class0" / "000.png").write_bytes(b"")  # another image than the training one of that name
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(given_dir / "class0" / "000.png")
+    for c in range(3):
+        for i in range(2):
+            Image.new("RGB", (8, 8), (c, 200 + i, 7)).save(given_dir / f"class{c}" / f"{i:03d}.png")
+    given = build_data(load_recipe("imagefolder", {**fields, "val_dir": str(given_dir)}), probe)
+    assert len(given.train) == 56 and given.validation_summary()["source"] == f"folder {given_dir}"
+
+
+def test_a_given_validation_split_sharing_files_with_train_or_test_is_refused_by_name(tmp_path, probe):
+    """The test folder given as validation (same paths), or a validation folder holding a copy of a training image
+    (same content, another name), is refused naming the file; the CLI exits 2 with that message."""
+    train_dir, test_dir = _folder(tmp_path / "train", [6, 6, 6]), _folder(tmp_path / "test", [2, 2, 2])
+    fields = {"train_dir": str(train_dir), "test_dir": str(test_dir), "img_size": 32, "workers": 0}
+    with pytest.raises(SharedImagesError, match=r"and the test split share 6 image file\(s\): .*class0.000\.png"):
+        build_data(load_recipe("imagefolder", {**fields, "val_dir": str(test_dir)}), probe)
+    val_dir = tmp_path / "val"
+    for c in range(3):
+        (val_dir / f"class{c}").mkdir(parents=True)
+        Image.new("RGB", (8, 8), (c, 250, 9)).save(val_dir / f"class{c}" / "mine.png")
+    (val_dir / "class1" / "copied.png").write_bytes((train_dir / "class1" / "004.png").read_bytes())
+    with pytest.raises(SharedImagesError, match=r"content is also in the training split: .*copied\.png"):
+        build_data(load_recipe("imagefolder", {**fields, "val_dir": str(val_dir)}), probe)
+    assert_cli_refuses(fields, val_dir)
+
+
+def assert_cli_refuses(fields: dict, val_dir: Path) -> None:
+    """``gcl-zoo train`` with that validation folder: exit 2, the file named on stderr, no traceback."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main(["--recipe", "imagefolder", "--train-dir", fields["train_dir"], "--test-dir", fields["test_dir"],
+                     "--val-dir", str(val_dir), "--model", "resnet18", "--pretrained-backbone", "false",
+                     "--img-size", "32", "--workers", "0", "--device", "cpu", "--no-progress",
+                     "--out", str(val_dir.parent / "run")])
+    assert code == 2 and "content is also in the training split" in err.getvalue() and "copied.png" in err.getvalue()
+    assert "Traceback" not in err.getvalue()
+
+
+def test_the_validation_split_size_is_printed_and_a_small_one_warned_about():
+    lines = validation_sizes_text([1, 2, 0], ("a", "b", "c"))
+    assert lines[0] == "validation split: 3 images (a 1, b 2, c 0)"
+    assert lines[1].startswith("warning:") and "bounded" in lines[1] and "1 such" in lines[1]
+    big = validation_sizes_text([20] * 100, [str(i) for i in range(100)])
+    assert big == ["validation split: 2000 images (min 20, median 20, max 20, 0 class(es) with none)"]
 
 
 def test_a_bad_validation_image_stops_the_run_even_when_bad_training_images_are_skipped(tmp_path, probe):

@@ -1,9 +1,9 @@
-"""``gcl-zoo calibrate FOLDER``: refit a trained model's score scale and implied prior on its validation split.
+"""``gcl-zoo calibrate FOLDER``: refit a trained model's calibration and source prior on its validation split.
 
 Training calibrates its final model by itself; this recalibrates one without retraining (a model trained before
 calibration existed, or after the validation split changed). FOLDER is a training run (``recipe.yaml``) or an
 exported model folder (``train_hparams.yaml``): its recipe names the data, and so the validation split. Only
-``model.safetensors`` (the ``logit_scale`` and ``implied_prior`` buffers, and ``train_class_counts`` where the
+``model.safetensors`` (the ``logit_scale``, ``class_scale``, ``logit_bias``, ``implied_prior`` and ``source_images`` buffers, and ``train_class_counts`` where the
 weights did not carry them yet) and ``config.json`` (``model_args`` and the ``calibration`` record) change, each replaced atomically; every other file and config entry is kept, and the
 ONNX graphs stay valid, since they compute the raw logits.
 """
@@ -80,8 +80,11 @@ def calibrate_folder(folder: Path, data_root: Optional[str] = None, device: str 
     raw, targets, bundle = validation_logits(model, recipe, dev, workers)
     if not bool(model.train_class_counts.any()):  # a model saved before the counts travelled with the weights
         model.train_class_counts.copy_(torch.as_tensor(bundle.cls_num_list))
-    record = calibrate_model(model, raw, targets, f"validation split: {bundle.validation_summary()['source']}")
     config = read_json(folder / CONFIG_NAME)
+    # a recalibration is bounded around the scale training ended with, not around an earlier calibration's
+    training_scale = (config.get("calibration") or {}).get("logit_scale_before")
+    record = calibrate_model(model, raw, targets, f"validation split: {bundle.validation_summary()['source']}",
+                             training_scale=training_scale)
     kept = {k: v for k, v in config.items() if k not in TIMM_CONFIG_KEYS}
     save_model_folder(model.cpu(), folder, extra_config={**kept, "calibration": record})
     return record
@@ -100,7 +103,11 @@ def main(argv: Optional[List[str]] = None, command: str = "calibrate") -> int:
         print(f"gcl-zoo {command}: error: {exc}", file=sys.stderr)
         return 2
     before, after = record["before"], record["after"]
-    print(f"{args.folder}: logit scale {record['logit_scale_before']:.3g} -> {record['logit_scale']:.4g} on "
+    if record.get("warning"):
+        print(f"gcl-zoo {command}: warning: {record['warning']}", file=sys.stderr)
+    print(f"{args.folder}: {record['method_key']} (lowest cross-validated NLL of "
+          f"{', '.join(record['cross_validated_balanced_nll'])}), logit scale "
+          f"{record['logit_scale_before']:.3g} -> {record['logit_scale']:.4g} on "
           f"{record['images']} validation images; NLL {before['nll']:.4f} -> {after['nll']:.4f}, "
           f"ECE {before['ece']:.2f}% -> {after['ece']:.2f}%; wrote {WEIGHTS_NAME} and {CONFIG_NAME}")
     return 0

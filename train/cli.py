@@ -25,6 +25,7 @@ from .engine import RunOptions, Trainer, TrainingError, rank_seed
 from .preemption import EXIT_STOPPED, StopRequested, StopSignal
 from .recipes import RecipeError, add_override_flags, available_recipes, load_recipe, overrides_from_args
 from .run_folder import RunFolder
+from .validation import validation_sizes_text
 
 # runtime options that a resumed run takes from run.json
 RUNTIME_KEYS = ("stage", "device", "seed", "deterministic", "fast", "compile", "amp", "channels_last",
@@ -64,6 +65,10 @@ def run(args: argparse.Namespace, argv: List[str]) -> Dict[str, Any]:
         if warning and dist_info.is_main:
             print(f"gcl-zoo train: warning: {warning}", file=sys.stderr)
         trainer = create_trainer(recipe, options, dist_info)
+        if dist_info.is_main:
+            for line in validation_sizes_text(list(trainer.data.val.cls_num_list), trainer.data.classes):
+                print(line if not line.startswith("warning") else f"gcl-zoo train: {line}",
+                      file=sys.stderr if line.startswith("warning") else sys.stdout, flush=True)
         global_batch = {f"stage{stage}": trainer.section(stage)["batch_size"] * dist_info.world for stage in stages}
         if dist_info.is_main:
             # batch_size is per process, as in timm: say what that makes, so a multi-GPU run's batch is never a surprise

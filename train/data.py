@@ -24,6 +24,8 @@ from gcl_zoo.data import (CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_DATA_CFG, CIF
                           ListFileDataset, stratified_holdout)
 from gcl_zoo.data.preprocessing import eval_transform
 
+from .validation import refuse_shared_images
+
 STANDARD_LISTS = {  # the published split lists, under $GCL_ZOO_DATA/lt_splits
     "imagenet_lt": {"train": "ImageNet_LT_train.txt", "val": "ImageNet_LT_val.txt", "test": "ImageNet_LT_test.txt"},
     "places_lt": {"train": "Places_LT_train.txt", "val": "Places_LT_val.txt", "test": "Places_LT_test.txt"},
@@ -208,6 +210,7 @@ def build_data(recipe: Dict[str, Any], data_cfg: Optional[Dict[str, Any]] = None
         train, val, source = carve_validation(train, recipe, eval_transform(data_cfg))
     else:
         source = f"list file {val.list_file}" if isinstance(val, ListFileDataset) else f"folder {recipe['val_dir']}"
+        refuse_shared_images(val, {"training": train, "test": test}, source, progress=recipe["workers"] > 0)
     if min(train.cls_num_list) == 0:
         empty = [c for c, n in enumerate(train.cls_num_list) if n == 0][:5]
         raise ValueError(f"classes {empty} have no training images; every class needs at least one")

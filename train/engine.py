@@ -25,7 +25,7 @@ from gcl_zoo.heads import prepare_retraining
 from gcl_zoo.hub import save_model_folder
 from gcl_zoo.losses import drw_class_weights
 from gcl_zoo.metrics import accuracy_report
-from gcl_zoo.models.gcl import raw_logits_module, score_scale
+from gcl_zoo.models.gcl import calibrated_logits, raw_logits_module
 
 from .augment import mix, mixup_lambdas
 from . import parts
@@ -335,7 +335,7 @@ class Trainer:
         pred = self.predict(model, "val")
         report = accuracy_report(pred["logits"], pred["targets"], self.data.cls_num_list)
         metrics = {f"val_{key}": report.get(key) for key in VAL_KEYS}
-        metrics["val_nll"] = nll(pred["logits"] * score_scale(unwrap(model)), pred["targets"])
+        metrics["val_nll"] = nll(calibrated_logits(unwrap(model), pred["logits"]), pred["targets"])
         return metrics
 
     def predict(self, model: nn.Module, split: str = "test", with_embeddings: bool = False) -> Dict[str, torch.Tensor]:

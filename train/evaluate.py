@@ -22,7 +22,7 @@ from gcl_zoo.calibration import calibration_report, reliability_bins
 from gcl_zoo.devices import resolve_device
 from gcl_zoo.folders import CONFIG_NAME, EVAL_NAME, WEIGHTS_NAME, read_json
 from gcl_zoo.metrics import FEW_SHOT_MAX, MANY_SHOT_MIN, accuracy_report
-from gcl_zoo.models.gcl import score_scale
+from gcl_zoo.models.gcl import calibrated_logits, score_scale
 
 from .calibrate import folder_recipe, load_folder_model
 from .data import DataBundle, build_data
@@ -89,12 +89,13 @@ def plot_tsne(embeddings: torch.Tensor, targets: torch.Tensor, cls_num_list: Lis
 def test_calibration(model: torch.nn.Module, raw: torch.Tensor, targets: torch.Tensor,
                      config: Dict[str, Any]) -> Dict[str, Any]:
     """ECE, NLL and reliability bins on the test set with the scale training ended with (``before``) and with the
-    calibrated one (``after``; the same when the model was never calibrated)."""
+    model's calibration (``after``: scale, class scales and biases; the same when the model was never
+    calibrated)."""
     after = score_scale(model)
     before = (config.get("calibration") or {}).get("logit_scale_before", after)
-    scales = {"before": before, "after": after}
-    return {name: {"logit_scale": scale, **calibration_report(scale * raw, targets),
-                   "bins": reliability_bins(scale * raw, targets)} for name, scale in scales.items()}
+    scored = {"before": (before, before * raw.float()), "after": (after, calibrated_logits(model, raw))}
+    return {name: {"logit_scale": scale, **calibration_report(logits, targets),
+                   "bins": reliability_bins(logits, targets)} for name, (scale, logits) in scored.items()}
 
 
 def plot_reliability(calibration: Dict[str, Any], path: Path) -> None:
@@ -132,7 +133,9 @@ def evaluate_run(run: Path, data_root: Optional[str] = None, device: str = "auto
     model.to(dev)
     bundle: DataBundle = build_data(recipe, resolve_model_data_config(model))
     out = predict(model, bundle, dev, workers=workers, with_embeddings=tsne_samples > 0)
-    report = accuracy_report(out["logits"], out["targets"], bundle.cls_num_list, with_confusion=True)
+    # the answers are the calibrated logits: per-class biases can move the top-1 label
+    report = accuracy_report(calibrated_logits(model, out["logits"]), out["targets"], bundle.cls_num_list,
+                             with_confusion=True)
     report.update({"dataset": recipe["dataset"], "split": "test", "final_epoch": True, "checkpoint": WEIGHTS_NAME,
                    "classes": list(bundle.classes), "train_cls_num_list": list(bundle.cls_num_list),
                    "calibration": test_calibration(model, out["logits"], out["targets"],

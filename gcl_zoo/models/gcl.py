@@ -8,7 +8,11 @@ import torch.nn as nn
 
 from ..heads import create_head
 
-__all__ = ["GCLModel", "DATA_CFG_KEYS", "backbone_data_fields", "RawLogits", "raw_logits_module", "score_scale"]
+__all__ = ["GCLModel", "DATA_CFG_KEYS", "backbone_data_fields", "RawLogits", "raw_logits_module", "score_scale",
+           "score_affine", "calibrated_logits", "CALIBRATION_BUFFERS"]
+
+# buffers fitted after training, one entry per class; they travel with the weights and go with the head
+CALIBRATION_BUFFERS = ("logit_bias", "class_scale", "implied_prior")
 
 # pretrained_cfg fields that describe preprocessing; a wrapper inherits them from its backbone
 DATA_CFG_KEYS = ("input_size", "test_input_size", "min_input_size", "fixed_input_size", "interpolation",
@@ -54,12 +58,14 @@ class GCLModel(nn.Module):
     ``backbone.``).
 
     ``forward`` returns calibrated logits, so ``model(x).softmax(-1)`` is the model's probabilities as with any
-    timm classifier: the head's raw logits (cosines in [-1, 1] for a cosine head) times ``logit_scale``, the
-    scale fitted on validation data after training (``gcl-zoo calibrate``; before that, the ``s`` of the last
-    training stage). ``forward_raw`` gives the raw logits the loss trains on. ``implied_prior`` is the class
-    prior the calibrated posteriors imply on balanced data (uniform until measured), which ``gcl_zoo.prior``
-    needs to move them to a deployment's class mix; ``train_class_counts`` the images per class it was trained on
-    (zeros when unknown). These buffers travel with the weights.
+    timm classifier, for a balanced deployment (every class equally likely): the head's raw logits (cosines in
+    [-1, 1] for a cosine head) times ``logit_scale * class_scale``, plus ``logit_bias``, all fitted on validation
+    data after training (``gcl_zoo.calibration``; before that, the ``s`` of the last training stage, class scales
+    one and biases zero). ``forward_raw`` gives the raw logits the loss trains on. ``implied_prior`` is the source
+    prior: the class-balanced mean calibrated validation probability (uniform, to rounding, after a calibration
+    fitted here), against which ``gcl_zoo.prior`` moves the scores to a deployment's class mix, and
+    ``source_images`` the number of validation images it was measured on (0: unknown); ``train_class_counts``
+    the images per class it was trained on (zeros when unknown). These buffers travel with the weights.
     """
 
     def __init__(self, backbone: str = "resnet50", num_classes: int = 1000, pretrained_backbone: bool = False,
@@ -82,8 +88,11 @@ class GCLModel(nn.Module):
         if logit_scale is None:
             logit_scale = 30.0 if head == "cosine" else 1.0
         self.register_buffer("logit_scale", torch.tensor(float(logit_scale)))
+        self.register_buffer("logit_bias", torch.zeros(max(num_classes, 0)))
+        self.register_buffer("class_scale", torch.ones(max(num_classes, 0)))
         self.register_buffer("implied_prior", uniform_prior(num_classes))
         self.register_buffer("train_class_counts", torch.zeros(max(num_classes, 0), dtype=torch.long))
+        self.register_buffer("source_images", torch.tensor(0, dtype=torch.long))  # validation images behind it
         self.pretrained_cfg = self.default_cfg = self.backbone_data_cfg()
 
     def _new_head(self, num_classes: int) -> nn.Module:
@@ -128,12 +137,18 @@ class GCLModel(nn.Module):
             self.backbone.reset_classifier(0, global_pool)
         self.num_classes = num_classes
         self.head = self._new_head(num_classes).to(self.logit_scale.device)
+        self.logit_bias = torch.zeros(num_classes, device=self.logit_scale.device)
+        self.class_scale = torch.ones(num_classes, device=self.logit_scale.device)
         self.implied_prior = uniform_prior(num_classes).to(self.logit_scale.device)
+        self.source_images.zero_()
         self.train_class_counts = torch.zeros(num_classes, dtype=torch.long, device=self.logit_scale.device)
 
     def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        """Weights saved before the implied prior and class counts were kept lack them: they load with a uniform
-        prior and unknown (zero) counts."""
+        """Weights saved before the implied prior, class counts and per-class calibration were kept lack them: they
+        load with a uniform prior, unknown (zero) counts, zero biases and unit class scales."""
+        state_dict.setdefault(prefix + "logit_bias", torch.zeros(self.num_classes))
+        state_dict.setdefault(prefix + "source_images", torch.tensor(0, dtype=torch.long))
+        state_dict.setdefault(prefix + "class_scale", torch.ones(self.num_classes))
         state_dict.setdefault(prefix + "implied_prior", uniform_prior(self.num_classes))
         state_dict.setdefault(prefix + "train_class_counts", torch.zeros(self.num_classes, dtype=torch.long))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
@@ -165,7 +180,11 @@ class GCLModel(nn.Module):
         features = self.backbone.forward_head(x, pre_logits=True)
         if pre_logits or self.num_classes == 0:  # no head: pooled features
             return features
-        return self.head(features) * self.logit_scale
+        return self.calibrated(self.head(features))
+
+    def calibrated(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw logits (``forward_raw``) to calibrated ones: ``raw * logit_scale * class_scale + logit_bias``."""
+        return raw * (self.logit_scale * self.class_scale) + self.logit_bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -198,8 +217,24 @@ def raw_logits_module(model: nn.Module) -> nn.Module:
 
 
 def score_scale(model: nn.Module) -> float:
-    """What multiplies ``raw_logits_module(model)``'s outputs into calibrated logits (1 for plain classifiers)."""
+    """The temperature part of a model's calibration, ``logit_scale`` (1 for plain classifiers)."""
     return float(model.logit_scale) if isinstance(model, GCLModel) else 1.0
+
+
+def score_affine(model: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(weight, bias)``, float32 CPU, such that ``raw * weight + bias`` turns ``raw_logits_module(model)``'s
+    outputs into calibrated logits (what exported graphs and the server compute after the raw logits); one and zero
+    for plain classifiers."""
+    if not isinstance(model, GCLModel):
+        return torch.ones(()), torch.zeros(())
+    weight = (model.logit_scale * model.class_scale).detach().float().cpu()
+    return weight, model.logit_bias.detach().float().cpu()
+
+
+def calibrated_logits(model: nn.Module, raw: torch.Tensor) -> torch.Tensor:
+    """``raw_logits_module(model)`` outputs (any device, any float type) as calibrated logits, float32 CPU."""
+    weight, bias = score_affine(model)
+    return raw.detach().float().cpu() * weight + bias
 
 
 def checked_label_names(num_classes: int, names: Optional[Sequence[str]] = None) -> Tuple[str, ...]:

@@ -16,7 +16,7 @@ import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model, resolve_pretrained_cfg
 
 from ..data.labels import CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_DATA_CFG, imagenet_label_names
-from .gcl import GCLModel
+from .gcl import CALIBRATION_BUFFERS, GCLModel
 from .weights import embedded_weights, explain_load_errors, no_weights_error, safe_hub_overlay, with_hub_repos
 
 __all__ = ["GENERIC", "drop_mismatched_head"]
@@ -52,13 +52,13 @@ def drop_mismatched_head(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
     """Leave out saved head tensors the model's head cannot take (another ``num_classes``, or none at all).
 
     timm drops only the classifier's ``weight``/``bias`` when the class count changes; the cosine head also has a
-    per-class gain, and the model a per-class implied prior, which must go with them so the model starts with a
+    per-class gain, and the model a per-class calibration and source prior, which must go with them so the model starts with a
     fresh head.
     """
     if model.num_classes == (getattr(model, "pretrained_cfg", None) or {}).get("num_classes"):
         return state_dict  # an exact load, as timm sees it: a mismatch there is a broken file and must say so
     own = model.state_dict()
-    per_class = [k for k in state_dict if k.startswith("head.") or k in ("implied_prior", "train_class_counts")]
+    per_class = [k for k in state_dict if k.startswith("head.") or k in (*CALIBRATION_BUFFERS, "train_class_counts")]
     return {k: v for k, v in state_dict.items() if k not in per_class or (k in own and own[k].shape == v.shape)}
 
 
