@@ -210,7 +210,10 @@ def build_data(recipe: Dict[str, Any], data_cfg: Optional[Dict[str, Any]] = None
         train, val, source = carve_validation(train, recipe, eval_transform(data_cfg))
     else:
         source = f"list file {val.list_file}" if isinstance(val, ListFileDataset) else f"folder {recipe['val_dir']}"
-        refuse_shared_images(val, {"training": train, "test": test}, source, progress=recipe["workers"] > 0)
+        # a published list is checked by path; a user's own split by content too, unless nothing may be read ahead
+        user_given = bool(recipe["val_dir"] or recipe["val_list"])
+        refuse_shared_images(val, {"training": train, "test": test}, source,
+                             by_content=user_given and recipe["bad_images"] != "unchecked", progress=recipe["workers"] > 0)
     if min(train.cls_num_list) == 0:
         empty = [c for c, n in enumerate(train.cls_num_list) if n == 0][:5]
         raise ValueError(f"classes {empty} have no training images; every class needs at least one")

@@ -44,17 +44,22 @@ def _named(part: Any, rels: Sequence[str], limit: int = 3) -> str:
     return shown + (f" and {len(rels) - limit} more" if len(rels) > limit else "")
 
 
-def refuse_shared_images(val: Any, others: Dict[str, Any], given_as: str, progress: bool = True) -> None:
-    """Raise ``SharedImagesError`` naming the first shared files when ``val`` (given by the user as ``given_as``)
-    holds an image of any of ``others`` ({"training": train, "test": test}), by path or by content."""
+def refuse_shared_images(val: Any, others: Dict[str, Any], given_as: str, by_content: bool = True,
+                         progress: bool = True) -> None:
+    """Raise ``SharedImagesError`` naming the first shared files when ``val`` (given as ``given_as``) holds an
+    image of any of ``others`` ({"training": train, "test": test}): by path, and with ``by_content`` by the
+    sha256 of the files' bytes too (every image read once)."""
     val_places = _locations(val)
     for name, part in others.items():  # paths first: cheap, and the plainer mistake
-        same_path = sorted(rel for place, rel in val_places.items() if place in _locations(part))
+        places = _locations(part)
+        same_path = sorted(rel for place, rel in val_places.items() if place in places)
         if same_path:
             raise SharedImagesError(
                 f"the validation split ({given_as}) and the {name} split share {len(same_path)} image file(s): "
                 f"{_named(val, same_path)}; give validation images that are neither trained on nor tested on, or "
                 "leave --val-dir/--val-list out and a split is carved from the training images")
+    if not by_content:
+        return
     val_hashes = _hashes(val, "validation", progress)
     for name, part in others.items():
         shared = sorted(val_hashes[h] for h in set(val_hashes) & set(_hashes(part, name, progress)))
