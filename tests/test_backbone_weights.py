@@ -93,7 +93,7 @@ def test_offline_a_pretrained_backbone_not_cached_is_refused_with_the_ways_on(tm
     assert "backbone resnet18 (timm's resnet18.a1_in1k: model.safetensors of Hub repo timm/resnet18.a1_in1k)" in message
     assert "HF_HUB_OFFLINE is set" in message and "repo None" not in message
     assert "--pretrained-path FILE" in message and "--pretrained-backbone false" in message
-    assert f"hf download timm/resnet18.a1_in1k` with HF_HUB_CACHE" in message and str(tmp_path) in message
+    assert "hf download timm/resnet18.a1_in1k` with HF_HUB_CACHE" in message and str(tmp_path) in message
 
 
 def test_offline_the_imagefolder_recipe_refuses_in_one_message(tmp_path, cifar10_zip):

@@ -2,7 +2,6 @@
 import re
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple, Union
 
-import timm
 import torch
 import torch.nn as nn
 

@@ -150,8 +150,8 @@ def explain_load_errors(name: str, cfg: PretrainedCfg) -> Iterator[None]:
     except LocalEntryNotFoundError:  # offline (HF_HUB_OFFLINE=1 or no network) and not in the cache
         filename = cfg.hf_hub_filename or SAFE_WEIGHTS_NAME
         raise hub_unreachable(f"the weights of {name} ({filename} of Hub repo {cfg.hf_hub_id})", str(cfg.hf_hub_id), [
-            f"load a local copy instead: timm.create_model('local-dir:FOLDER', pretrained=True) or --model "
-            f"local-dir:FOLDER (a folder `gcl-zoo export` wrote, or a training run)",
+            "load a local copy instead: timm.create_model('local-dir:FOLDER', pretrained=True) or --model "
+            "local-dir:FOLDER (a folder `gcl-zoo export` wrote, or a training run)",
             "pretrained=False for random weights",
         ], files=filename, note=_origin(name, cfg)) from None
     except EntryNotFoundError as exc:
