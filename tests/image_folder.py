@@ -1,5 +1,5 @@
 """A small long-tailed ImageFolder of real JPEGs of mixed sizes (CIFAR-10 test photos, enlarged and re-encoded), as a
-user's own data would look: ``train/<class>/*.jpg`` with a few hundred down to a handful of images, ``test/``."""
+user's own data would look: ``train/<class>/*.jpg`` with a few dozen down to a handful of images, ``test/``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,15 +14,16 @@ SIZES = ((48, 40), (64, 64), (40, 56), (72, 48))  # (width, height): no two neig
 
 
 def write_image_folder(root: Path, cifar10_zip: Path, counts: Sequence[int] = TRAIN_COUNTS,
-                       test_per_class: int = TEST_PER_CLASS) -> Dict[str, Path]:
-    """``root/train`` and ``root/test`` filled with JPEGs of ``CLASSES``; returns both folders by split name."""
+                       test_per_class: int = TEST_PER_CLASS, names: Sequence[str] = CLASSES) -> Dict[str, Path]:
+    """``root/train`` and ``root/test`` filled with JPEGs (``0001.jpg``, ...) of ``CLASSES``' photos, in class
+    folders called ``names``; returns both folders by split name."""
     per_class = max(counts) + test_per_class
     images = cifar_test_images(cifar10_zip, per_class)  # every class interleaved, in label order
     by_label: Dict[int, list] = {}
     for _, data, label in images:
         by_label.setdefault(label, []).append(data)
     folders = {"train": root / "train", "test": root / "test"}
-    for label, name in enumerate(CLASSES):
+    for label, name in enumerate(names):
         photos = by_label[label]
         splits = {"train": photos[:counts[label]], "test": photos[max(counts):max(counts) + test_per_class]}
         for split, chosen in splits.items():
@@ -30,5 +31,5 @@ def write_image_folder(root: Path, cifar10_zip: Path, counts: Sequence[int] = TR
             folder.mkdir(parents=True, exist_ok=True)
             for i, data in enumerate(chosen):
                 size = SIZES[(i + label) % len(SIZES)]
-                (folder / f"{name}_{i:03d}.jpg").write_bytes(reencode(data, "JPEG", size, quality=90))
+                (folder / f"{i + 1:04d}.jpg").write_bytes(reencode(data, "JPEG", size, quality=90))
     return folders
