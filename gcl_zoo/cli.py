@@ -2,7 +2,7 @@
 
 The library's own subcommands (``export``, ``push``) live in ``gcl_zoo.hub_cli``; the applications built on the
 library register theirs under the ``gcl_zoo.commands`` entry-point group (the trainer installs as
-``gcl_zoo_train``: ``train``, ``eval``, ``calibrate``; the server as ``gcl_zoo_serve``: ``serve``). A subcommand's
+``gcl_zoo_train``: ``train``, ``eval``, ``calibrate``; the server as ``gcl_zoo_serve``: ``serve``, ``predict``). A subcommand's
 module is imported only when it runs, and the library never names an application's module.
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ HELP = {
     "export": "export a run as a Hub-ready folder (safetensors, ONNX, config.json, model card)",
     "push": "push an exported folder to the Hugging Face Hub",
     "serve": "serve models over HTTP (FastAPI + uvicorn)",
+    "predict": "classify image files, folders or globs as the server would: top-k per file as CSV or JSON Lines",
     "bench": "run a script from bench/ in a source checkout (gcl-zoo bench --help lists them)",
 }
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"

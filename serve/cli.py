@@ -16,7 +16,7 @@ from pydantic.fields import FieldInfo
 
 from .settings import ENV_PREFIX, ServeSettings
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "flag_kwargs", "settings_problems"]
 
 
 # the flags not named after their field (``--model a b`` fills ``models``), and the metavars that say more than a type
@@ -24,7 +24,7 @@ FLAG_NAMES = {"models": "--model"}
 METAVARS = {"models": "MODEL", "target_prior": "VALUE", "api_key_env": "VAR"}
 
 
-def _flag_kwargs(name: str, field: FieldInfo) -> Dict[str, Any]:
+def flag_kwargs(name: str, field: FieldInfo) -> Dict[str, Any]:
     """argparse keywords for one ``ServeSettings`` field: its type or choices, its description and default as
     help; every flag defaults to None so that unset flags leave environment values and defaults in place."""
     kwargs: Dict[str, Any] = {"dest": name, "default": None}
@@ -47,6 +47,11 @@ def _flag_kwargs(name: str, field: FieldInfo) -> Dict[str, Any]:
     return kwargs
 
 
+def settings_problems(exc: ValidationError) -> str:
+    """What is wrong with the settings, field by field, in one line."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+
+
 def build_parser(prog: str = "gcl-zoo serve") -> argparse.ArgumentParser:
     """One flag per ``ServeSettings`` field (``--max-batch-size`` for ``max_batch_size``), made from the field's
     type, choices and description, plus ``--compile``, short for ``--optimize compile``."""
@@ -55,7 +60,7 @@ def build_parser(prog: str = "gcl-zoo serve") -> argparse.ArgumentParser:
         epilog=f"Every option can also be set as an environment variable {ENV_PREFIX}<NAME> "
                f"(for example {ENV_PREFIX}MAX_BATCH_SIZE=32); flags win.")
     for name, field in ServeSettings.model_fields.items():
-        parser.add_argument(FLAG_NAMES.get(name, "--" + name.replace("_", "-")), **_flag_kwargs(name, field))
+        parser.add_argument(FLAG_NAMES.get(name, "--" + name.replace("_", "-")), **flag_kwargs(name, field))
     parser.add_argument("--compile", dest="optimize", action="store_const", const="compile",
                         help="same as --optimize compile")
     return parser
@@ -67,8 +72,7 @@ def main(argv: Optional[List[str]] = None, command: str = "serve") -> int:
     try:
         settings = ServeSettings.from_sources(vars(args))
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
-        print(f"gcl-zoo {command}: invalid settings: {problems}", file=sys.stderr)
+        print(f"gcl-zoo {command}: invalid settings: {settings_problems(exc)}", file=sys.stderr)
         return 2
 
     import uvicorn

@@ -40,6 +40,7 @@ from PIL import Image
 
 from gcl_zoo.devices import autocast_for
 from gcl_zoo.models.gcl import checked_label_names, raw_logits_module, score_affine, score_scale
+from gcl_zoo.models.weights import explain_offline
 from gcl_zoo.prior import PriorError, check_prior
 
 from .decoding import ImageHeader, ImagePayload, inspect_image
@@ -79,7 +80,8 @@ def load_model(model_id: str) -> nn.Module:
 
     import gcl_zoo  # noqa: F401  (registers the zoo and the local-dir loader's architectures)
 
-    return timm.create_model(model_id, pretrained=True)
+    with explain_offline(model_id):
+        return timm.create_model(model_id, pretrained=True)
 
 
 def _model_prior(weights: Any, model: nn.Module, what: str) -> Optional[torch.Tensor]:

@@ -185,8 +185,12 @@ def test_offline_loading_from_the_cache(hub, hf_home, pushed, pulled, tmp_path):
     for entry in cached:
         assert "error" not in entry, entry
         _assert_same(tmp_path / entry["file"], reference)
-    assert uncached["error"].startswith("RuntimeError: model.safetensors of Hub repo org/gcl_resnet50_inat18"
-                                        " is not in the Hub cache")
+    error = uncached["error"]
+    assert error.startswith("WeightsNotCachedError: the weights of gcl_resnet50_inat18 (model.safetensors of Hub "
+                            "repo org/gcl_resnet50_inat18) are not in the Hub cache and cannot be downloaded: "
+                            "HF_HUB_OFFLINE is set")
+    assert "local-dir:FOLDER" in error and "hf download org/gcl_resnet50_inat18 model.safetensors" in error
+    assert "GCL_ZOO_HUB_ORG='org'" in error
 
 
 def test_push_to_a_branch_and_as_a_pull_request(hub, pushed, tmp_path):

@@ -17,6 +17,7 @@ import torch
 
 from gcl_zoo.devices import resolve_device, slow_bf16_warning
 from gcl_zoo.folders import WEIGHTS_NAME
+from gcl_zoo.models.weights import WeightsNotCachedError
 
 from .checkpoint import check_writable, load_checkpoint
 from .data import is_small_image_data
@@ -40,7 +41,8 @@ def main(argv: Optional[List[str]] = None, command: str = "train") -> int:
     except StopRequested as stopped:
         print(f"gcl-zoo train: {stopped}", file=sys.stderr)
         return EXIT_STOPPED
-    except (RecipeError, FileNotFoundError, FileExistsError, PermissionError, OSError, TrainingError, ValueError) as exc:
+    except (RecipeError, FileNotFoundError, FileExistsError, PermissionError, OSError, TrainingError, ValueError,
+            WeightsNotCachedError) as exc:
         print(f"gcl-zoo train: error: {exc}", file=sys.stderr)
         return 2
     return 0
@@ -80,7 +82,8 @@ def run(args: argparse.Namespace, argv: List[str]) -> Dict[str, Any]:
                     "command": "gcl-zoo train " + " ".join(shlex.quote(a) for a in argv), "options": runtime,
                     "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     "world_size": dist_info.world, "global_batch": global_batch, "fast_path": trainer.fast,
-                    "torch": torch.__version__, "validation": trainer.data.validation_summary()})
+                    "torch": torch.__version__, "validation": trainer.data.validation_summary(),
+                    "backbone_weights": trainer.model.backbone_origin})
             else:
                 folder.rewrite_metrics(state["history"])
         with StopSignal(dist_info, device) as stop:

@@ -22,13 +22,15 @@ __all__ = ["build_model", "backbone_data_config", "describe_model", "stage_sampl
 
 
 def build_model(recipe: Dict[str, Any], num_classes: int, pretrained_backbone: Optional[bool] = None) -> nn.Module:
-    """The generic GCL wrapper around the recipe's backbone (architecture ``gcl_timm`` in config.json)."""
+    """The generic GCL wrapper around the recipe's backbone (architecture ``gcl_timm`` in config.json), its backbone
+    from the recipe's ``pretrained_path`` or pretrained weights unless ``pretrained_backbone=False``."""
     import gcl_zoo  # noqa: F401  (registers the architectures)
 
+    pretrained = recipe["pretrained_backbone"] if pretrained_backbone is None else pretrained_backbone
+    path = recipe.get("pretrained_path") if pretrained_backbone is not False else None
     return timm.create_model("gcl_timm", backbone=recipe["model"], num_classes=num_classes, head=recipe["head"],
                              logit_scale=recipe["s"] if recipe["head"] == "cosine" else 1.0,
-                             pretrained_backbone=recipe["pretrained_backbone"] if pretrained_backbone is None
-                             else pretrained_backbone)
+                             pretrained_backbone=pretrained, pretrained_path=path)
 
 
 def backbone_data_config(recipe: Dict[str, Any]) -> Dict[str, Any]:

@@ -77,7 +77,11 @@ FIELDS: Dict[str, Field] = {
                                 "subset leaves unused (all of them where fewer); null: 500 for CIFAR-10, 20 for "
                                 "CIFAR-100; 0: no validation split", nullable=True),
     "model": Field(str, "timm backbone name"),
-    "pretrained_backbone": Field(bool, "start from the backbone's ImageNet weights"),
+    "pretrained_backbone": Field(bool, "start from the backbone's pretrained weights (timm's default tag, from the "
+                                       "Hub or its cache)"),
+    "pretrained_path": Field(str, "start the backbone from this local weights file instead (.safetensors, or a "
+                                  ".pth/.pt state dict or timm checkpoint; its classifier is dropped); given, it is "
+                                  "loaded whatever pretrained_backbone says", nullable=True),
     "head": Field(str, "classifier head", ("cosine", "linear")),
     "img_size": Field(int, "training image size"),
     "workers": Field(int, "DataLoader worker processes"),
@@ -104,7 +108,7 @@ STAGE2_FIELDS: Dict[str, Field] = {
 
 DEFAULTS = {"max_per_class": None, "test_per_class": None, "drw_epoch": None, "imb_ratio": 100.0,
             "imb_profile": "exp", "imb_seed": 0, "data_root": None, "train_list": None, "test_list": None,
-            "train_dir": None, "test_dir": None, "num_classes": None, "decay_epochs": [], "decay_rate": 0.1, "cloud": "log",
+            "train_dir": None, "test_dir": None, "num_classes": None, "pretrained_path": None, "decay_epochs": [], "decay_rate": 0.1, "cloud": "log",
             "drop_last": False, "bad_images": "fail", "val_list": None, "val_dir": None, "val_per_class": None,
             "val_fraction": 0.1, "val_min_train": 5, "val_seed": 0}
 STAGE2_DEFAULTS = {"drop_last": False, "fresh_head": False, "cben_a": 0.9999, "cben_b": 1e-5, "tau": 1.0}

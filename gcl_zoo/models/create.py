@@ -11,8 +11,13 @@ __all__ = ["create_gcl_model"]
 
 
 def create_gcl_model(backbone: str, num_classes: int, pretrained_backbone: bool = False,
-                     label_names: Optional[Sequence[str]] = None, **kwargs: Any) -> GCLModel:
+                     label_names: Optional[Sequence[str]] = None, pretrained_path: Optional[str] = None,
+                     **kwargs: Any) -> GCLModel:
     """Wrap the timm model ``backbone`` (built with ``num_classes=0``) with a cosine classifier.
+
+    The backbone starts from timm's pretrained weights with ``pretrained_backbone=True``, or from the local file
+    ``pretrained_path`` (a ``.safetensors`` or ``.pth``/``.pt`` state dict or timm checkpoint of that backbone, its
+    classifier dropped), which wins; ``model.backbone_origin`` says which.
 
     Built through timm's registry (architecture ``gcl_timm``), so the result saves and loads like any timm
     model: ``config.json`` records ``backbone`` and the head settings as model arguments. Extra keyword
@@ -24,4 +29,5 @@ def create_gcl_model(backbone: str, num_classes: int, pretrained_backbone: bool 
     if label_names is not None:
         overlay["label_names"] = checked_label_names(num_classes, label_names)
     return timm.create_model("gcl_timm", backbone=backbone, num_classes=num_classes,
-                             pretrained_backbone=pretrained_backbone, pretrained_cfg_overlay=overlay, **kwargs)
+                             pretrained_backbone=pretrained_backbone, pretrained_path=pretrained_path,
+                             pretrained_cfg_overlay=overlay, **kwargs)

@@ -2,11 +2,11 @@
 import re
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
-import timm
 import torch
 import torch.nn as nn
 
 from ..heads import create_head
+from .backbone import create_backbone
 
 __all__ = ["GCLModel", "DATA_CFG_KEYS", "backbone_data_fields", "RawLogits", "raw_logits_module", "score_scale",
            "score_affine", "calibrated_logits", "CALIBRATION_BUFFERS"]
@@ -55,7 +55,8 @@ class GCLModel(nn.Module):
     (``pre_logits=True``: pooled, ``head_hidden_size`` wide), ``num_classes=0`` / ``reset_classifier(0)`` for
     pooled features, ``global_pool=''`` for unpooled ones, ``feature_info`` / ``forward_intermediates`` /
     ``features_only=True``, ``group_matcher`` and ``no_weight_decay`` (all delegated to the backbone, names under
-    ``backbone.``).
+    ``backbone.``). The backbone starts from timm's pretrained weights (``pretrained_backbone``), from a local
+    weights file (``pretrained_path``, as timm's ``--pretrained-path``) or from random weights.
 
     ``forward`` returns calibrated logits, so ``model(x).softmax(-1)`` is the model's probabilities as with any
     timm classifier, for a balanced deployment (every class equally likely): the head's raw logits (cosines in
@@ -70,13 +71,15 @@ class GCLModel(nn.Module):
 
     def __init__(self, backbone: str = "resnet50", num_classes: int = 1000, pretrained_backbone: bool = False,
                  head: str = "cosine", logit_scale: Optional[float] = None, in_chans: int = 3,
-                 backbone_args: Optional[Dict[str, Any]] = None, **kwargs: Any):
+                 backbone_args: Optional[Dict[str, Any]] = None, pretrained_path: Optional[str] = None,
+                 **kwargs: Any):
         super().__init__()
         args = dict(backbone_args or {}, **kwargs)
         self.backbone_name = backbone
         self.backbone_args = args
-        self.backbone = timm.create_model(backbone, pretrained=pretrained_backbone, num_classes=0,
-                                          in_chans=in_chans, **args)
+        # where the backbone's starting weights came from (gcl_zoo.models.backbone); the trainer records it
+        self.backbone, self.backbone_origin = create_backbone(backbone, pretrained_backbone, pretrained_path,
+                                                              in_chans=in_chans, **args)
         self.num_classes = num_classes
         self.head_type = head
         self.num_features = self.backbone.num_features  # channels of forward_features

@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 from timm.models import PretrainedCfg
 
-__all__ = ["WEIGHTS_DIR", "HUB_ORG_ENV", "SAFE_WEIGHTS_NAME", "embedded_weights", "hub_org", "with_hub_repos",
-           "safe_hub_overlay", "explain_load_errors", "training_command", "no_weights_error"]
+__all__ = ["WEIGHTS_DIR", "HUB_ORG_ENV", "SAFE_WEIGHTS_NAME", "WeightsNotCachedError", "embedded_weights", "hub_org",
+           "with_hub_repos", "safe_hub_overlay", "hub_unreachable", "explain_offline", "explain_load_errors",
+           "training_command", "no_weights_error"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 HUB_ORG_ENV = "GCL_ZOO_HUB_ORG"
@@ -64,6 +65,44 @@ def safe_hub_overlay(cfg: PretrainedCfg, overlay: Optional[Dict[str, Any]]) -> O
     return {**(overlay or {}), "hf_hub_filename": SAFE_WEIGHTS_NAME}
 
 
+class WeightsNotCachedError(RuntimeError):
+    """Weights that are neither in the Hub cache nor downloadable here (``HF_HUB_OFFLINE``, or no network)."""
+
+
+def hub_unreachable(wanted: str, repo_id: str, ways: Sequence[str], files: str = "",
+                    note: str = "") -> WeightsNotCachedError:
+    """The one message for weights the Hub cannot give: what was wanted, why it cannot come, and the ways on
+    (``ways``, then fetching them once where the Hub is reachable, into the cache this machine reads); ``note``
+    ends it."""
+    from huggingface_hub import constants
+
+    why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE
+           else f"the Hub ({constants.ENDPOINT}) cannot be reached")
+    fetch = (f"fetch them once where the Hub is reachable: `hf download {repo_id}{' ' + files if files else ''}` "
+             f"with HF_HUB_CACHE naming the Hub cache this machine reads (here {constants.HF_HUB_CACHE}), or copy "
+             "that cache folder here afterwards")
+    listed = " ".join(f"({i}) {way};" for i, way in enumerate([*ways, fetch], 1)).rstrip(";")
+    return WeightsNotCachedError(f"{wanted} are not in the Hub cache and cannot be downloaded: {why}. "
+                                 f"Ways on: {listed}.{note}")
+
+
+@contextmanager
+def explain_offline(model_id: str) -> Iterator[None]:
+    """``timm.create_model(model_id, pretrained=True)`` for an ``hf-hub:`` name whose files are neither cached nor
+    downloadable: the one message naming the repo and the ways on, instead of the Hub client's error."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        yield
+    except LocalEntryNotFoundError:
+        if not model_id.startswith("hf-hub:"):
+            raise
+        repo_id = model_id[len("hf-hub:"):].partition("@")[0]
+        raise hub_unreachable(f"the files of Hub repo {repo_id} (config.json, {SAFE_WEIGHTS_NAME})", repo_id, [
+            "load a local copy instead: local-dir:FOLDER (a folder `gcl-zoo export` wrote, or a training run)",
+        ]) from None
+
+
 def _weights_location(cfg: PretrainedCfg) -> str:
     """Human-readable name of the weights file a pretrained cfg loads."""
     if cfg.source == "local-dir":
@@ -108,11 +147,13 @@ def explain_load_errors(name: str, cfg: PretrainedCfg) -> Iterator[None]:
                            f" (HF_TOKEN or `hf auth login`).{_origin(name, cfg)}") from exc
     except RevisionNotFoundError as exc:
         raise RuntimeError(f"Hub repo {cfg.hf_hub_id} has no such revision.{_origin(name, cfg)}") from exc
-    except LocalEntryNotFoundError as exc:  # offline (HF_HUB_OFFLINE=1 or no network) and not in the cache
-        raise RuntimeError(
-            f"{cfg.hf_hub_filename or SAFE_WEIGHTS_NAME} of Hub repo {cfg.hf_hub_id} is not in the Hub cache and the"
-            f" Hub cannot be reached ({exc.__class__.__name__}); load it once online to cache it.{_origin(name, cfg)}"
-        ) from exc
+    except LocalEntryNotFoundError:  # offline (HF_HUB_OFFLINE=1 or no network) and not in the cache
+        filename = cfg.hf_hub_filename or SAFE_WEIGHTS_NAME
+        raise hub_unreachable(f"the weights of {name} ({filename} of Hub repo {cfg.hf_hub_id})", str(cfg.hf_hub_id), [
+            "load a local copy instead: timm.create_model('local-dir:FOLDER', pretrained=True) or --model "
+            "local-dir:FOLDER (a folder `gcl-zoo export` wrote, or a training run)",
+            "pretrained=False for random weights",
+        ], files=filename, note=_origin(name, cfg)) from None
     except EntryNotFoundError as exc:
         raise RuntimeError(
             f"Hub repo {cfg.hf_hub_id} has no {cfg.hf_hub_filename or SAFE_WEIGHTS_NAME}: gcl-zoo loads weights from"
