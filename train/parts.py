@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
-import timm
 import torch
 import torch.nn as nn
 from timm.data import resolve_data_config
@@ -12,6 +11,7 @@ from timm.models import get_pretrained_cfg
 from timm.optim import create_optimizer_v2
 
 from gcl_zoo.losses import create_loss
+from gcl_zoo.models import create_gcl_model
 from gcl_zoo.models.gcl import backbone_data_fields
 from gcl_zoo.sampling import create_sampler
 
@@ -24,13 +24,10 @@ __all__ = ["build_model", "backbone_data_config", "describe_model", "stage_sampl
 def build_model(recipe: Dict[str, Any], num_classes: int, pretrained_backbone: Optional[bool] = None) -> nn.Module:
     """The generic GCL wrapper around the recipe's backbone (architecture ``gcl_timm`` in config.json), its backbone
     from the recipe's ``pretrained_path`` or pretrained weights unless ``pretrained_backbone=False``."""
-    import gcl_zoo  # noqa: F401  (registers the architectures)
-
     pretrained = recipe["pretrained_backbone"] if pretrained_backbone is None else pretrained_backbone
     path = recipe.get("pretrained_path") if pretrained_backbone is not False else None
-    return timm.create_model("gcl_timm", backbone=recipe["model"], num_classes=num_classes, head=recipe["head"],
-                             logit_scale=recipe["s"] if recipe["head"] == "cosine" else 1.0,
-                             pretrained_backbone=pretrained, pretrained_path=path)
+    return create_gcl_model(recipe["model"], num_classes, pretrained_backbone=pretrained, pretrained_path=path,
+                            head=recipe["head"], logit_scale=recipe["s"] if recipe["head"] == "cosine" else 1.0)
 
 
 def backbone_data_config(recipe: Dict[str, Any]) -> Dict[str, Any]:
@@ -47,12 +44,8 @@ def backbone_data_config(recipe: Dict[str, Any]) -> Dict[str, Any]:
 def describe_model(model: nn.Module, bundle: DataBundle) -> None:
     """Record the preprocessing and labels the model is trained with, in its pretrained_cfg, and its training class
     counts (what a deployment's prior "train" means) with its weights."""
-    model.pretrained_cfg = {**model.pretrained_cfg, **bundle.data_cfg, "num_classes": bundle.num_classes,
-                            "label_names": tuple(bundle.classes)}
+    model.describe(bundle.data_cfg, label_names=bundle.classes)
     model.train_class_counts.copy_(torch.as_tensor(bundle.cls_num_list))
-    model.pretrained_cfg.pop("test_input_size", None)
-    model.pretrained_cfg.pop("test_crop_pct", None)
-    model.default_cfg = model.pretrained_cfg
 
 
 def stage_sampler(section: Dict[str, Any], targets, seed: int, stage: int):

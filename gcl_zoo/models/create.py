@@ -5,7 +5,7 @@ from typing import Any, Optional, Sequence
 
 import timm
 
-from .gcl import GCLModel, checked_label_names
+from .gcl import GCLModel
 
 __all__ = ["create_gcl_model"]
 
@@ -25,9 +25,8 @@ def create_gcl_model(backbone: str, num_classes: int, pretrained_backbone: bool 
     """
     if not timm.is_model(backbone.split(".")[0]):
         raise ValueError(f"unknown timm backbone {backbone!r}; see timm.list_models() for the names timm knows")
-    overlay = {"num_classes": num_classes}
+    model = timm.create_model("gcl_timm", backbone=backbone, num_classes=num_classes,
+                              pretrained_backbone=pretrained_backbone, pretrained_path=pretrained_path, **kwargs)
     if label_names is not None:
-        overlay["label_names"] = checked_label_names(num_classes, label_names)
-    return timm.create_model("gcl_timm", backbone=backbone, num_classes=num_classes,
-                             pretrained_backbone=pretrained_backbone, pretrained_path=pretrained_path,
-                             pretrained_cfg_overlay=overlay, **kwargs)
+        model.describe(label_names=label_names)
+    return model

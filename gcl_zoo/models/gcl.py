@@ -96,10 +96,28 @@ class GCLModel(nn.Module):
         self.register_buffer("implied_prior", uniform_prior(num_classes))
         self.register_buffer("train_class_counts", torch.zeros(max(num_classes, 0), dtype=torch.long))
         self.register_buffer("source_images", torch.tensor(0, dtype=torch.long))  # validation images behind it
-        self.pretrained_cfg = self.default_cfg = self.backbone_data_cfg()
+        self.pretrained_cfg: Dict[str, Any] = {}
+        self.describe(self.backbone_data_cfg())
 
     def _new_head(self, num_classes: int) -> nn.Module:
         return create_head(self.head_type, self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
+
+    def describe(self, data: Optional[Mapping[str, Any]] = None, label_names: Optional[Sequence[str]] = None) -> None:
+        """The one place a GCL model's ``pretrained_cfg`` (and timm's alias ``default_cfg``) is written: ``data``'s
+        preprocessing fields over it, its class count, and ``label_names`` when given (checked against it).
+
+        A ``data`` config that gives ``input_size`` without test-time sizes (what a training run preprocesses with)
+        replaces the backbone's ``test_input_size``/``test_crop_pct`` too: the model is evaluated as it was trained.
+        """
+        data = dict(data or {})
+        cfg = {**self.pretrained_cfg, **data, "num_classes": self.num_classes}
+        if "input_size" in data:
+            for key in ("test_input_size", "test_crop_pct"):
+                if key not in data:
+                    cfg.pop(key, None)
+        if label_names is not None:
+            cfg["label_names"] = checked_label_names(self.num_classes, label_names)
+        self.pretrained_cfg = self.default_cfg = cfg
 
     def backbone_data_cfg(self) -> Dict[str, Any]:
         """The backbone's preprocessing fields (and pooled feature-map size), which a generic wrapper inherits."""

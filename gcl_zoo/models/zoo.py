@@ -43,8 +43,7 @@ def _create_gcl(variant: str, pretrained: bool = False, **kwargs: Any) -> GCLMod
                                      feature_cfg=dict(FEATURE_CFG), **kwargs)  # timm edits it
     if variant == GENERIC and isinstance(model, GCLModel) and not isinstance(kwargs.get("pretrained_cfg"), dict):
         # a fresh generic wrapper preprocesses like its backbone; a loaded one keeps its saved config
-        model.pretrained_cfg = {**model.pretrained_cfg, **model.backbone_data_cfg()}
-        model.default_cfg = model.pretrained_cfg
+        model.describe(model.backbone_data_cfg())
     return model
 
 
