@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+from huggingface_hub.constants import SAFETENSORS_SINGLE_FILE
 from timm.models import save_for_hf
 
 from .files import replace_file
@@ -18,7 +19,7 @@ __all__ = ["save_model_folder", "validate_folder", "refuse_pickles", "read_json"
            "WEIGHTS_NAME", "CONFIG_NAME", "RECIPE_NAME", "EVAL_NAME", "CARD_NAME", "RUN_RECIPE_NAME", "RUN_INFO_NAME",
            "TIMM_CONFIG_KEYS"]
 
-WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_NAME = SAFETENSORS_SINGLE_FILE  # the Hub's (and timm's) name for a model's weights: model.safetensors
 CONFIG_NAME = "config.json"
 RECIPE_NAME = "train_hparams.yaml"  # the run's recipe.yaml: the resolved training settings
 EVAL_NAME = "eval.json"

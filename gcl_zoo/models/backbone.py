@@ -19,7 +19,8 @@ import torch
 import torch.nn as nn
 from timm.models import resolve_pretrained_cfg
 
-from .weights import SAFE_WEIGHTS_NAME, hub_unreachable
+from huggingface_hub.constants import SAFETENSORS_SINGLE_FILE as WEIGHTS_NAME
+from .weights import hub_unreachable
 
 __all__ = ["create_backbone", "load_weights_file", "sha256_of"]
 
@@ -101,7 +102,7 @@ def _hub_origin(name: str) -> Dict[str, Any]:
     cfg = resolve_pretrained_cfg(name)
     tag = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
     origin: Dict[str, Any] = {"source": "timm", "tag": tag, "hf_hub_id": cfg.hf_hub_id}
-    cached = try_to_load_from_cache(cfg.hf_hub_id, SAFE_WEIGHTS_NAME) if cfg.hf_hub_id else None
+    cached = try_to_load_from_cache(cfg.hf_hub_id, WEIGHTS_NAME) if cfg.hf_hub_id else None
     if isinstance(cached, str):
         origin.update(path=cached, sha256=sha256_of(cached))
     return origin
@@ -113,13 +114,13 @@ def _from_hub(name: str, kwargs: Dict[str, Any]) -> nn.Module:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     cfg = resolve_pretrained_cfg(name)
-    overlay = {"hf_hub_filename": SAFE_WEIGHTS_NAME} if cfg.hf_hub_id and not cfg.file else None
+    overlay = {"hf_hub_filename": WEIGHTS_NAME} if cfg.hf_hub_id and not cfg.file else None
     try:
         return timm.create_model(name, pretrained=True, num_classes=0, pretrained_cfg_overlay=overlay, **kwargs)
     except LocalEntryNotFoundError:
         tag = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
         raise hub_unreachable(
-            f"the pretrained weights of backbone {name} (timm's {tag}: {SAFE_WEIGHTS_NAME} of Hub repo "
+            f"the pretrained weights of backbone {name} (timm's {tag}: {WEIGHTS_NAME} of Hub repo "
             f"{cfg.hf_hub_id})", cfg.hf_hub_id, [
                 f"give them as a local file: --pretrained-path FILE (pretrained_path= in Python), a .safetensors or "
                 f".pth state dict of {cfg.architecture}",

@@ -12,15 +12,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence
 
+from huggingface_hub.constants import SAFETENSORS_SINGLE_FILE as WEIGHTS_NAME
 from timm.models import PretrainedCfg
 
-__all__ = ["WEIGHTS_DIR", "HUB_ORG_ENV", "SAFE_WEIGHTS_NAME", "WeightsNotCachedError", "embedded_weights", "hub_org",
+
+__all__ = ["WEIGHTS_DIR", "HUB_ORG_ENV", "WeightsNotCachedError", "embedded_weights", "hub_org",
            "with_hub_repos", "safe_hub_overlay", "hub_unreachable", "explain_offline", "explain_load_errors",
            "training_command", "no_weights_error"]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 HUB_ORG_ENV = "GCL_ZOO_HUB_ORG"
-SAFE_WEIGHTS_NAME = "model.safetensors"
 
 
 def embedded_weights(name: str) -> Optional[str]:
@@ -48,7 +49,7 @@ def with_hub_repos(cfgs: Dict[str, Dict[str, Any]], skip: str) -> Dict[str, Dict
     out = {}
     for key, cfg in cfgs.items():
         name = key.rstrip("*")
-        out[key] = cfg if name == skip else {**cfg, "hf_hub_id": f"{org}/{name}", "hf_hub_filename": SAFE_WEIGHTS_NAME}
+        out[key] = cfg if name == skip else {**cfg, "hf_hub_id": f"{org}/{name}", "hf_hub_filename": WEIGHTS_NAME}
     return out
 
 
@@ -62,7 +63,7 @@ def safe_hub_overlay(cfg: PretrainedCfg, overlay: Optional[Dict[str, Any]]) -> O
                                           and cfg.state_dict is None)
     if not from_hub or str(cfg.hf_hub_filename or "").endswith(".safetensors"):
         return overlay
-    return {**(overlay or {}), "hf_hub_filename": SAFE_WEIGHTS_NAME}
+    return {**(overlay or {}), "hf_hub_filename": WEIGHTS_NAME}
 
 
 class WeightsNotCachedError(RuntimeError):
@@ -98,7 +99,7 @@ def explain_offline(model_id: str) -> Iterator[None]:
         if not model_id.startswith("hf-hub:"):
             raise
         repo_id = model_id[len("hf-hub:"):].partition("@")[0]
-        raise hub_unreachable(f"the files of Hub repo {repo_id} (config.json, {SAFE_WEIGHTS_NAME})", repo_id, [
+        raise hub_unreachable(f"the files of Hub repo {repo_id} (config.json, {WEIGHTS_NAME})", repo_id, [
             "load a local copy instead: local-dir:FOLDER (a folder `gcl-zoo export` wrote, or a training run)",
         ]) from None
 
@@ -106,10 +107,10 @@ def explain_offline(model_id: str) -> Iterator[None]:
 def _weights_location(cfg: PretrainedCfg) -> str:
     """Human-readable name of the weights file a pretrained cfg loads."""
     if cfg.source == "local-dir":
-        return str(Path(cfg.file) / SAFE_WEIGHTS_NAME)
+        return str(Path(cfg.file) / WEIGHTS_NAME)
     if cfg.file and cfg.source != "hf-hub":
         return str(cfg.file)
-    filename = cfg.hf_hub_filename or SAFE_WEIGHTS_NAME
+    filename = cfg.hf_hub_filename or WEIGHTS_NAME
     repo_id, _, revision = str(cfg.hf_hub_id).partition("@")
     from huggingface_hub import try_to_load_from_cache
 
@@ -148,7 +149,7 @@ def explain_load_errors(name: str, cfg: PretrainedCfg) -> Iterator[None]:
     except RevisionNotFoundError as exc:
         raise RuntimeError(f"Hub repo {cfg.hf_hub_id} has no such revision.{_origin(name, cfg)}") from exc
     except LocalEntryNotFoundError:  # offline (HF_HUB_OFFLINE=1 or no network) and not in the cache
-        filename = cfg.hf_hub_filename or SAFE_WEIGHTS_NAME
+        filename = cfg.hf_hub_filename or WEIGHTS_NAME
         raise hub_unreachable(f"the weights of {name} ({filename} of Hub repo {cfg.hf_hub_id})", str(cfg.hf_hub_id), [
             "load a local copy instead: timm.create_model('local-dir:FOLDER', pretrained=True) or --model "
             "local-dir:FOLDER (a folder `gcl-zoo export` wrote, or a training run)",
@@ -156,13 +157,13 @@ def explain_load_errors(name: str, cfg: PretrainedCfg) -> Iterator[None]:
         ], files=filename, note=_origin(name, cfg)) from None
     except EntryNotFoundError as exc:
         raise RuntimeError(
-            f"Hub repo {cfg.hf_hub_id} has no {cfg.hf_hub_filename or SAFE_WEIGHTS_NAME}: gcl-zoo loads weights from"
+            f"Hub repo {cfg.hf_hub_id} has no {cfg.hf_hub_filename or WEIGHTS_NAME}: gcl-zoo loads weights from"
             f" safetensors only (never pickle files). Export the model with `gcl-zoo export` and push that folder."
             f"{_origin(name, cfg)}") from exc
     except RuntimeError as exc:
         message = str(exc)
         if message.startswith("No suitable checkpoints found"):
-            raise RuntimeError(f"{cfg.file} has no weights file: expected {SAFE_WEIGHTS_NAME} beside config.json."
+            raise RuntimeError(f"{cfg.file} has no weights file: expected {WEIGHTS_NAME} beside config.json."
                                f" Write the folder with `gcl-zoo export` (or gcl_zoo.hub.save_model_folder).") from exc
         if "Error(s) in loading state_dict" in message:
             details = (message.split(":", 1)[1] if ":" in message else message).strip().rstrip(".")
