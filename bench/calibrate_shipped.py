@@ -86,8 +86,9 @@ def calibrate_entry(name: str, data_dir: Path) -> Dict[str, Any]:
         {**calibration, "test_bins": {k: v["bins"] for k, v in test.items()},
          "logit_bias": fitted["logit_bias"], "class_scale": fitted.get("class_scale"),
          "implied_prior": fitted["implied_prior"]}, indent=2) + "\n")
-    record.update({k: round(report[k], 2) if k != "per_class" else [round(v, 2) for v in report[k]]
-                   for k in ACCURACY_KEYS})
+    # a group without classes (CIFAR-10-LT has no few-shot class at some ratios) stays None
+    record.update({k: None if report[k] is None else round(report[k], 2) if k != "per_class"
+                   else [round(v, 2) for v in report[k]] for k in ACCURACY_KEYS})
     record["calibration"] = calibration
     record_path.write_text(json.dumps(record, indent=2) + "\n")
     return calibration

@@ -15,7 +15,7 @@ from PIL import Image
 from gcl_zoo.data import CIFAR10_CLASSES, CIFARLongTail, long_tail_counts, long_tail_positions, stratified_holdout
 from train.cli import main
 from train.data import STANDARD_LISTS, build_data
-from train.validation import SharedImagesError, validation_sizes_text
+from train.validation import SharedImagesError, validation_sizes
 from train.recipes import RecipeError, load_recipe
 
 from test_train import metrics, tiny_run
@@ -183,11 +183,11 @@ def assert_cli_refuses(fields: dict, val_dir: Path) -> None:
 
 
 def test_the_validation_split_size_is_printed_and_a_small_one_warned_about():
-    lines = validation_sizes_text([1, 2, 0], ("a", "b", "c"))
-    assert lines[0] == "validation split: 3 images (a 1, b 2, c 0)"
-    assert lines[1].startswith("warning:") and "bounded" in lines[1] and "1 such" in lines[1]
-    big = validation_sizes_text([20] * 100, [str(i) for i in range(100)])
-    assert big == ["validation split: 2000 images (min 20, median 20, max 20, 0 class(es) with none)"]
+    sizes, warning = validation_sizes([1, 2, 0], ("a", "b", "c"))
+    assert sizes == "validation split: 3 images (a 1, b 2, c 0)"
+    assert "bounded" in warning and "1 such" in warning
+    big = validation_sizes([20] * 100, [str(i) for i in range(100)])
+    assert big == ("validation split: 2000 images (min 20, median 20, max 20, 0 class(es) with none)", None)
 
 
 def test_a_bad_validation_image_stops_the_run_even_when_bad_training_images_are_skipped(tmp_path, probe):

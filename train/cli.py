@@ -7,6 +7,7 @@ are set here and nowhere else; then the resolution of the command line or a resu
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
+from tqdm import tqdm
 
 from gcl_zoo.devices import resolve_device, slow_bf16_warning
 from gcl_zoo.folders import WEIGHTS_NAME
@@ -26,7 +28,9 @@ from .engine import RunOptions, Trainer, TrainingError, rank_seed
 from .preemption import EXIT_STOPPED, StopRequested, StopSignal
 from .recipes import RecipeError, add_override_flags, available_recipes, load_recipe, overrides_from_args
 from .run_folder import RunFolder
-from .validation import validation_sizes_text
+from .validation import validation_sizes
+
+log = logging.getLogger(__name__)
 
 # runtime options that a resumed run takes from run.json
 RUNTIME_KEYS = ("stage", "device", "seed", "deterministic", "fast", "compile", "amp", "channels_last",
@@ -54,6 +58,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> Dict[str, Any]:
     created = not folder.path.exists()
     try:
         device, dist_info = start_process(runtime["device"], runtime["deterministic"])
+        configure_logging(dist_info)
         check_output_folder(folder, recipe, dist_info)
         stages = {"1": [1], "2": [2], "both": [1, 2]}[runtime["stage"]]
         options = RunOptions(
@@ -64,19 +69,19 @@ def run(args: argparse.Namespace, argv: List[str]) -> Dict[str, Any]:
             progress=not args.no_progress, tensorboard=runtime["tensorboard"],
             read_test=not runtime.get("no_test", False))
         warning = slow_bf16_warning(device, options.amp)
-        if warning and dist_info.is_main:
-            print(f"gcl-zoo train: warning: {warning}", file=sys.stderr)
+        if warning:
+            log.warning(warning)
         trainer = create_trainer(recipe, options, dist_info)
-        if dist_info.is_main:
-            for line in validation_sizes_text(list(trainer.data.val.cls_num_list), trainer.data.classes):
-                print(line if not line.startswith("warning") else f"gcl-zoo train: {line}",
-                      file=sys.stderr if line.startswith("warning") else sys.stdout, flush=True)
+        sizes, small = validation_sizes(list(trainer.data.val.cls_num_list), trainer.data.classes)
+        log.info(sizes)
+        if small:
+            log.warning(small)
         global_batch = {f"stage{stage}": trainer.section(stage)["batch_size"] * dist_info.world for stage in stages}
+        # batch_size is per process, as in timm: say what that makes, so a multi-GPU run's batch is never a surprise
+        log.info(f"{dist_info.world} process(es) x batch_size per process = global batch " + ", ".join(
+            f"stage {stage}: {trainer.section(stage)['batch_size']} x {dist_info.world} = "
+            f"{global_batch[f'stage{stage}']}" for stage in stages))
         if dist_info.is_main:
-            # batch_size is per process, as in timm: say what that makes, so a multi-GPU run's batch is never a surprise
-            print(f"{dist_info.world} process(es) x batch_size per process = global batch " + ", ".join(
-                f"stage {stage}: {trainer.section(stage)['batch_size']} x {dist_info.world} = "
-                f"{global_batch[f'stage{stage}']}" for stage in stages), flush=True)
             if state is None:
                 folder.start(recipe, {
                     "command": "gcl-zoo train " + " ".join(shlex.quote(a) for a in argv), "options": runtime,
@@ -94,7 +99,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> Dict[str, Any]:
             folder.finish(final)
             summary = {k: final.get(k) for k in ("top1", "top5", "many", "medium", "few")}
             split_name = "test" if trainer.final_split == "test" else "validation"
-            print(f"final (last epoch) {split_name} accuracy: " + ", ".join(
+            log.info(f"final (last epoch) {split_name} accuracy: " + ", ".join(
                 f"{k} {v:.2f}" for k, v in summary.items() if v is not None))
         return final
     except Exception:
@@ -177,6 +182,25 @@ def estimate_checkpoint_bytes(recipe: Dict[str, Any]) -> int:
     """A generous bound for checkpoint + model files: ResNet-152 is ~240 MB in float32, x3 with SGD state."""
     small = is_small_image_data(recipe) and recipe["model"].startswith("cifar_")
     return (16 if small else 1024) * 2**20
+
+
+class _ProgressSafeLines(logging.Handler):
+    """A message as one plain line (warnings as ``gcl-zoo train: warning: ...`` on stderr), written around any
+    progress bar on screen."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        warning = record.levelno >= logging.WARNING
+        text = f"gcl-zoo train: {record.levelname.lower()}: {record.getMessage()}" if warning else record.getMessage()
+        tqdm.write(text, file=sys.stderr if warning else sys.stdout)
+
+
+def configure_logging(dist_info: DistInfo) -> None:
+    """The trainer's modules log under this package's logger: its messages go out as plain lines from rank 0, and
+    the other ranks of a DDP run say only errors (one line per message, not one per process)."""
+    package = logging.getLogger(__package__)
+    package.handlers[:] = [_ProgressSafeLines()]
+    package.setLevel(logging.INFO if dist_info.is_main else logging.ERROR)
+    package.propagate = False
 
 
 def _switch(value: str, device: torch.device) -> bool:

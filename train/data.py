@@ -11,6 +11,7 @@ everything else: the backbone's own ``pretrained_cfg`` at ``img_size``); the tra
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,8 @@ from gcl_zoo.data import (CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_DATA_CFG, CIF
 from gcl_zoo.data.preprocessing import eval_transform
 
 from .validation import refuse_shared_images
+
+log = logging.getLogger(__name__)
 
 STANDARD_LISTS = {  # the published split lists, under $GCL_ZOO_DATA/lt_splits
     "imagenet_lt": {"train": "ImageNet_LT_train.txt", "val": "ImageNet_LT_val.txt", "test": "ImageNet_LT_test.txt"},
@@ -117,9 +120,9 @@ def screen_images(train: Any, held_out: Dict[str, Any], policy: str, workers: in
                          f"{fix}:\n" + "\n".join(listed[:50]) + ("\n  ..." if len(listed) > 50 else ""))
     if bad_train:
         train.drop([p for p, _ in bad_train])
-        print(f"skipped {len(bad_train)} unreadable training image(s) (--bad-images skip): "
-              + ", ".join(train.source.describe(p) for p, _ in bad_train[:5]) + (" ..." if len(bad_train) > 5 else ""),
-              flush=True)
+        log.warning(f"skipped {len(bad_train)} unreadable training image(s) (--bad-images skip): "
+                    + ", ".join(train.source.describe(p) for p, _ in bad_train[:5])
+                    + (" ..." if len(bad_train) > 5 else ""))
 
 
 def carve_validation(train: Any, recipe: Dict[str, Any], transform) -> Tuple[Any, Any, str]:

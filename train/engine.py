@@ -10,6 +10,7 @@ clean stop by ``train.preemption``. The caller seeds the random generators (``tr
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,8 @@ from .predict import predict
 from .preemption import StopRequested, StopSignal
 from .run_folder import RunFolder
 from .schedule import lr_at
+
+log = logging.getLogger(__name__)
 
 TEST_KEYS = ("top1", "top5", "many", "medium", "few")  # metrics.jsonl: the test set, at each stage's last epoch
 VAL_KEYS = ("top1", "many", "medium", "few")  # metrics.jsonl: the validation split as val_<key>, with val_nll
@@ -276,7 +279,7 @@ class Trainer:
                         self.writer.add_scalar(f"stage{stage}/{key}", value, epoch + 1)
             message = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()
                                if v is not None)
-            tqdm.write(message)
+            log.info(message)
         if last:
             self.save_stage_result(stage)
         barrier()

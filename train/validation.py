@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
 from gcl_zoo.calibration import validation_warning
 
-__all__ = ["SharedImagesError", "refuse_shared_images", "validation_sizes_text"]
+__all__ = ["SharedImagesError", "refuse_shared_images", "validation_sizes"]
 
 
 class SharedImagesError(ValueError):
@@ -70,17 +70,13 @@ def refuse_shared_images(val: Any, others: Dict[str, Any], given_as: str, by_con
                 "split is carved from the training images")
 
 
-def validation_sizes_text(per_class: List[int], classes: Sequence[str]) -> List[str]:
-    """Lines printed at the start of training: the validation split's size per class, and a warning when it is
-    too small for the calibration to mean much."""
+def validation_sizes(per_class: List[int], classes: Sequence[str]) -> Tuple[str, Optional[str]]:
+    """What is said at the start of training: the validation split's size per class, and a warning (None when it
+    is big enough) when it is too small for the calibration to mean much."""
     if len(per_class) <= 20:
         spread = ", ".join(f"{name} {n}" for name, n in zip(classes, per_class))
     else:
         ordered = sorted(per_class)
         spread = (f"min {ordered[0]}, median {ordered[len(ordered) // 2]}, max {ordered[-1]}, "
                   f"{sum(n == 0 for n in per_class)} class(es) with none")
-    lines = [f"validation split: {sum(per_class)} images ({spread})"]
-    warning = validation_warning(per_class)
-    if warning:
-        lines.append(f"warning: {warning}")
-    return lines
+    return f"validation split: {sum(per_class)} images ({spread})", validation_warning(per_class)
