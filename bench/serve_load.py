@@ -204,8 +204,9 @@ def batch_stats(url: str) -> (float, float):
 
 
 async def load_cell(url: str, body: bytes, content_type: str, images_per_request: int, concurrency: int,
-                    warmup_s: float, seconds: float) -> Dict[str, Any]:
-    """``concurrency`` clients sending the same request back to back; measured after ``warmup_s``."""
+                    warmup_s: float, seconds: float, query: str = "") -> Dict[str, Any]:
+    """``concurrency`` clients sending the same request back to back (``query``: request parameters as a query
+    string, e.g. ``target_prior=estimated``); measured after ``warmup_s``."""
     latencies: List[float] = []
     statuses: Dict[int, int] = {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -213,7 +214,8 @@ async def load_cell(url: str, body: bytes, content_type: str, images_per_request
         async def client(until: float, record: bool) -> None:
             while time.perf_counter() < until:
                 start = time.perf_counter()
-                response = await http.post(f"{url}/predict", content=body, headers={"content-type": content_type})
+                response = await http.post(f"{url}/predict{'?' + query if query else ''}", content=body,
+                                           headers={"content-type": content_type})
                 if record:
                     latencies.append(time.perf_counter() - start)
                     statuses[response.status_code] = statuses.get(response.status_code, 0) + 1
