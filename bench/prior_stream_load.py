@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import statistics
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -26,21 +25,11 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "bench"), str(REPO / "tests")]
 
-from serve_load import Transcript, add_data_and_out, load_cell, multipart_body  # noqa: E402
+from serve_load import Transcript, add_data_and_out, load_cell, load_images, multipart_body  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
 
 MODEL = "gcl_resnet32_cifar100_lt.ir100"
 ESTIMATED = "target_prior=estimated&prior_stream=bench"
-
-
-def cifar100_images(data_root: Path, count: int) -> List[bytes]:
-    archive = data_root / "cifar100" / "cifar100.zip"
-    if not archive.is_file():
-        raise SystemExit(f"no CIFAR-100 zip at {archive}; set GCL_ZOO_DATA or --data to the folder holding cifar100/")
-    with zipfile.ZipFile(archive) as zf:
-        names = sorted(n for n in zf.namelist() if n.startswith("test/") and n.endswith(".webp"))
-        step = max(1, len(names) // count)
-        return [zf.read(n) for n in names[::step][:count]]
 
 
 def main(argv: List[str] = None) -> int:
@@ -57,7 +46,7 @@ def main(argv: List[str] = None) -> int:
     say = transcript.say
     info = transcript.machine()
     loads = [tuple(int(v) for v in load.split("x")) for load in args.loads]
-    images = cifar100_images(args.data, max(n for n, _ in loads))
+    images = load_images(args.data, max(n for n, _ in loads), "cifar100")
     results: List[Dict[str, Any]] = []
     with ServerProcess(["--model", args.model, "--log-level", "warning"], env={"GCL_ZOO_API_KEY": ""}) as server:
         served = httpx.get(f"{server.url}/models").json()["models"][0]

@@ -103,11 +103,11 @@ def add_data_and_out(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
 
 
-def load_images(data_root: Path, count: int) -> List[bytes]:
-    """``count`` CIFAR-10 test images (WebP bytes), classes interleaved."""
-    archive = data_root / "cifar10" / "cifar10.zip"
+def load_images(data_root: Path, count: int, dataset: str = "cifar10") -> List[bytes]:
+    """``count`` CIFAR-10 (or ``dataset``'s) test images (WebP bytes), classes interleaved."""
+    archive = data_root / dataset / f"{dataset}.zip"
     if not archive.is_file():
-        raise SystemExit(f"no CIFAR-10 zip at {archive}; set GCL_ZOO_DATA or --data to the folder holding cifar10/")
+        raise SystemExit(f"no {dataset} zip at {archive}; set GCL_ZOO_DATA or --data to the folder holding {dataset}/")
     with zipfile.ZipFile(archive) as zf:
         names = sorted(n for n in zf.namelist() if n.startswith("test/") and n.endswith(".webp"))
         step = max(1, len(names) // count)
