@@ -29,7 +29,7 @@ StreamName = Annotated[str, Query(pattern=STREAM_NAME_PATTERN, description="the 
 def stream_response(name: str, served: ServedModel, stream: PriorStream) -> PriorStreamResponse:
     """What the routes answer for ``stream``: its estimate, brought up to date."""
     streams = served.streams
-    estimate = streams.refresh(stream)
+    estimate = streams.refresh(stream, settle=True)
     shift = PriorShift(log_likelihood_ratio=estimate.log_likelihood_ratio, shifted=estimate.shifted,
                        total_variation=total_variation(estimate.prior, streams.source),
                        iterations=estimate.iterations, converged=estimate.converged)
