@@ -121,7 +121,7 @@ V2_ERRORS = {400: {"model": ErrorResponse, "description": "a malformed v2 reques
 # the probes and descriptions answer 503 while the models load (or the server drains, or a device failed for good)
 NOT_READY = {503: ERRORS[503]}
 UNKNOWN_MODEL = {404: ERRORS[404], 503: ERRORS[503]}
-PRIOR_ERRORS = {401: ERRORS[401], 404: {"model": ErrorResponse, "description": "unknown model or stream"},
+PRIOR_ERRORS = {400: {"model": ErrorResponse, "description": "a PUT body that is not JSON"}, 401: ERRORS[401], 404: {"model": ErrorResponse, "description": "unknown model or stream"},
                 422: {"model": ErrorResponse, "description": "a bad stream name or prior, or the prior streams are "
                                                              "off (--prior-window 0)"}, 503: ERRORS[503]}
 
