@@ -103,11 +103,11 @@ def add_data_and_out(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
 
 
-def load_images(data_root: Path, count: int) -> List[bytes]:
-    """``count`` CIFAR-10 test images (WebP bytes), classes interleaved."""
-    archive = data_root / "cifar10" / "cifar10.zip"
+def load_images(data_root: Path, count: int, dataset: str = "cifar10") -> List[bytes]:
+    """``count`` CIFAR-10 (or ``dataset``'s) test images (WebP bytes), classes interleaved."""
+    archive = data_root / dataset / f"{dataset}.zip"
     if not archive.is_file():
-        raise SystemExit(f"no CIFAR-10 zip at {archive}; set GCL_ZOO_DATA or --data to the folder holding cifar10/")
+        raise SystemExit(f"no {dataset} zip at {archive}; set GCL_ZOO_DATA or --data to the folder holding {dataset}/")
     with zipfile.ZipFile(archive) as zf:
         names = sorted(n for n in zf.namelist() if n.startswith("test/") and n.endswith(".webp"))
         step = max(1, len(names) // count)
@@ -204,8 +204,9 @@ def batch_stats(url: str) -> (float, float):
 
 
 async def load_cell(url: str, body: bytes, content_type: str, images_per_request: int, concurrency: int,
-                    warmup_s: float, seconds: float) -> Dict[str, Any]:
-    """``concurrency`` clients sending the same request back to back; measured after ``warmup_s``."""
+                    warmup_s: float, seconds: float, query: str = "") -> Dict[str, Any]:
+    """``concurrency`` clients sending the same request back to back (``query``: request parameters as a query
+    string, e.g. ``target_prior=estimated``); measured after ``warmup_s``."""
     latencies: List[float] = []
     statuses: Dict[int, int] = {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -213,7 +214,8 @@ async def load_cell(url: str, body: bytes, content_type: str, images_per_request
         async def client(until: float, record: bool) -> None:
             while time.perf_counter() < until:
                 start = time.perf_counter()
-                response = await http.post(f"{url}/predict", content=body, headers={"content-type": content_type})
+                response = await http.post(f"{url}/predict{'?' + query if query else ''}", content=body,
+                                           headers={"content-type": content_type})
                 if record:
                     latencies.append(time.perf_counter() - start)
                     statuses[response.status_code] = statuses.get(response.status_code, 0) + 1

@@ -110,7 +110,8 @@ DEFAULT_TEST_LEVEL = 0.01  # a shift is taken only when a no-shift likelihood-ra
 class PriorEstimate:
     """An estimated class prior and how it was reached: ``images`` it stood on, EM ``iterations``, whether EM
     ``converged``, the log-likelihood ratio against the source prior, and whether a shift was taken (False: the
-    evidence was too weak and ``prior`` is the source prior)."""
+    evidence was too weak and ``prior`` is the source prior); ``map_prior`` is the point EM reached either way (a
+    warm ``start`` for the next estimate of much the same images)."""
 
     prior: torch.Tensor
     images: int
@@ -118,6 +119,7 @@ class PriorEstimate:
     converged: bool
     log_likelihood_ratio: float
     shifted: bool
+    map_prior: Optional[torch.Tensor] = None
 
 
 def _chi2_quantile(level: float, dof: int) -> float:
@@ -129,7 +131,7 @@ def _chi2_quantile(level: float, dof: int) -> float:
 
 def estimate_prior(probs: torch.Tensor, source: torch.Tensor, strength: float = DEFAULT_STRENGTH,
                    test_level: Optional[float] = DEFAULT_TEST_LEVEL, source_images: Optional[int] = None,
-                   max_iter: int = 1000, tol: float = 1e-8) -> PriorEstimate:
+                   max_iter: int = 1000, tol: float = 1e-8, start: Optional[torch.Tensor] = None) -> PriorEstimate:
     """The class prior of an unlabeled set from the model's calibrated posteriors on it (``probs``, N x C).
 
     EM (Saerens et al., 2002) as a MAP estimate: a Dirichlet prior with ``strength`` images per class spread as the
@@ -141,27 +143,31 @@ def estimate_prior(probs: torch.Tensor, source: torch.Tensor, strength: float = 
     ``1 + N / source_images`` when the source prior was itself measured on ``source_images`` validation images
     (the model's ``source_images``): the stream's mean posterior and the source prior are then two noisy estimates
     of the same thing, and the calibration's own error grows the statistic with N even without a shift.
+    ``start`` (default: the source prior) is where EM starts: the MAP point is unique (the Dirichlet term makes
+    the objective strictly concave), so a warm start from an earlier estimate of much the same images (a sliding
+    window) only saves iterations.
     """
     base = source.detach().double().cpu().clamp_min(MIN_PRIOR)
     base = base / base.sum()
     probs = probs.detach().double().cpu().reshape(-1, base.numel())
     images, classes = probs.shape
     pseudo = strength * classes * base
-    prior, iterations, converged = base.clone(), 0, images == 0
+    prior = base.clone() if start is None else check_prior(start, classes).clamp_min(MIN_PRIOR)
+    iterations, converged = 0, images == 0
     ratio = probs / base
     for iterations in range(1, max_iter + 1) if images else ():
-        weighted = ratio * prior
-        weighted = weighted / weighted.sum(dim=1, keepdim=True).clamp_min(MIN_PRIOR)
-        updated = (weighted.sum(dim=0) + pseudo) / (images + pseudo.sum())
+        # E and M steps as two matrix-vector products: sum_i ratio_i * prior / (ratio_i . prior)
+        evidence = ratio.t().mv((ratio.mv(prior)).clamp_min(MIN_PRIOR).reciprocal())
+        updated = (prior * evidence + pseudo) / (images + pseudo.sum())
         converged = float((updated - prior).abs().max()) < tol
         prior = updated
         if converged:
             break
-    llr = float((ratio * prior).sum(dim=1).clamp_min(MIN_PRIOR).log().sum()) if images else 0.0
+    llr = float(ratio.mv(prior).clamp_min(MIN_PRIOR).log().sum()) if images else 0.0
     widen = 1.0 + images / source_images if source_images else 1.0
     threshold = _chi2_quantile(test_level, max(classes - 1, 1)) * widen if test_level is not None else -math.inf
     shifted = images > 0 and 2 * llr > threshold
-    return PriorEstimate(prior if shifted else base, images, iterations, converged, llr, shifted)
+    return PriorEstimate(prior if shifted else base, images, iterations, converged, llr, shifted, prior)
 
 
 def estimate_prior_em(probs: torch.Tensor, implied: torch.Tensor, max_iter: int = 1000,

@@ -5,8 +5,8 @@ The lifespan starts loading and warming the models in the background, so ``/heal
 ``RequestError`` and answers ``{"error": "<what is wrong and how to fix it>"}`` with its status code
 (``serve.errors``).
 
-The factory only wires: the routes are routers (``predict``: ``/predict``; ``oip``: the v2 protocol; ``probes``:
-health, readiness, models, metrics) reaching the ``ServerState`` through the ``get_state`` dependency
+The factory only wires: the routes are routers (``predict``: ``/predict``; ``oip``: the v2 protocol; ``prior_api``:
+the prior streams; ``probes``: health, readiness, models, metrics) reaching the ``ServerState`` through the ``get_state`` dependency
 (``serve.dependencies``); both protocols run one pipeline (``serve.pipeline``). Around them: ``schemas`` (the
 OpenAPI document), ``state`` (model loading), ``limits`` (body budget, timeouts, draining), ``metrics``
 (Prometheus, its middleware).
@@ -21,7 +21,7 @@ from typing import AsyncIterator, Callable, Optional
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
-from . import __version__, oip, probes
+from . import __version__, oip, prior_api, probes
 from .errors import install_error_handlers
 from .limits import BodyBudget, BodyLimitMiddleware, DrainMiddleware
 from .metrics import MetricsMiddleware, ServerMetrics, templated_routes
@@ -35,10 +35,14 @@ __all__ = ["create_app", "ServerState"]
 
 
 def create_state(settings: ServeSettings) -> ServerState:
-    """The state the routes share, its metrics reading the engines' queues and the runners' decode fallbacks."""
+    """The state the routes share, its metrics reading the engines' queues, the runners' decode fallbacks and
+    the prior streams."""
     models = ServedModels(settings.max_images, settings.default_top_k)
     metrics = ServerMetrics(settings.max_batch_size, lambda: {m: s.images.depth for m, s in models.served.items()},
-                            decode_fallbacks=lambda: {m: r.decode_fallbacks() for m, r in models.runners().items()})
+                            decode_fallbacks=lambda: {m: r.decode_fallbacks() for m, r in models.runners().items()},
+                            prior_streams=lambda: {m: s.streams.gauges() for m, s in models.served.items() if s.streams},
+                            prior_streams_dropped=lambda: {m: s.streams.dropped for m, s in models.served.items()
+                                                           if s.streams})
     return ServerState(settings=settings, metrics=metrics, models=models)
 
 
@@ -71,7 +75,7 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
                          description="Long-tailed image classification with GCL zoo models: dynamic batching, "
                                      "the Hugging Face image-classification task, Prometheus metrics.")
     app.state.server = state
-    routers = (predict_router(settings.max_images), oip.router, probes.router)
+    routers = (predict_router(settings.max_images), oip.router, prior_api.router, probes.router)
     for router in routers:
         app.include_router(router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
@@ -81,5 +85,6 @@ def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str]
                        routes=templated_routes([*app.routes, *(route for router in routers for route in router.routes)]))
     install_error_handlers(app)
     install_openapi(app, settings.max_images, [oip.protocol_name(m) for m in settings.models],
-                    settings.api_key is not None, lambda: list(state.models.runners().values()) if state.ready else [])
+                    settings.api_key is not None, lambda: list(state.models.runners().values()) if state.ready else [],
+                    estimating=settings.prior_window > 0)
     return app

@@ -43,7 +43,13 @@ async def _on_validation_error(request: Request, exc: RequestValidationError) ->
 
 
 async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return error_response(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+    headers = getattr(exc, "headers", None)
+    if exc.status_code == 405:  # Starlette's Allow names the first route of the path only: name every route's
+        allowed = sorted({method for route in request.app.routes if getattr(route, "methods", None)
+                          and getattr(route, "path_regex", None) and route.path_regex.match(request.url.path)
+                          for method in route.methods})
+        headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+    return error_response(exc.status_code, str(exc.detail), headers)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -112,11 +112,15 @@ class Histogram(_Metric):
 
 
 class ServerMetrics:
-    """The server's series: requests by status, latency, batch sizes, queue depth and images/s per model, and
-    GPU JPEG decoding fallbacks per model."""
+    """The server's series: requests by status, latency, batch sizes, queue depth and images/s per model, GPU JPEG
+    decoding fallbacks per model, and per model and prior stream the images in its window and how far its
+    estimate is from the source prior (``prior_streams``: model -> stream -> (images, total variation)), with the
+    streams dropped at the cap (``prior_streams_dropped``: model -> count)."""
 
     def __init__(self, max_batch_size: int, queue_depths: Callable[[], Mapping[str, int]], window_s: float = 10.0,
-                 decode_fallbacks: Callable[[], Mapping[str, Mapping[str, int]]] = dict):
+                 decode_fallbacks: Callable[[], Mapping[str, Mapping[str, int]]] = dict,
+                 prior_streams: Callable[[], Mapping[str, Mapping[str, Tuple[int, float]]]] = dict,
+                 prior_streams_dropped: Callable[[], Mapping[str, int]] = dict):
         self.window_s = window_s
         self.started = time.monotonic()
         self._recent: Dict[str, Deque[Tuple[float, int]]] = collections.defaultdict(collections.deque)
@@ -139,8 +143,20 @@ class ServerMetrics:
             "(their images retried one at a time); pil, images the GPU decoder refused (decoded on the CPU)",
             ("model", "fallback"), lambda: {(m, kind): float(n) for m, counts in decode_fallbacks().items()
                                             for kind, n in counts.items()})
+        self.prior_images = Gauge(
+            "gcl_serve_prior_stream_images", "images of traffic in a prior stream's window", ("model", "stream"),
+            lambda: {(m, name): float(images) for m, streams in prior_streams().items()
+                     for name, (images, _) in streams.items()})
+        self.prior_shift = Gauge(
+            "gcl_serve_prior_stream_shift", "total variation distance of a prior stream's estimate from the model's "
+            "source prior (0: no shift taken)", ("model", "stream"),
+            lambda: {(m, name): shift for m, streams in prior_streams().items() for name, (_, shift) in streams.items()})
+        self.prior_dropped = ReadCounter(
+            "gcl_serve_prior_streams_dropped_total", "prior streams dropped to make room for a new one "
+            "(--max-prior-streams)", ("model",), lambda: {(m,): float(n) for m, n in prior_streams_dropped().items()})
         self._all = (self.requests, self.latency, self.batch_size, self.batch_seconds, self.images,
-                     self.queue_depth, self.images_per_second, self.decode_fallbacks)
+                     self.queue_depth, self.images_per_second, self.decode_fallbacks, self.prior_images,
+                     self.prior_shift, self.prior_dropped)
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         self.requests.inc(endpoint=endpoint, status=str(status))

@@ -29,8 +29,10 @@ from gcl_zoo.prior import PriorError
 from .decoding import SUPPORTED_FORMATS, ImagePayload
 from .errors import RequestError
 from .multipart import FormError, FormPart, parse_form
-from .priors import DEFAULT_OUTPUT_FUNCTION, OUTPUT_TRANSFORMS, PriorSpec, prior_from_json, prior_from_text, resolve_prior
+from .priors import (DEFAULT_OUTPUT_FUNCTION, ESTIMATED, OUTPUT_TRANSFORMS, PriorSpec, prior_from_json, prior_from_text,
+                     resolve_prior)
 from .served import ServedModel
+from .streams import DEFAULT_STREAM, STREAM_NAME_PATTERN
 
 __all__ = ["PredictRequest", "PredictParameters", "payloads_from_json", "payloads_from_form", "check_counts",
            "check_top_k", "decode_base64", "parse_predict_request", "query_parameters", "ParsedRequest",
@@ -58,9 +60,14 @@ class PredictParameters(BaseModel):
     function_to_apply: Optional[OutputFunction] = Field(
         None, description=f"how scores come from the scaled cosine logits: {DEFAULT_OUTPUT_FUNCTION} (the default), "
                           "sigmoid, or none (the logits themselves)")
-    target_prior: Optional[Union[Literal["uniform", "train"], List[float]]] = Field(
+    target_prior: Optional[Union[Literal["uniform", "train", "estimated"], List[float]]] = Field(
         None, description="the deployment's class prior the scores are moved to (default: the server's, "
-                          "--target-prior)")
+                          "--target-prior); estimated: the prior of the prior_stream's recent traffic, this "
+                          "request's images included")
+    prior_stream: Optional[str] = Field(
+        None, pattern=STREAM_NAME_PATTERN, description="the prior stream this request's images join (default: "
+                                                       f"{DEFAULT_STREAM!r} when target_prior is estimated, none "
+                                                       "otherwise): 1-64 letters, digits, '_', '.', ':' or '-'")
 
     @field_validator("target_prior", mode="before")
     @classmethod
@@ -101,7 +108,9 @@ class AnswerOptions:
 
     top_k: int
     function_to_apply: str
-    prior: Optional[torch.Tensor]  # None: the balanced answer
+    prior: Optional[torch.Tensor]  # None: the balanced answer; ignored when estimated
+    prior_stream: Optional[str] = None  # the stream the request's images join (serve.streams), if any
+    estimated: bool = False  # answered with prior_stream's estimate, this request's images included
 
 
 Base64Image = Annotated[str, Field(min_length=1, json_schema_extra={"format": "byte"},
@@ -206,14 +215,21 @@ def read_parameters(values: Mapping[str, Any], where: str, text: bool = False) -
 def answer_options(parameters: PredictParameters, model: ServedModel, default_top_k: int) -> AnswerOptions:
     """``parameters`` checked against the model that answers (422 naming the fault), the defaults filled in."""
     runner = model.runner
-    prior = model.default_prior
-    if parameters.target_prior is not None:
+    prior = model.default_prior if parameters.target_prior is None else parameters.target_prior
+    estimated = isinstance(prior, str) and prior == ESTIMATED
+    if not estimated and not isinstance(prior, torch.Tensor):
         try:
-            prior = resolve_prior(parameters.target_prior, runner)
+            prior = resolve_prior(prior, runner)
         except PriorError as exc:
             raise RequestError(422, f"target_prior: {exc}") from None
+    stream = parameters.prior_stream or (DEFAULT_STREAM if estimated else None)
+    if stream is not None and (model.streams is None or not model.streams.enabled):
+        asked = "target_prior 'estimated'" if estimated else f"prior_stream {stream!r}"
+        raise RequestError(422, f"{asked} needs the server's prior streams, which are off (--prior-window 0); "
+                                "start the server with --prior-window N (e.g. 1024), or send another target_prior")
     return AnswerOptions(check_top_k(parameters.top_k, runner.num_classes, default_top_k),
-                         parameters.function_to_apply or DEFAULT_OUTPUT_FUNCTION, prior)
+                         parameters.function_to_apply or DEFAULT_OUTPUT_FUNCTION, None if estimated else prior,
+                         stream, estimated)
 
 
 def check_top_k(top_k: Optional[int], num_classes: int, default: int) -> int:

@@ -12,7 +12,9 @@ scores back in its own shape, as LitServe's ``LitSpec`` does. Everything between
    ``predict_batch`` per batch in the inference thread);
 4. ``predict``: the batch's inputs collated (GPU JPEG decoding included) and the forward pass, scaled logits;
 5. ``unbatch``: one row per item again, in order, with an item that failed to decode as its own error;
-6. ``output_scores``: the rows moved to the target prior and through the output function (``serve.priors``);
+6. ``target_prior`` and ``output_scores``: the request's images join its prior stream (``serve.streams``), if
+   it names one, whose estimate is the prior of an ``"estimated"`` request; the rows moved to the target prior
+   and through the output function (``serve.priors``);
 7. ``spec.encode_response``.
 
 Pre-processed tensors (the v2 ``FP32`` input) skip steps 2 and 4's collation. ``answer`` runs the sequence.
@@ -33,11 +35,11 @@ from .errors import RequestError
 from .parsing import AnswerOptions
 from .priors import output_scores
 from .runner import ModelRunner
-from .served import ServedModels
+from .served import ServedModel, ServedModels
 from .settings import ServeSettings
 
 __all__ = ["InferenceJob", "ProtocolSpec", "PipelineHost", "answer", "prepare", "batch", "predict", "unbatch", "predict_batch",
-           "predict_tensors"]
+           "predict_tensors", "target_prior"]
 
 ReplyT = TypeVar("ReplyT")
 
@@ -130,6 +132,18 @@ async def answer(spec: ProtocolSpec, request: Request, state: PipelineHost) -> R
     the protocol's answer."""
     state.check_ready()
     job = await spec.decode_request(request, state.models)
-    rows = await _rows(state, job)
-    scores = output_scores(torch.stack(list(rows)), job.runner, job.options.prior, job.options.function_to_apply)
+    rows = torch.stack(list(await _rows(state, job)))
+    prior = await target_prior(state.models.served[job.runner.model_id], job.options, rows)
+    scores = output_scores(rows, job.runner, prior, job.options.function_to_apply)
     return spec.encode_response(job, scores)
+
+
+async def target_prior(served: ServedModel, options: AnswerOptions, rows: torch.Tensor) -> Optional[torch.Tensor]:
+    """Step 6's prior: the request's images join its prior stream, if it names one, and an ``"estimated"``
+    request gets the stream's estimate with them included (``serve.streams``); any other, its checked prior."""
+    if options.prior_stream is None:
+        return options.prior
+    if options.estimated:
+        return await served.streams.observe(options.prior_stream, rows)
+    served.streams.add(options.prior_stream, rows)
+    return options.prior

@@ -32,7 +32,7 @@ from .errors import RequestError
 from .image_files import collect_image_files
 from .parsing import check_top_k
 from .pipeline import predict_batch
-from .priors import DEFAULT_OUTPUT_FUNCTION, OUTPUT_TRANSFORMS, default_prior, output_scores
+from .priors import DEFAULT_OUTPUT_FUNCTION, ESTIMATED, OUTPUT_TRANSFORMS, default_prior, output_scores
 from .runner import Execution, ModelRunner, create_runner
 from .settings import ServeSettings
 
@@ -171,6 +171,9 @@ def run(args: argparse.Namespace, command: str) -> int:
     model_id = resolve_model_id(args.model)
     settings = ServeSettings(models=[model_id], **{name: getattr(args, name) for name in SETTINGS_FLAGS
                                                    if getattr(args, name) is not None})
+    if settings.target_prior_for(model_id) == ESTIMATED:
+        raise ValueError(f"--target-prior {ESTIMATED} is the server's (a stream's traffic, request by request); "
+                         f"gcl-zoo {command} takes uniform, train or a JSON file of class weights")
     paths = collect_image_files(args.inputs)
     runner = load_runner(settings, model_id)
     prior = default_prior(settings.target_prior_for(model_id), runner)

@@ -3,8 +3,9 @@ a model's scores to it before the answer's output function.
 
 A prior is named as ``"uniform"`` (the balanced deployment; like every prior, taken relative to the model's source
 prior, which a balanced calibration makes uniform, so the scores stay as they are),
-``"train"`` (the model's training class counts, normalised) or a list of non-negative class weights in the model's
-label order. JSON carries the list as a list; a query string or form field carries it as text: the weights separated
+``"train"`` (the model's training class counts, normalised), ``"estimated"`` (the prior of the request's stream's
+recent traffic, this request's images included: ``serve.streams``) or a list of non-negative class weights in the
+model's label order. JSON carries the list as a list; a query string or form field carries it as text: the weights separated
 by commas, optionally in square brackets (a JSON list's text). ``text_prior_pattern`` is that text's grammar, which
 the OpenAPI document states too, so the document and the server accept the same strings.
 """
@@ -19,12 +20,14 @@ import torch
 
 from gcl_zoo.prior import PriorError, adjust_logits, check_prior
 
-__all__ = ["PriorSpec", "PRIOR_WORDS", "text_prior_pattern", "prior_from_json", "prior_from_text",
+__all__ = ["PriorSpec", "PRIOR_WORDS", "ESTIMATED", "DefaultPrior", "text_prior_pattern", "prior_from_json", "prior_from_text",
            "read_prior_setting", "resolve_prior", "default_prior", "OUTPUT_TRANSFORMS", "DEFAULT_OUTPUT_FUNCTION",
            "output_scores"]
 
-PriorSpec = Union[str, List[float]]  # "uniform", "train" or class weights, before it meets a model
-PRIOR_WORDS = ("uniform", "train")
+PriorSpec = Union[str, List[float]]  # "uniform", "train", "estimated" or class weights, before it meets a model
+ESTIMATED = "estimated"  # the prior estimated from the stream's traffic: known only when the request's images are
+PRIOR_WORDS = ("uniform", "train", ESTIMATED)
+DefaultPrior = Union[torch.Tensor, str]  # a model's default: a probability vector, or ESTIMATED
 # a weight in text: plain decimals only (no sign, exponent, NaN or inf), short enough that any sum stays finite
 TEXT_NUMBER = r"[0-9]{1,15}(?:\.[0-9]{1,15})?"
 _WEIGHTS = "one non-negative number per class, in the model's label order"
@@ -57,7 +60,7 @@ def prior_from_json(value: Any) -> PriorSpec:
         return value
     if isinstance(value, list):
         return [_weight(v, i) for i, v in enumerate(value)]
-    raise PriorError(f"target_prior {json.dumps(value)[:80]} is not 'uniform', 'train' or a list of class "
+    raise PriorError(f"target_prior {json.dumps(value)[:80]} is not 'uniform', 'train', 'estimated' or a list of class "
                      f"weights; send one of the words, or a JSON list of {_WEIGHTS}")
 
 
@@ -66,7 +69,7 @@ def prior_from_text(text: str) -> PriorSpec:
     if text in PRIOR_WORDS:
         return text
     if _TEXT_LIST.fullmatch(text) is None:
-        raise PriorError(f"target_prior={text[:80]!r} is not 'uniform', 'train' or a list of class weights; send "
+        raise PriorError(f"target_prior={text[:80]!r} is not 'uniform', 'train', 'estimated' or a list of class weights; send "
                          f"one of the words, or {_WEIGHTS} as plain decimals separated by commas (5,2.5,1), "
                          "optionally in square brackets")
     return [float(number) for number in re.findall(TEXT_NUMBER, text)]
@@ -80,7 +83,7 @@ def read_prior_setting(value: str, models: Sequence[str]) -> Dict[str, PriorSpec
     try:
         content = json.loads(Path(value).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        message = f"target_prior {value!r} is neither 'uniform', 'train' nor a readable JSON file ({exc})"
+        message = f"target_prior {value!r} is neither 'uniform', 'train', 'estimated' nor a readable JSON file ({exc})"
         raise ValueError(message) from None
     try:
         if isinstance(content, dict):
@@ -92,7 +95,7 @@ def read_prior_setting(value: str, models: Sequence[str]) -> Dict[str, PriorSpec
         if isinstance(content, list):
             return {model: prior_from_json(content) for model in models}
         raise PriorError(f"it holds a {type(content).__name__}; write a list of class weights or a mapping from "
-                         "model id to a list, 'uniform' or 'train'")
+                         "model id to a list, 'uniform', 'train' or 'estimated'")
     except PriorError as exc:
         raise ValueError(f"target_prior file {value}: {exc}") from None
 
@@ -100,7 +103,11 @@ def read_prior_setting(value: str, models: Sequence[str]) -> Dict[str, PriorSpec
 def resolve_prior(spec: PriorSpec, runner: Any) -> Optional[torch.Tensor]:
     """The probability vector ``spec`` names for ``runner``'s model (its ``num_classes``, ``train_prior``); a
     ``PriorError`` naming the fault otherwise. The uniform prior is no special case, so that it and a prior a hair
-    off it give the same answers whatever the model's source prior."""
+    off it give the same answers whatever the model's source prior. ``"estimated"`` names no fixed vector: it is
+    resolved per request, from the request's stream (``serve.streams``)."""
+    if spec == ESTIMATED:
+        raise PriorError("'estimated' is the prior of a stream's traffic, resolved per request by the server; "
+                         "give 'uniform', 'train' or a list of class weights here")
     if spec == "uniform":
         return torch.full((runner.num_classes,), 1.0 / runner.num_classes, dtype=torch.float64)
     if spec == "train":
@@ -112,8 +119,11 @@ def resolve_prior(spec: PriorSpec, runner: Any) -> Optional[torch.Tensor]:
     return check_prior(spec, runner.num_classes)
 
 
-def default_prior(spec: PriorSpec, runner: Any) -> Optional[torch.Tensor]:
-    """The server-wide default for ``runner``'s model, resolved when it loads, so a bad one stops the server."""
+def default_prior(spec: PriorSpec, runner: Any) -> DefaultPrior:
+    """The server-wide default for ``runner``'s model, resolved when it loads, so a bad one stops the server;
+    ``ESTIMATED`` stays a word (each request's stream resolves it)."""
+    if spec == ESTIMATED:
+        return ESTIMATED
     try:
         return resolve_prior(spec, runner)
     except PriorError as exc:

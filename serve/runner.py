@@ -168,6 +168,7 @@ class ModelRunner:
         self.logit_scale = score_scale(model)
         self.score_weight, self.score_bias = score_affine(model)  # raw logits to calibrated ones
         self.implied_prior = implied_prior_of(model)  # what the deployment's prior is measured against
+        self.source_images = int(getattr(model, "source_images", 0)) or None  # validation images behind it
         self.train_prior = train_prior_of(model)  # what target_prior "train" names
         self.config = data_config(model)
         self.pipeline: Pipeline = create_pipeline(self.config, device)

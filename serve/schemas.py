@@ -12,12 +12,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from .parsing import FORM_FIELDS, PredictParameters, PredictRequest
-from .priors import PRIOR_WORDS, text_prior_pattern
+from .priors import ESTIMATED, PRIOR_WORDS, text_prior_pattern
+from .streams import STREAM_NAME_PATTERN
 
 __all__ = ["LabelScore", "PredictResponse", "ErrorResponse", "StatusResponse", "ModelDescription", "ModelsResponse",
+           "PriorShift", "PriorStreamResponse", "PriorUpdate", "PRIOR_ERRORS",
            "ERRORS", "V2_ERRORS", "predict_body", "PREDICT_ANSWERS", "V2_INFER_BODY", "install_openapi",
            "prior_schemas"]
 
@@ -69,6 +71,37 @@ class ModelDescription(BaseModel):
                                                                    "(--target-prior)")
 
 
+class PriorShift(BaseModel):
+    """How far a stream's estimate is from the source prior, and how EM reached it."""
+
+    log_likelihood_ratio: float = Field(..., description="of the estimate against the source prior, over the window")
+    shifted: bool = Field(..., description="whether a shift was taken (false: the no-shift test held and the "
+                                           "estimate is the source prior); true for a PUT prior")
+    total_variation: float = Field(..., description="half the L1 distance between the estimate and the source "
+                                                    "prior (0: none; 1: disjoint)")
+    iterations: int = Field(..., description="EM iterations of the last estimate (0: a PUT prior, or no images)")
+    converged: bool
+
+
+class PriorStreamResponse(BaseModel):
+    model: str = Field(..., description="the model's name, as in the route")
+    stream: str
+    window: int = Field(..., description="images the stream keeps (--prior-window)")
+    images: int = Field(..., description="images of traffic in the window")
+    put_images: int = Field(..., description="window places a PUT prior still holds (it counts as a full window "
+                                             "of images, replaced one by one by new traffic)")
+    estimated: List[float] = Field(..., description="the stream's estimated class prior, in label order: what "
+                                                    "target_prior 'estimated' answers with")
+    source: List[float] = Field(..., description="the model's source prior, which the estimate is measured against")
+    shift: PriorShift
+
+
+class PriorUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prior: List[float] = Field(..., description="one non-negative weight per class, in the model's label order, not "
+                                                "all zero (normalised by the server)")
+
+
 class ModelsResponse(BaseModel):
     default: Optional[str]
     models: List[ModelDescription]
@@ -88,6 +121,9 @@ V2_ERRORS = {400: {"model": ErrorResponse, "description": "a malformed v2 reques
 # the probes and descriptions answer 503 while the models load (or the server drains, or a device failed for good)
 NOT_READY = {503: ERRORS[503]}
 UNKNOWN_MODEL = {404: ERRORS[404], 503: ERRORS[503]}
+PRIOR_ERRORS = {400: {"model": ErrorResponse, "description": "a PUT body that is not JSON"}, 401: ERRORS[401], 404: {"model": ErrorResponse, "description": "unknown model or stream"},
+                422: {"model": ErrorResponse, "description": "a bad stream name or prior, or the prior streams are "
+                                                             "off (--prior-window 0)"}, 503: ERRORS[503]}
 
 
 def _ref(component: str) -> Dict[str, str]:
@@ -150,29 +186,36 @@ V2_INFER_BODY = {"requestBody": {"required": True, "content": {
         "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
             "name": {"type": "string", "enum": ["probabilities", "labels"]},
             "parameters": {"type": "object", "properties": {"binary_data": {"type": "boolean"}}}}}},
-        "parameters": {"type": "object", "properties": {"top_k": {"type": "integer", "minimum": 1},
-                                                        "target_prior": _ref("TargetPrior")}}}}},
+        "parameters": {"type": "object", "properties": {
+            "top_k": {"type": "integer", "minimum": 1}, "target_prior": _ref("TargetPrior"),
+            "prior_stream": {"type": "string", "pattern": STREAM_NAME_PATTERN}}}}}},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary", "description": (
         "the binary tensor extension: the JSON request, then the tensors' bytes; the JSON part's length in the "
         "Inference-Header-Content-Length header")}},
 }}}
 
 
-_PRIOR_TEXT = ("uniform (the scores as calibrated), train (the model's training class counts, normalised) or one "
+_PRIOR_TEXT = ("uniform (the scores as calibrated), train (the model's training class counts, normalised), estimated "
+               "(the prior of the prior_stream's recent traffic, this request's images included) or one "
                "non-negative weight per class in the model's label order, not all zero")
 
 
-def prior_schemas(counts: Sequence[int], train: bool) -> Dict[str, Dict[str, Any]]:
+def prior_schemas(counts: Sequence[int], train: bool, estimating: bool = True) -> Dict[str, Dict[str, Any]]:
     """The schemas of ``target_prior`` as JSON carries it (``TargetPrior``) and as text (``TargetPriorText``, in a
-    query string or form field): a list holds as many weights as a served model has classes (``counts``; any number
-    while the models load), and "train" is offered when every served model knows its training class counts."""
+    query string or form field), and of a prior's weights alone (``PriorWeights``, what a stream's PUT takes): a
+    list holds as many weights as a served model has classes (``counts``; any number while the models load),
+    "train" is offered when every served model knows its training class counts, "estimated" when the prior
+    streams are on (``estimating``)."""
     lengths = [{"minItems": count, "maxItems": count} for count in counts] or [{"minItems": 1}]
-    words = {"type": "string", "enum": [word for word in PRIOR_WORDS if train or word != "train"]}
+    offered = [word for word in PRIOR_WORDS if (train or word != "train") and (estimating or word != ESTIMATED)]
+    words = {"type": "string", "enum": offered}
     weights = [{"type": "array", "items": {"type": "number", "minimum": 0}, **length,
                 "contains": {"type": "number", "exclusiveMinimum": 0}} for length in lengths]
     # a plain decimal weight is positive exactly when it holds a digit 1-9: so "not all zero" is that pattern
     text = {"type": "string", "allOf": [{"pattern": text_prior_pattern(counts)}, {"pattern": "[1-9]"}]}
-    return {"TargetPrior": {"anyOf": [words, *weights], "description": f"the deployment's class prior: {_PRIOR_TEXT}; "
+    return {"PriorWeights": {"anyOf": weights, "description": "one non-negative weight per class in the model's label "
+                                                              "order, not all zero"},
+            "TargetPrior": {"anyOf": [words, *weights], "description": f"the deployment's class prior: {_PRIOR_TEXT}; "
                                                                      "a list as a JSON list of numbers"},
             "TargetPriorText": {"anyOf": [words, text], "description": f"the deployment's class prior: {_PRIOR_TEXT}; "
                                                                        "a list as plain decimals separated by commas, "
@@ -180,7 +223,7 @@ def prior_schemas(counts: Sequence[int], train: bool) -> Dict[str, Dict[str, Any
 
 
 def install_openapi(app: FastAPI, max_images: int, model_names: List[str], needs_key: bool,
-                    served: Callable[[], Sequence[Any]]) -> None:
+                    served: Callable[[], Sequence[Any]], estimating: bool = True) -> None:
     """OpenAPI with the bodies the routes read themselves and the schemas they write, with the request limits;
     ``{name}`` of the v2 routes is one of ``model_names``, and a server without an API key declares no security.
     ``served()`` are the loaded model runners, whose class counts and training counts bound ``target_prior``: none
@@ -192,7 +235,9 @@ def install_openapi(app: FastAPI, max_images: int, model_names: List[str], needs
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(prior_schemas(sorted({r.num_classes for r in runners}),
-                                            all(r.train_prior is not None for r in runners)))
+                                            all(r.train_prior is not None for r in runners), estimating))
+            components["PriorUpdate"]["properties"]["prior"] = {
+                **_ref("PriorWeights"), "description": components["PriorUpdate"]["properties"]["prior"]["description"]}
             for model in (PredictRequest, PredictResponse):  # the bodies the /predict route reads and writes
                 model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
                 components.update(model_schema.pop("$defs", {}))
@@ -209,7 +254,8 @@ def install_openapi(app: FastAPI, max_images: int, model_names: List[str], needs
                     if not needs_key:
                         operation.pop("security", None)
                     for parameter in operation.get("parameters", []):
-                        if path.startswith("/v2/models/{name}") and parameter["name"] == "name":
+                        if (path.startswith("/v2/models/{name}") and parameter["name"] == "name") or \
+                                (path == "/models/{model}/prior" and parameter["name"] == "model"):
                             parameter["schema"]["enum"] = list(model_names)
                             parameter["description"] = "a loaded model's name (GET /models)"
             if not needs_key:

@@ -8,11 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, Optional
 
-import torch
-
 from .batching import BatchingEngine
 from .errors import RequestError
+from .priors import DefaultPrior
 from .runner import ModelRunner
+from .streams import PriorStreams
 
 __all__ = ["ServedModel", "ServedModels"]
 
@@ -20,12 +20,14 @@ __all__ = ["ServedModel", "ServedModels"]
 @dataclass(frozen=True)
 class ServedModel:
     """One loaded model: its runner, the engines batching its encoded images and its pre-processed tensors (the
-    v2 ``FP32`` input), and the target prior a request that names none gets (None: the balanced answer)."""
+    v2 ``FP32`` input), the target prior a request that names none gets (a vector, or ``"estimated"``), and its
+    prior streams (``serve.streams``; None or a window of 0: estimation off)."""
 
     runner: ModelRunner
     images: BatchingEngine
     tensors: BatchingEngine
-    default_prior: Optional[torch.Tensor]
+    default_prior: DefaultPrior
+    streams: Optional[PriorStreams] = None
 
 
 @dataclass

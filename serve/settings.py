@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Literal, Mapping, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from .priors import PriorSpec, read_prior_setting
+from .priors import ESTIMATED, PriorSpec, read_prior_setting
 
 __all__ = ["ServeSettings", "ENV_PREFIX", "DEFAULT_MODEL"]
 
@@ -46,9 +46,16 @@ class ServeSettings(BaseModel):
     default_top_k: int = Field(5, ge=1, description="labels per image when a request names no top_k")
     target_prior: str = Field(
         "uniform", description="the deployment's class prior where a request names no target_prior: uniform (the "
-                               "scores as calibrated), train (each model's training class counts), or a JSON file "
+                               "scores as calibrated), train (each model's training class counts), estimated (the "
+                               "prior of the request's stream's recent traffic, see --prior-window), or a JSON file "
                                "holding a list of class weights (every model) or a mapping from model id to a list, "
-                               "uniform or train")
+                               "uniform, train or estimated")
+    prior_window: int = Field(
+        1024, ge=0, le=65_536, description="images per prior stream that target_prior 'estimated' is estimated from "
+                                           "(0 turns estimation and the streams off)")
+    max_prior_streams: int = Field(
+        64, ge=1, le=10_000, description="prior streams kept per model; a new one beyond drops the least recently "
+                                         "used (memory: streams x window x classes x 8 bytes per model)")
     api_key_env: Optional[str] = Field(
         "GCL_ZOO_API_KEY", description="environment variable holding the API key /predict requires; unset or empty "
                                        "variable: no key")
@@ -97,6 +104,10 @@ class ServeSettings(BaseModel):
     def _read_target_prior(self) -> "ServeSettings":
         """Read a prior file once, at start-up, so a bad one stops the server before anything loads."""
         self._target_priors = read_prior_setting(self.target_prior, self.models)
+        estimated = [model for model, spec in self._target_priors.items() if spec == ESTIMATED]
+        if estimated and self.prior_window == 0:
+            raise ValueError(f"target_prior 'estimated' (for {', '.join(estimated)}) needs prior streams, but "
+                             "prior_window is 0; give --prior-window a window of images (e.g. 1024)")
         return self
 
     def target_prior_for(self, model_id: str) -> PriorSpec:

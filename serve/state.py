@@ -18,12 +18,13 @@ from .errors import RequestError
 from .metrics import ServerMetrics
 from .pipeline import predict_batch, predict_tensors
 from .priors import default_prior
-from .runner import Execution, create_runner, inference_plan, resolve_optimization
+from .runner import Execution, ModelRunner, create_runner, inference_plan, resolve_optimization
 from .served import ServedModel, ServedModels
 from .settings import ServeSettings
 from .startup import configure_process
+from .streams import PriorStreams
 
-__all__ = ["ServerState", "load_models"]
+__all__ = ["ServerState", "load_models", "prior_streams"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,13 @@ class ServerState:
                                     "fails until the server process is restarted; restart it")
 
 
+def prior_streams(runner: ModelRunner, settings: ServeSettings) -> PriorStreams:
+    """``runner``'s model's prior streams, estimating against its source prior (uniform for a plain classifier)."""
+    source = runner.implied_prior if runner.implied_prior is not None else \
+        torch.full((runner.num_classes,), 1.0 / runner.num_classes, dtype=torch.float64)
+    return PriorStreams(settings.prior_window, settings.max_prior_streams, source, runner.source_images)
+
+
 async def load_models(state: ServerState, on_failure: Optional[Callable[[str], None]] = None) -> None:
     """Make the process-wide settings (``serve.startup``), start the inference threads, load, optimise and warm
     every model in them, then start a batching engine for each."""
@@ -93,7 +101,8 @@ async def load_models(state: ServerState, on_failure: Optional[Callable[[str], N
             images.start()
             tensors.start()
             state.models.served[model_id] = ServedModel(
-                runner, images, tensors, default_prior(settings.target_prior_for(model_id), runner))
+                runner, images, tensors, default_prior(settings.target_prior_for(model_id), runner),
+                prior_streams(runner, settings))
         state.ready = True
         log.info("ready: %s", ", ".join(state.models.served))
     except Exception as exc:  # reported by /ready and /predict, and handed to on_failure (the CLI exits)

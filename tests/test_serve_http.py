@@ -503,7 +503,7 @@ def bad_requests(images, model10_id) -> list:
         ("all-zero prior", prior([0] * 10), 422, "all zero"),
         ("NaN prior weight", prior_token("NaN"), 422, "NaN"),
         ("infinite prior weight", prior_token("Infinity"), 422, "infinite"),
-        ("prior that is no list", prior(5), 422, "not 'uniform', 'train' or a list of class weights"),
+        ("prior that is no list", prior(5), 422, "not 'uniform', 'train', 'estimated' or a list of class weights"),
         ("unknown prior word", prior("balanced"), 422, '"balanced"'),
         ("train prior without class counts", prior("train"), 422, "does not know its training class counts"),
         ("prior of the wrong length in a form", dict(files=files(webp), data={"target_prior": "1,2"}), 422,

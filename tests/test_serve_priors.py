@@ -57,7 +57,7 @@ def test_text_form_reads_words_and_comma_separated_weights(text, spec):
 
 @pytest.mark.parametrize("text", ["Uniform", "", "1,-2", "nan,1", "1e3,1", "1;2", "[1,2", "1,,2", " 1,2", "inf"])
 def test_text_form_refuses_anything_else_naming_the_forms(text):
-    with pytest.raises(PriorError, match="'uniform', 'train' or a list of class weights"):
+    with pytest.raises(PriorError, match="'uniform', 'train', 'estimated' or a list of class weights"):
         prior_from_text(text)
 
 
@@ -76,10 +76,12 @@ def test_documented_text_pattern_accepts_exactly_what_the_server_accepts(text):
 
 
 def test_the_document_offers_train_only_where_every_served_model_knows_its_counts():
-    for train, words in ((True, ["uniform", "train"]), (False, ["uniform"])):
-        schemas = prior_schemas([4, 7], train)
-        assert all(schema["anyOf"][0]["enum"] == words for schema in schemas.values())
+    for train, estimating, words in ((True, True, ["uniform", "train", "estimated"]), (False, True, ["uniform", "estimated"]),
+                                     (True, False, ["uniform", "train"])):
+        schemas = prior_schemas([4, 7], train, estimating)
+        assert all(schemas[name]["anyOf"][0]["enum"] == words for name in ("TargetPrior", "TargetPriorText"))
         assert [(o["minItems"], o["maxItems"]) for o in schemas["TargetPrior"]["anyOf"][1:]] == [(4, 4), (7, 7)]
+        assert [(o["minItems"], o["maxItems"]) for o in schemas["PriorWeights"]["anyOf"]] == [(4, 4), (7, 7)]
 
 
 def test_json_form_takes_words_and_numbers_only():
@@ -87,7 +89,7 @@ def test_json_form_takes_words_and_numbers_only():
     assert prior_from_json([3, 1.5, 0]) == [3.0, 1.5, 0.0]
     assert math.isnan(prior_from_json(json.loads("[NaN, 1]"))[0])  # Python's JSON reads NaN: refused when resolved
     assert prior_from_json([10 ** 400]) == [math.inf]
-    for value, phrase in [("balanced", '"balanced"'), (5, "not 'uniform', 'train'"), ({"a": 1}, "not 'uniform'"),
+    for value, phrase in [("balanced", '"balanced"'), (5, "not 'uniform', 'train', 'estimated'"), ({"a": 1}, "not 'uniform'"),
                           (None, "null is not"),
                           ([1, True], r"target_prior\[1\] is true"), ([1, "2"], r"target_prior\[1\] is \"2\"")]:
         with pytest.raises(PriorError, match=phrase):
