@@ -81,15 +81,15 @@ def images(cifar10_zip) -> List[tuple]:
 @pytest.fixture(scope="module")
 def offline(model10_id):
     """The offline reference: timm's calibrated logits ``model(transform(image))`` with its eval transform, moved to
-    a deployment's ``prior`` (a list of class weights; None: as they are) by the library against the model's own
-    implied prior, then through ``function``."""
+    a deployment's ``prior`` (a list of class weights; None: the uniform one, the balanced answer) by the library
+    against the model's source prior, then through ``function``."""
     model = timm.create_model(model10_id, pretrained=True).eval()
     transform = create_transform(**resolve_model_data_config(model))
 
     def probabilities(blobs: List[bytes], function: str = "softmax", prior=None) -> torch.Tensor:
         with torch.no_grad():
             x = torch.stack([transform(Image.open(io.BytesIO(data)).convert("RGB")) for data in blobs])
-            target = check_prior(prior, model.num_classes) if prior is not None else None
+            target = check_prior(prior if prior is not None else [1] * model.num_classes, model.num_classes)
             logits = adjust_logits(model(x), target, model.implied_prior)
         return {"softmax": lambda: logits.softmax(dim=1), "sigmoid": logits.sigmoid, "none": lambda: logits}[function]()
 
@@ -281,7 +281,7 @@ def test_query_parameters_apply_to_every_body_and_the_body_wins(http, server, im
 
 
 # ---------------------------------------------------------------------------------- the deployment's class prior
-def test_default_and_uniform_target_prior_leave_the_answers_as_they_were(http, server, images, offline):
+def test_default_and_uniform_target_prior_give_the_balanced_answer(http, server, images, offline):
     labels, probabilities = offline
     url, blobs = f"{server.url}/predict", [data for _, data, _ in images[:4]]
     calibrated = probabilities(blobs)
