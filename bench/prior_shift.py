@@ -15,7 +15,8 @@ relative to the source prior), ``EM, plain`` (unregularised Saerens EM on the wh
 (``gcl_zoo.prior.estimate_prior``: MAP with a Dirichlet prior on the source prior and the no-shift test), and the
 regularised estimate from the first 256 / 1,024 images of the set in a random order, applied to the whole set
 (how the estimate converges with window size). ``ONLINE_ROW`` names the row an online, through-the-server
-measurement adds (each request answered with what its stream has seen); this offline bench leaves it empty.
+measurement adds (each request answered with what its stream has seen): ``bench/prior_shift_online.py`` writes it
+to its own record, and the documentation's tables put it beside these rows.
 TADE's published figures are test-agnostic: compare them with the estimated rows, never with ``known prior``.
 Writes ``bench/results/prior_shift.json``.
 """
@@ -130,7 +131,6 @@ def evaluate_entry(name: str, root: Path) -> Dict[str, Dict[str, Optional[float]
             first = estimate_prior(probs[shuffled[:window]], source, source_images=source_images)
             row[f"EM, regularised ({window} images)"] = top1(adjust_logits(rows, first.prior, source), targets)
         row["EM shift taken (whole set)"] = regularised.shifted
-        row[ONLINE_ROW] = None
         row["TADE (paper, test-agnostic)"] = TADE.get(name, {}).get(shift)
         table[shift] = row
     return table
