@@ -15,8 +15,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 # the files ``gcl-zoo train`` writes into a run folder (train.run_folder's constants; a test checks they agree),
@@ -30,9 +31,9 @@ REPORT_KEYS = ("top1", "many", "medium", "few", "per_class")
 STOP_GRACE_S = 60  # a stopped run finishes its step and writes its checkpoint within this
 
 
-def recipe_flags(overrides: Mapping[str, Any]) -> List[str]:
+def recipe_flags(overrides: Mapping[str, Any]) -> list[str]:
     """``gcl-zoo train`` flags for recipe overrides (``{"max_per_class": 100}`` -> ``--max-per-class 100``)."""
-    flags: List[str] = []
+    flags: list[str] = []
     for key, value in overrides.items():
         flags.append("--" + key.replace("_", "-"))
         flags += [str(v) for v in value] if isinstance(value, list) else [str(value)]
@@ -47,7 +48,7 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(partial, path)
 
 
-def read_json(path: Path) -> Dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     """The results a previous call wrote (empty when there are none, or they are unreadable)."""
     try:
         return json.loads(path.read_text())
@@ -59,16 +60,16 @@ def is_finished(folder: Path) -> bool:
     return (folder / EVAL_FILE).is_file() and "finished" in read_json(folder / RUN_FILE)
 
 
-def progress(folder: Path) -> Dict[str, Any]:
+def progress(folder: Path) -> dict[str, Any]:
     """What a run folder holds: epochs done per stage, the seconds they took, and the final report once finished."""
-    epochs: Dict[str, int] = {}
+    epochs: dict[str, int] = {}
     seconds = 0.0
     metrics = folder / METRICS_FILE
     for line in metrics.read_text().splitlines() if metrics.is_file() else []:
         row = json.loads(line)
         epochs[str(row["stage"])] = row["epoch"]
         seconds += row.get("seconds") or 0.0
-    info: Dict[str, Any] = {"finished": is_finished(folder), "epochs_done": epochs, "epoch_seconds": seconds}
+    info: dict[str, Any] = {"finished": is_finished(folder), "epochs_done": epochs, "epoch_seconds": seconds}
     if info["finished"]:
         report = read_json(folder / EVAL_FILE)
         info.update({k: report.get(k) for k in REPORT_KEYS})
@@ -80,7 +81,7 @@ def is_run_folder(folder: Path) -> bool:
     return (folder / RUN_FILE).is_file() and (folder / RECIPE_FILE).is_file()
 
 
-def train_command(folder: Path, args: Sequence[str]) -> List[str]:
+def train_command(folder: Path, args: Sequence[str]) -> list[str]:
     """``--resume`` for a run folder that is not finished; otherwise a fresh run (a folder left without the run
     files, by a process stopped while starting, holds nothing to continue and is removed)."""
     if is_run_folder(folder):
@@ -101,9 +102,9 @@ class TrainRun:
             self.process = subprocess.Popen(train_command(folder, args), cwd=REPO, env=env, stdout=handle,
                                             stderr=subprocess.STDOUT)
         self.started = time.perf_counter()
-        self.stopped_at: Optional[float] = None
+        self.stopped_at: float | None = None
 
-    def poll(self) -> Optional[int]:
+    def poll(self) -> int | None:
         """The exit status once ended; a run stopped but still going after the grace is killed here."""
         code = self.process.poll()
         if code is None and self.stopped_at is not None and time.perf_counter() - self.stopped_at > STOP_GRACE_S:
@@ -117,7 +118,7 @@ class TrainRun:
             self.stopped_at = time.perf_counter()
             self.process.send_signal(signal.SIGTERM)
 
-    def summary(self) -> Dict[str, Any]:
+    def summary(self) -> dict[str, Any]:
         """How this call went (status, exit code, wall time), what the folder holds, and a failure's log tail."""
         code = self.process.returncode
         info = progress(self.folder)

@@ -24,7 +24,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import timm
 import torch
@@ -35,23 +35,23 @@ sys.path.insert(0, str(REPO))
 
 import gcl_zoo  # noqa: E402,F401
 from gcl_zoo.calibration import check_missing_class_rule  # noqa: E402
-from gcl_zoo.hub import save_model_folder, write_shipped_cards  # noqa: E402
 from gcl_zoo.files import replace_file  # noqa: E402
+from gcl_zoo.folders import RUN_RECIPE_NAME, WEIGHTS_NAME  # noqa: E402
+from gcl_zoo.hub import save_model_folder, write_shipped_cards  # noqa: E402
 from gcl_zoo.models.weights import WEIGHTS_DIR  # noqa: E402
 from train.calibrate import calibrate_folder, folder_recipe, load_folder_model, validation_logits  # noqa: E402
 from train.evaluate import evaluate_run  # noqa: E402
-from gcl_zoo.folders import RUN_RECIPE_NAME, WEIGHTS_NAME  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 ACCURACY_KEYS = ("top1", "top5", "many", "medium", "few", "per_class")
 DATA_ARCHIVE = {"cifar10_lt": "cifar10/cifar10.zip", "cifar100_lt": "cifar100/cifar100.zip"}
 
 
-def _scores(result: Dict[str, Any]) -> Dict[str, float]:
+def _scores(result: dict[str, Any]) -> dict[str, float]:
     return {k: round(result[k], 4) for k in ("logit_scale", "ece", "nll", "mean_confidence")}
 
 
-def calibrate_entry(name: str, data_dir: Path) -> Dict[str, Any]:
+def calibrate_entry(name: str, data_dir: Path) -> dict[str, Any]:
     """Recalibrate one shipped checkpoint; returns the record's new ``calibration`` entry."""
     record_path = WEIGHTS_DIR / f"{name}.json"
     record = json.loads(record_path.read_text())
@@ -94,7 +94,7 @@ def calibrate_entry(name: str, data_dir: Path) -> Dict[str, Any]:
     return calibration
 
 
-def rule_check_of(folder: Path, data_root: str, fitted: Dict[str, Any]) -> Dict[str, Any]:
+def rule_check_of(folder: Path, data_root: str, fitted: dict[str, Any]) -> dict[str, Any]:
     """``check_missing_class_rule`` on the recalibrated model's validation logits, for the winning method."""
     model = load_folder_model(folder)
     raw, targets, bundle = validation_logits(model, folder_recipe(folder, data_root), torch.device("cpu"))

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import torch
 
@@ -39,7 +39,7 @@ def logits_of(path: Path, images: torch.Tensor, batch: int = 500) -> torch.Tenso
     return torch.cat([torch.from_numpy(run(images[i:i + batch].numpy())) for i in range(0, len(images), batch)])
 
 
-def evaluate(name: str, archive: Path, test: CIFARLongTail, workdir: Path) -> Dict[str, Any]:
+def evaluate(name: str, archive: Path, test: CIFARLongTail, workdir: Path) -> dict[str, Any]:
     info = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
     start = time.perf_counter()
     folder = export_embedded(name, workdir / name, int8=Int8Calibration(archive))
@@ -59,7 +59,7 @@ def evaluate(name: str, archive: Path, test: CIFARLongTail, workdir: Path) -> Di
             **{graph: {k: r.get(k) for k in keep} for graph, r in reports.items()}}
 
 
-def main(argv: List[str] = None) -> int:
+def main(argv: list[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--names", nargs="+", default=NAMES, help="shipped checkpoints")
     add_data_and_out(parser)

@@ -17,8 +17,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gcl_zoo.data.cifar_lt import (SUBSET_MANIFEST, VAL_PER_CLASS, long_tail_counts, long_tail_positions,  # noqa: E402
-                                   validation_positions)
+from gcl_zoo.data.cifar_lt import (  # noqa: E402
+    SUBSET_MANIFEST,
+    VAL_PER_CLASS,
+    long_tail_counts,
+    long_tail_positions,
+    validation_positions,
+)
 from gcl_zoo.data.labels import CIFAR10_CLASSES  # noqa: E402
 
 

@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any
 
 import timm
 import torch
@@ -27,10 +27,11 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from timm.data import resolve_model_data_config  # noqa: E402
+
 import gcl_zoo  # noqa: E402,F401
 from gcl_zoo.metrics import accuracy_report, mcnemar_p, paired_bootstrap  # noqa: E402
 from train.calibrate import folder_recipe, load_folder_model  # noqa: E402
-from timm.data import resolve_model_data_config  # noqa: E402
 from train.data import build_data  # noqa: E402
 from train.predict import predict  # noqa: E402
 
@@ -46,8 +47,8 @@ def load_model(spec: str) -> torch.nn.Module:
     return timm.create_model(spec, pretrained=True)
 
 
-def compare(models: List[Tuple[str, str, torch.nn.Module]], recipe: Dict[str, Any], draws: int,
-            seed: int) -> Dict[str, Any]:
+def compare(models: list[tuple[str, str, torch.nn.Module]], recipe: dict[str, Any], draws: int,
+            seed: int) -> dict[str, Any]:
     rows, correct, bundle = [], [], None
     for name, spec, model in models:
         model.eval()

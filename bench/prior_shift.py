@@ -27,7 +27,6 @@ import json
 import platform
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import numpy as np
 import timm
@@ -57,23 +56,23 @@ ORDERS = 3  # random class orders per long-tailed profile
 DIRICHLET_DRAWS, DIRICHLET_IMAGES = 3, 2000
 
 
-def shifted_counts(per_class: int, num_classes: int, ratio: float, backward: bool) -> List[int]:
+def shifted_counts(per_class: int, num_classes: int, ratio: float, backward: bool) -> list[int]:
     counts = [int(per_class * ratio ** (-i / (num_classes - 1))) for i in range(num_classes)]
     return counts[::-1] if backward else counts
 
 
-def sade_orders(targets: torch.Tensor, num_classes: int) -> List[np.ndarray]:
+def sade_orders(targets: torch.Tensor, num_classes: int) -> list[np.ndarray]:
     """Each class's test indices shuffled as SADE does: ``np.random.seed(0)``, one permutation per class in order."""
     np.random.seed(0)
     return [np.random.permutation((targets == c).nonzero().flatten().numpy()) for c in range(num_classes)]
 
 
-def subset(orders: List[np.ndarray], counts: List[int]) -> torch.Tensor:
+def subset(orders: list[np.ndarray], counts: list[int]) -> torch.Tensor:
     """The first ``counts[c]`` of every class's shuffled test indices."""
     return torch.from_numpy(np.concatenate([orders[c][:n] for c, n in enumerate(counts)]))
 
 
-def shifted_sets(targets: torch.Tensor, num_classes: int) -> Dict[str, List[int]]:
+def shifted_sets(targets: torch.Tensor, num_classes: int) -> dict[str, list[int]]:
     """Class counts of every set: SADE's five, the long-tailed profiles over random class orders, Dirichlet draws."""
     per_class = int((targets == 0).sum())
     sets = {name: shifted_counts(per_class, num_classes, ratio, backward) for name, ratio, backward in SHIFTS}
@@ -106,20 +105,20 @@ def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return round(100.0 * float((logits.argmax(dim=1) == labels).float().mean()), 2)
 
 
-def evaluate_entry(name: str, root: Path) -> Dict[str, Dict[str, Optional[float]]]:
+def evaluate_entry(name: str, root: Path) -> dict[str, dict[str, float | None]]:
     model = timm.create_model(name, pretrained=True).eval()
     logits, labels = test_logits(model, root, model.num_classes)
     source = model.implied_prior.double()
     source_images = int(model.source_images) or None
     orders = sade_orders(labels, model.num_classes)
-    table: Dict[str, Dict[str, Optional[float]]] = {}
+    table: dict[str, dict[str, float | None]] = {}
     for shift, counts in shifted_sets(labels, model.num_classes).items():
         pick = subset(orders, counts)
         rows, targets = logits[pick], labels[pick]
         probs = rows.softmax(dim=1)
         known = check_prior(counts, model.num_classes)
         regularised = estimate_prior(probs, source, source_images=source_images)
-        row: Dict[str, Optional[float]] = {
+        row: dict[str, float | None] = {
             "images": int(pick.numel()),
             "none": top1(rows, targets),
             "known prior": top1(adjust_logits(rows, known, source), targets),

@@ -24,7 +24,6 @@ import platform
 import statistics
 import sys
 from pathlib import Path
-from typing import Dict, List
 
 import httpx
 import numpy as np
@@ -64,7 +63,7 @@ def validation_logits(model: torch.nn.Module, root: Path) -> tuple:
     return logits.float(), labels
 
 
-def validation_sets(labels: torch.Tensor, num_classes: int) -> Dict[str, torch.Tensor]:
+def validation_sets(labels: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
     """The test sets' kinds built from the validation split: each profile scaled to 20 images per class, a class
     keeping what it has where it has fewer (the head class has none)."""
     per_class = int(torch.bincount(labels, minlength=num_classes).max())
@@ -87,7 +86,7 @@ def stream_online(logits: torch.Tensor, source: torch.Tensor, source_images: int
     return predictions
 
 
-def choose_window(model: torch.nn.Module, root: Path, source: torch.Tensor, source_images: int) -> Dict:
+def choose_window(model: torch.nn.Module, root: Path, source: torch.Tensor, source_images: int) -> dict:
     """The window with the best mean online gain over no prior on the validation sets."""
     logits, labels = validation_logits(model, root)
     sets = validation_sets(labels, model.num_classes)
@@ -113,8 +112,8 @@ def png(image: np.ndarray) -> str:
     return base64.b64encode(out.getvalue()).decode()
 
 
-def served_predictions(http: httpx.Client, url: str, encoded: List[str], order: np.ndarray, label_index: Dict,
-                       parameters: Dict) -> np.ndarray:
+def served_predictions(http: httpx.Client, url: str, encoded: list[str], order: np.ndarray, label_index: dict,
+                       parameters: dict) -> np.ndarray:
     """The server's top-1 class for every image, sent in ``order``, 64 a request (in that order)."""
     predictions = np.empty(len(order), dtype=np.int64)
     for start in range(0, len(order), PER_REQUEST):
@@ -141,7 +140,7 @@ def main() -> int:
     test = CIFARLongTail(root, model.num_classes, split="test")
     encoded = [png(image) for image in tqdm(test.data, desc="encoding the test images")]
     orders = sade_orders(labels, model.num_classes)
-    table: Dict[str, Dict] = {}
+    table: dict[str, dict] = {}
     with ServerProcess(["--model", MODEL, "--prior-window", str(window), "--log-level", "warning"],
                        env={"GCL_ZOO_API_KEY": ""}) as server, httpx.Client(timeout=300) as http:
         described = http.get(f"{server.url}/models").json()["models"][0]

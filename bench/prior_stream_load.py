@@ -18,7 +18,7 @@ import asyncio
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 import httpx
 
@@ -32,7 +32,7 @@ MODEL = "gcl_resnet32_cifar100_lt.ir100"
 ESTIMATED = "target_prior=estimated&prior_stream=bench"
 
 
-def main(argv: List[str] = None) -> int:
+def main(argv: list[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=MODEL)
     parser.add_argument("--loads", nargs="+", default=["64x8", "1x32"],
@@ -47,7 +47,7 @@ def main(argv: List[str] = None) -> int:
     info = transcript.machine()
     loads = [tuple(int(v) for v in load.split("x")) for load in args.loads]
     images = load_images(args.data, max(n for n, _ in loads), "cifar100")
-    results: List[Dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
     with ServerProcess(["--model", args.model, "--log-level", "warning"], env={"GCL_ZOO_API_KEY": ""}) as server:
         served = httpx.get(f"{server.url}/models").json()["models"][0]
         say(f"server: {args.model}, {served['runtime']} {served['precision']}, {served['inference_streams']} "

@@ -19,7 +19,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -41,7 +41,7 @@ METHODS = {
 }
 
 
-def plan(ratios: List[int], seeds: List[int], extra_ratio_seeds: List[int], methods: List[str]) -> List[Dict]:
+def plan(ratios: list[int], seeds: list[int], extra_ratio_seeds: list[int], methods: list[str]) -> list[dict]:
     """``methods`` at ratio 100 for every seed; GCL alone (if asked for) at the other ratios."""
     runs = []
     for seed in seeds:
@@ -52,13 +52,13 @@ def plan(ratios: List[int], seeds: List[int], extra_ratio_seeds: List[int], meth
     return runs
 
 
-def train_args(run: Dict, data_root: str, device: str, smoke: bool, compile_model: bool) -> List[str]:
+def train_args(run: dict, data_root: str, device: str, smoke: bool, compile_model: bool) -> list[str]:
     return ["--recipe", "cifar10_lt", "--imb-ratio", str(run["ratio"]), "--seed", str(run["seed"]),
             "--data-root", data_root, "--device", device, "--fast", "on", "--eval-every", "10",
             *METHODS[run["method"]], *(["--compile"] if compile_model else []), *(recipe_flags(SMOKE) if smoke else [])]
 
 
-def print_table(runs: List[Dict]) -> None:
+def print_table(runs: list[dict]) -> None:
     print(f"\n{'method':<14}{'ratio':>6}{'seed':>5}{'status':>10}{'top-1':>8}{'many':>7}{'medium':>8}{'few':>6}"
           f"{'paper':>7}")
     for run in runs:
@@ -105,7 +105,7 @@ def main() -> int:
                          "paper_top1_best_epoch": {f"{m}@{r}": v for (m, r), v in PAPER.items()}, "runs": runs})
 
     pending = [run for run in runs if run["status"] == "pending"]
-    active: List[Any] = []
+    active: list[Any] = []
     save()
     while active or (pending and time.perf_counter() < deadline):
         while pending and len(active) < args.jobs and time.perf_counter() < deadline:

@@ -12,7 +12,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -33,10 +33,10 @@ def final_top1(record: Path) -> float:
     return float(last["top1"])
 
 
-def spread(name: str, prefix: str) -> Dict[str, Any]:
+def spread(name: str, prefix: str) -> dict[str, Any]:
     shipped = json.loads((WEIGHTS_DIR / f"{name}.json").read_text())
-    seeds: List[int] = [SHIPPED_SEED]
-    top1: List[float] = [round(float(shipped["top1"]), 2)]
+    seeds: list[int] = [SHIPPED_SEED]
+    top1: list[float] = [round(float(shipped["top1"]), 2)]
     for record in sorted(SEEDS_DIR.glob(f"{prefix}_seed*"), key=lambda p: int(p.name.rsplit("seed", 1)[1])):
         run = RunFolder(record).read_info()
         seeds.append(int(run["options"]["seed"]))

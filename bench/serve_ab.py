@@ -17,8 +17,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
@@ -38,7 +39,7 @@ def package_dir(checkout: Path, into: Path) -> Path:
     return into
 
 
-def load_run(checkout: Path, packages: Path, load_args: Sequence[str], out: Path) -> Dict[str, Any]:
+def load_run(checkout: Path, packages: Path, load_args: Sequence[str], out: Path) -> dict[str, Any]:
     """One ``bench/serve_load.py`` run of ``checkout``'s code; its JSON record."""
     env = {"GCL_ZOO_DATA": str(REPO.parent / "shared" / "data"), **os.environ,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(packages), os.environ.get("PYTHONPATH")]))}
@@ -47,7 +48,7 @@ def load_run(checkout: Path, packages: Path, load_args: Sequence[str], out: Path
     return json.loads((out / "serve_load.json").read_text())
 
 
-def run_figures(record: Dict[str, Any]) -> Dict[str, Any]:
+def run_figures(record: dict[str, Any]) -> dict[str, Any]:
     best_cell = max(record["cells"], key=lambda cell: cell["images_per_s"])
     return {"best_served_images_per_s": round(record["best_server"]["images_per_s"], 1),
             "cell_images_per_s": round(best_cell["images_per_s"], 1), "cell_p50_ms": round(best_cell["p50_ms"], 1),
@@ -56,7 +57,7 @@ def run_figures(record: Dict[str, Any]) -> Dict[str, Any]:
             "load_average_at_start": record["machine"]["load_average_at_start"]}
 
 
-def summary(runs: List[Dict[str, Any]], figure: str) -> Dict[str, Any]:
+def summary(runs: list[dict[str, Any]], figure: str) -> dict[str, Any]:
     """Each side's median, range and run count; after over before of the medians and of every adjacent pair."""
     sides = {code: [run[figure] for run in runs if run["code"] == code] for code in ("before", "after")}
     pairs = [after[figure] / before[figure] for before, after in zip(runs[::2], runs[1::2])]
@@ -84,7 +85,7 @@ def main(argv: Sequence[str] = None) -> int:
                                    capture_output=True, text=True).stdout.strip()
     after_commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], check=True,
                                   capture_output=True, text=True).stdout.strip()
-    runs: List[Dict[str, Any]] = []
+    runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="serve-ab-") as tmp:
         root = Path(tmp)
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(root / "before"), args.before],

@@ -32,9 +32,10 @@ import tempfile
 import time
 import uuid
 import zipfile
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any
 
 import httpx
 import torch
@@ -47,17 +48,17 @@ import timm  # noqa: E402
 import gcl_zoo  # noqa: E402,F401
 from gcl_zoo.devices import cpu_has_fast_bf16, cpu_model  # noqa: E402
 from gcl_zoo.hub import save_model_folder  # noqa: E402
-from serve.startup import retain_freed_memory  # noqa: E402
 from gcl_zoo.models.weights import embedded_weights  # noqa: E402
 from serve.decoding import ImagePayload, inspect_image  # noqa: E402
 from serve.preprocess import PilPipeline, data_config  # noqa: E402
 from serve.runner import ModelRunner  # noqa: E402
+from serve.startup import retain_freed_memory  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
 
 DEFAULT_MODEL = "gcl_resnet32_cifar10_lt"
 
 
-def machine() -> Dict[str, Any]:
+def machine() -> dict[str, Any]:
     cpu = cpu_model() or platform.processor() or "unknown"
     return {"cpu": cpu, "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_units": cpu_has_fast_bf16(),
             "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
@@ -72,13 +73,13 @@ class Transcript:
     """Lines printed as they come and kept for the benchmark's ``.log`` file."""
 
     def __init__(self) -> None:
-        self.lines: List[str] = []
+        self.lines: list[str] = []
 
     def say(self, text: str = "") -> None:
         print(text, flush=True)
         self.lines.append(text)
 
-    def machine(self) -> Dict[str, Any]:
+    def machine(self) -> dict[str, Any]:
         """This machine's description, said first."""
         info = machine()
         self.say(f"machine: {info['cpu']} ({info['cpu_capability']}, bf16 units: {info['cpu_bf16_units']}), "
@@ -87,7 +88,7 @@ class Transcript:
                  f"{info['load_average_at_start']}")
         return info
 
-    def save(self, out: Path, name: str, result: Dict[str, Any]) -> None:
+    def save(self, out: Path, name: str, result: dict[str, Any]) -> None:
         """``out/<name>.json`` (the results, stamped with the load average and date) and ``out/<name>.log``."""
         out.mkdir(parents=True, exist_ok=True)
         result = {**result, "load_average_at_end": [round(v, 2) for v in os.getloadavg()],
@@ -103,7 +104,7 @@ def add_data_and_out(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results")
 
 
-def load_images(data_root: Path, count: int, dataset: str = "cifar10") -> List[bytes]:
+def load_images(data_root: Path, count: int, dataset: str = "cifar10") -> list[bytes]:
     """``count`` CIFAR-10 (or ``dataset``'s) test images (WebP bytes), classes interleaved."""
     archive = data_root / dataset / f"{dataset}.zip"
     if not archive.is_file():
@@ -146,7 +147,7 @@ def throughput(forward: Callable[[torch.Tensor], Any], batch: torch.Tensor, seco
 
 
 def raw_forwards(model_id: str, images: Sequence[bytes], batch_size: int,
-                 with_compile: bool) -> Tuple[torch.Tensor, Dict[str, Callable[[torch.Tensor], Any]]]:
+                 with_compile: bool) -> tuple[torch.Tensor, dict[str, Callable[[torch.Tensor], Any]]]:
     """A batch of real, pre-processed images and the model's forward pass per optimisation."""
     model = timm.create_model(model_id, pretrained=True).eval()
     pipeline = PilPipeline(data_config(model), torch.device("cpu"))
@@ -158,15 +159,15 @@ def raw_forwards(model_id: str, images: Sequence[bytes], batch_size: int,
                                      max_batch_size=batch_size).forward for mode in modes}
 
 
-def layouts(mode: str, cores: int) -> Dict[str, Tuple[int, int]]:
+def layouts(mode: str, cores: int) -> dict[str, tuple[int, int]]:
     """Ways of using the cores, by name: one stream on 1 thread or on all, and (traced, on 2+ cores) two streams
     sharing them as the server runs them (``trace/2x1t``: two streams of one thread each)."""
     shapes = sorted({(1, 1), (1, cores)} | ({(2, cores // 2)} if mode == "trace" and cores >= 2 else set()))
     return {(f"{mode}/{t}t" if s == 1 else f"{mode}/{s}x{t}t"): (s, t) for s, t in shapes}
 
 
-def raw_throughput(batch: torch.Tensor, forwards: Dict[str, Callable[[torch.Tensor], Any]],
-                   seconds: float) -> Dict[str, float]:
+def raw_throughput(batch: torch.Tensor, forwards: dict[str, Callable[[torch.Tensor], Any]],
+                   seconds: float) -> dict[str, float]:
     """Forward-pass images/s in this process, per optimisation and layout."""
     results = {}
     for mode, forward in forwards.items():
@@ -176,7 +177,7 @@ def raw_throughput(batch: torch.Tensor, forwards: Dict[str, Callable[[torch.Tens
     return results
 
 
-def head_to_head(rounds: int, seconds: float, raw: Callable[[], float], served: Callable[[], float]) -> Dict[str, Any]:
+def head_to_head(rounds: int, seconds: float, raw: Callable[[], float], served: Callable[[], float]) -> dict[str, Any]:
     """The server against the raw forward pass in alternating windows, so both see the same machine load;
     the median of the per-round ratios is the server's share of the raw throughput."""
     pairs = [(raw(), served()) for _ in range(rounds)]
@@ -204,11 +205,11 @@ def batch_stats(url: str) -> (float, float):
 
 
 async def load_cell(url: str, body: bytes, content_type: str, images_per_request: int, concurrency: int,
-                    warmup_s: float, seconds: float, query: str = "") -> Dict[str, Any]:
+                    warmup_s: float, seconds: float, query: str = "") -> dict[str, Any]:
     """``concurrency`` clients sending the same request back to back (``query``: request parameters as a query
     string, e.g. ``target_prior=estimated``); measured after ``warmup_s``."""
-    latencies: List[float] = []
-    statuses: Dict[int, int] = {}
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
         async def client(until: float, record: bool) -> None:
@@ -238,7 +239,7 @@ async def load_cell(url: str, body: bytes, content_type: str, images_per_request
     }
 
 
-def main(argv: List[str] = None) -> int:
+def main(argv: list[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=DEFAULT_MODEL, help="model to serve (zoo name, hf-hub:, local-dir:)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])

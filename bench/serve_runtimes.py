@@ -31,8 +31,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any
 
 import torch
 
@@ -50,8 +51,8 @@ from serve.pipeline import predict_batch  # noqa: E402
 from serve.predict import PredictReply, predict_response  # noqa: E402
 from serve.runner import Execution, ModelRunner  # noqa: E402
 from serve.runtimes import runtime_installed  # noqa: E402
-from server_process import ServerProcess  # noqa: E402
 from serve_load import Transcript, add_data_and_out, load_cell, load_images, multipart_body, throughput  # noqa: E402
+from server_process import ServerProcess  # noqa: E402
 
 # name -> (runtime, precision)
 CONFIGS = {"torch (TorchScript)": ("torch", "auto"), "openvino (auto precision)": ("openvino", "auto"),
@@ -66,7 +67,7 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def prepared(runner: ModelRunner, images: Sequence[bytes]) -> Tuple[List[Any], float, float]:
+def prepared(runner: ModelRunner, images: Sequence[bytes]) -> tuple[list[Any], float, float]:
     """The images prepared by the runner's pipeline, and the single-thread seconds per image that ``prepare``
     (header check, decode, resize) and ``collate`` (batching, normalisation) took."""
     payloads = [ImagePayload(str(i), data) for i, data in enumerate(images)]
@@ -82,7 +83,7 @@ def prepared(runner: ModelRunner, images: Sequence[bytes]) -> Tuple[List[Any], f
     return items, prepare_s, collate_s
 
 
-def request_costs(runner: ModelRunner, body: Tuple[bytes, str], images: int, rounds: int = 50) -> Dict[str, float]:
+def request_costs(runner: ModelRunner, body: tuple[bytes, str], images: int, rounds: int = 50) -> dict[str, float]:
     """Single-thread seconds per image of the event loop's own steps for one request: parsing the multipart body,
     and building the answer (top-k, JSON) from the batch's logits."""
     start = time.perf_counter()
@@ -104,8 +105,8 @@ def probabilities(runner: ModelRunner, items: Sequence[Any]) -> torch.Tensor:
     return torch.stack(rows).softmax(dim=1)
 
 
-def served_window(server: ServerProcess, body: Tuple[bytes, str], per_request: int, concurrency: int,
-                  warmup: float, seconds: float) -> Dict[str, Any]:
+def served_window(server: ServerProcess, body: tuple[bytes, str], per_request: int, concurrency: int,
+                  warmup: float, seconds: float) -> dict[str, Any]:
     """One served window, with the CPU seconds per image of the server and of this load generator."""
     server_before, client_before = cpu_seconds(server.proc.pid), time.process_time()
     cell = asyncio.run(load_cell(server.url, *body, per_request, concurrency, warmup, seconds))
@@ -115,7 +116,7 @@ def served_window(server: ServerProcess, body: Tuple[bytes, str], per_request: i
     return cell
 
 
-def main(argv: List[str] = None) -> int:
+def main(argv: list[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="gcl_resnet32_cifar10_lt", help="zoo name, hf-hub: or local-dir:")
     parser.add_argument("--images-per-request", type=int, default=64)
@@ -147,7 +148,7 @@ def main(argv: List[str] = None) -> int:
     batch, _ = reference.pipeline.collate(items, cpu)
     all_items = prepared(reference, images[:args.agreement_images])[0]
     expected = probabilities(reference, all_items)
-    per_config: Dict[str, Dict[str, Any]] = {}
+    per_config: dict[str, dict[str, Any]] = {}
     for name, runner in runners.items():
         probs = probabilities(runner, all_items)
         per_config[name] = {
@@ -176,7 +177,7 @@ def main(argv: List[str] = None) -> int:
         for server in servers.values():
             server.stop()
 
-    for name, result in per_config.items():
+    for result in per_config.values():
         served = [c["images_per_s"] for c in result["served"]]
         baseline = [c["images_per_s"] for c in per_config[BASELINE]["served"]] if BASELINE in per_config else served
         result["served_images_per_s_median"] = statistics.median(served)

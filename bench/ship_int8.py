@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -27,7 +27,7 @@ from gcl_zoo.models.weights import WEIGHTS_DIR  # noqa: E402
 from gcl_zoo.quantize import INT8_CONFIG_KEY, INT8_ONNX_NAME  # noqa: E402
 
 
-def ship_int8(name: str, calibration: Int8Calibration, weights_dir: Path) -> Dict[str, Any]:
+def ship_int8(name: str, calibration: Int8Calibration, weights_dir: Path) -> dict[str, Any]:
     """Quantise the packaged checkpoint ``name`` and put its graph and the graph's record beside its weights."""
     info_path = weights_dir / f"{name}.json"
     info = json.loads(info_path.read_text())

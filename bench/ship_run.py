@@ -26,7 +26,7 @@ import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any
 
 import yaml
 
@@ -56,7 +56,7 @@ def machine() -> str:
     return f"CPU ({os.cpu_count()}-core {cpu})"
 
 
-def wall_minutes(run_info: Dict[str, Any]) -> float:
+def wall_minutes(run_info: dict[str, Any]) -> float:
     started, finished = (datetime.strptime(run_info[k], "%Y-%m-%dT%H:%M:%S%z") for k in ("started", "finished"))
     return round((finished - started).total_seconds() / 60, 1)
 
@@ -135,7 +135,7 @@ def main() -> int:
     return 0
 
 
-def evaluate_stage1(run: Path, data_root: Path) -> Dict[str, Any]:
+def evaluate_stage1(run: Path, data_root: Path) -> dict[str, Any]:
     """The run's stage-1 model evaluated as ``gcl-zoo eval`` evaluates the final one (float32, full test set)."""
     with tempfile.TemporaryDirectory() as tmp:
         view = Path(tmp)

@@ -23,8 +23,9 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any
 
 import httpx
 
@@ -35,10 +36,10 @@ from serve_images import png_header_only  # noqa: E402
 from serve_load import load_images, machine, multipart_body  # noqa: E402
 from server_process import ServerProcess  # noqa: E402
 
-Request = Tuple[str, Dict[str, Any], int]  # (kind, httpx.post keyword arguments, the status it must get)
+Request = tuple[str, dict[str, Any], int]  # (kind, httpx.post keyword arguments, the status it must get)
 
 
-def request_kinds(images: List[bytes]) -> Dict[str, Tuple[float, Callable[[random.Random], Request]]]:
+def request_kinds(images: list[bytes]) -> dict[str, tuple[float, Callable[[random.Random], Request]]]:
     """Kind -> (share of the traffic, a function drawing one such request)."""
     def multipart(rng: random.Random) -> Request:
         start = rng.randrange(0, len(images) - 16)
@@ -73,11 +74,11 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-async def soak(url: str, kinds, clients: int, seconds: float, seed: int) -> List[Dict[str, Any]]:
+async def soak(url: str, kinds, clients: int, seconds: float, seed: int) -> list[dict[str, Any]]:
     """Every request's (minute, kind, status wanted and got, latency), for ``seconds``."""
     shares = [share for share, _ in kinds.values()]
     makers = [make for _, make in kinds.values()]
-    records: List[Dict[str, Any]] = []
+    records: list[dict[str, Any]] = []
     began = time.perf_counter()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=60, limits=limits) as http:
@@ -97,12 +98,12 @@ async def soak(url: str, kinds, clients: int, seconds: float, seed: int) -> List
     return records
 
 
-def percentile(values: List[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
-def main(argv: List[str] = None) -> int:
+def main(argv: list[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=600)
     parser.add_argument("--clients", type=int, default=8)
@@ -114,7 +115,7 @@ def main(argv: List[str] = None) -> int:
     args = parser.parse_args(argv)
     images = load_images(args.data, 512)
     kinds = request_kinds(images)
-    samples: List[Tuple[float, float]] = []
+    samples: list[tuple[float, float]] = []
     with ServerProcess(["--log-level", "warning", *args.server_args], env={"GCL_ZOO_API_KEY": ""}) as server:
         described = httpx.get(f"{server.url}/models").json()["models"][0]
         stop = threading.Event()
@@ -137,7 +138,7 @@ def main(argv: List[str] = None) -> int:
     for minute in sorted({r["minute"] for r in records}):
         rows = [r for r in records if r["minute"] == minute]
         rss = [mb for t, mb in samples if minute * 60 <= t < (minute + 1) * 60]
-        statuses: Dict[str, int] = {}
+        statuses: dict[str, int] = {}
         for r in rows:
             statuses[str(r["got"])] = statuses.get(str(r["got"]), 0) + 1
         good = [r["ms"] for r in rows if r["want"] == 200]

@@ -21,8 +21,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
 
 RESULTS = Path(__file__).resolve().parent / "results" / "stage2_study"
 RUNTIME = ["--device", "cpu", "--fast", "on", "--amp", "on", "--channels-last", "on", "--no-progress", "--no-test",
@@ -30,7 +30,7 @@ RUNTIME = ["--device", "cpu", "--fast", "on", "--amp", "on", "--channels-last", 
 SMOKE = ["--max-per-class", "30", "--val-per-class", "5", "--test-per-class", "5", "--stage2.epochs", "1",
          "--workers", "0"]
 # the recipe's stage 2 (cRT from the stage-1 head, lr 0.002, CBEN, 30 epochs) and one change at a time around it
-VARIANTS: Dict[str, List[str]] = {
+VARIANTS: dict[str, list[str]] = {
     "recipe (lr 0.002, stage-1 head, cben, 30 ep)": [],
     "recipe, seed 1": ["--seed", "1"],  # the recipe again with other random draws: one run's noise, measured
     "recipe, seed 2": ["--seed", "2"],
@@ -50,12 +50,12 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_")
 
 
-def variant_command(stage1: Path, ratio: int, data_root: str, flags: List[str], out: Path) -> List[str]:
+def variant_command(stage1: Path, ratio: int, data_root: str, flags: list[str], out: Path) -> list[str]:
     return [sys.executable, "-m", "train", "--recipe", "cifar100_lt", "--imb-ratio", str(ratio), "--stage", "2",
             "--stage1-checkpoint", str(stage1), "--data-root", data_root, "--out", str(out), *RUNTIME, *flags]
 
 
-def read_result(out: Path) -> Dict[str, float]:
+def read_result(out: Path) -> dict[str, float]:
     """Final-epoch validation figures of a finished variant, with the calibrated NLL and ECE."""
     report = json.loads((out / "eval.json").read_text())
     assert report["split"] == "val", f"{out} read the test set"
@@ -65,13 +65,13 @@ def read_result(out: Path) -> Dict[str, float]:
     return row
 
 
-Job = Tuple[str, Path, List[str], Path]  # variant, stage-1 folder, command, run folder
+Job = tuple[str, Path, list[str], Path]  # variant, stage-1 folder, command, run folder
 
 
-def run_all(jobs: List[Job], cores: List[int], on_finished: Callable[[], None]) -> None:
+def run_all(jobs: list[Job], cores: list[int], on_finished: Callable[[], None]) -> None:
     """Run the unfinished jobs, one per core, each with one thread pinned to its core; ``on_finished`` after each."""
     pending = [job for job in jobs if not (job[3] / "eval.json").is_file()]
-    running: Dict[int, subprocess.Popen] = {}
+    running: dict[int, subprocess.Popen] = {}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     while pending or running:
         for core in cores:
@@ -92,12 +92,12 @@ def run_all(jobs: List[Job], cores: List[int], on_finished: Callable[[], None]) 
             on_finished()
 
 
-def mean_of(values: List[Optional[float]]) -> Optional[float]:
+def mean_of(values: list[float | None]) -> float | None:
     """The mean, or None where a group (many/medium/few) has no class at this ratio."""
     return None if None in values else statistics.fmean(values)
 
 
-def summarise(jobs: List[Job], ratio: int) -> Dict:
+def summarise(jobs: list[Job], ratio: int) -> dict:
     rows = []
     for name, flags in VARIANTS.items():
         results = [read_result(out) for n, _, _, out in jobs if n == name and (out / "eval.json").is_file()]

@@ -25,8 +25,9 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator
+from typing import Any
 
 import torch
 
@@ -63,7 +64,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_stage(trainer: Trainer, stage: int, steps: int, warmup: int) -> Dict[str, float]:
+def time_stage(trainer: Trainer, stage: int, steps: int, warmup: int) -> dict[str, float]:
     """Seconds per step of ``stage`` after ``warmup`` steps (compilation, allocator, worker start-up)."""
     model = trainer.prepare_stage(stage)
     parts = trainer.stage_parts(stage, model)
@@ -86,14 +87,14 @@ def time_stage(trainer: Trainer, stage: int, steps: int, warmup: int) -> Dict[st
             "images_per_second": trainer.section(stage)["batch_size"] / per_step}
 
 
-def make_trainer(recipe: Dict[str, Any], device: torch.device, fast: bool, compile_model: bool, out: Path,
+def make_trainer(recipe: dict[str, Any], device: torch.device, fast: bool, compile_model: bool, out: Path,
                  amp: bool) -> Trainer:
     options = RunOptions(out=out, device=device, fast=fast, compile=compile_model and fast,
                          amp=fast and amp, channels_last=fast and amp, progress=False)
     return create_trainer(recipe, options, DistInfo())
 
 
-def machine() -> Dict[str, Any]:
+def machine() -> dict[str, Any]:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_bf16_units": cpu_has_fast_bf16()}
@@ -124,11 +125,11 @@ def main() -> int:
     amp = device.type == "cuda" if args.amp == "auto" else args.amp == "on"
     suffix = ("_bf16" if amp and device.type == "cpu" else "") + ("_compile" if args.compile else "")
     out = args.out or RESULTS / f"train_speed_{device.type}{suffix}.json"
-    settings: Dict[str, Any] = {"benchmark": "stage-1 seconds per epoch, CIFAR-10-LT r100, ResNet-32, batch 64",
+    settings: dict[str, Any] = {"benchmark": "stage-1 seconds per epoch, CIFAR-10-LT r100, ResNet-32, batch 64",
                                 "device": str(device), "compile": args.compile, "fast_path_bf16_channels_last": amp,
                                 "steps": args.steps or "one epoch", "smoke": args.smoke}
     earlier = read_json(out)
-    results: Dict[str, Any] = {**(earlier if all(earlier.get(k) == v for k, v in settings.items()) else {}),
+    results: dict[str, Any] = {**(earlier if all(earlier.get(k) == v for k, v in settings.items()) else {}),
                                **settings, "machine": machine()}
     with tempfile.TemporaryDirectory() as tmp:
         def timed(key: str, trainer: Callable[[], Trainer], stage: int) -> None:

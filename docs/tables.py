@@ -22,9 +22,10 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -44,11 +45,11 @@ def load(rel: str):
     return json.loads((RESULTS / rel).read_text())
 
 
-def jsonl(rel: str) -> List[dict]:
+def jsonl(rel: str) -> list[dict]:
     return [json.loads(line) for line in (RESULTS / rel).read_text().splitlines() if line.strip()]
 
 
-def table(header: List[str], rows: List[List[str]]) -> str:
+def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
@@ -64,14 +65,14 @@ def pct(x: float, digits: int = 0) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- the zoo
-def shipped() -> List[str]:
+def shipped() -> list[str]:
     """Shipped checkpoints (weights in the package, record under bench/results), CIFAR-10 first, ratio 200 to 50."""
     names = [p.name[:-len(".json")] for p in WEIGHTS.glob("*.json") if not p.name.endswith(".int8.json")]
     key = lambda n: (list(DATASET_NAMES).index(dataset_ratio(n)[0]), -dataset_ratio(n)[1])  # noqa: E731
     return sorted((n for n in names if (RESULTS / n / "eval.json").exists()), key=key)
 
 
-def dataset_ratio(name: str) -> Tuple[str, int]:
+def dataset_ratio(name: str) -> tuple[str, int]:
     base, tag = name.split(".")
     return base.split("_", 2)[2], int(tag[2:])
 
@@ -163,7 +164,7 @@ def calibration() -> str:
 SADE_SETS = ["forward-50", "forward-10", "uniform", "backward-10", "backward-50"]
 
 
-def _prior_rows(d: Dict[str, Any], sets: List[str], methods: List[Tuple[str, str]]) -> List[List[str]]:
+def _prior_rows(d: dict[str, Any], sets: list[str], methods: list[tuple[str, str]]) -> list[list[str]]:
     rows = []
     for name in sorted(d, reverse=True):
         for key, label in methods:
@@ -173,7 +174,7 @@ def _prior_rows(d: Dict[str, Any], sets: List[str], methods: List[Tuple[str, str
     return rows
 
 
-def _prior_results() -> Dict[str, Any]:
+def _prior_results() -> dict[str, Any]:
     """The offline prior-shift rows, with the row measured online through the server beside them."""
     d = load("prior_shift.json")["results"]
     online = load("prior_shift_online.json")
@@ -341,25 +342,18 @@ def stage2_study() -> str:
                   "val ECE (calibrated)"], rows)
 
 
-def stage2_study_short() -> str:
-    """README's cut of the stage-2 study: validation top-1 of each variant."""
-    d = load("stage2_study/r100.json")
-    return table(["stage-2 variant (CIFAR-100-LT r100)", "validation top-1"],
-                 [[r["variant"], f(r["mean"]["top1"])] for r in d["variants"]])
-
-
-def stage1_noise_files() -> List[Path]:
+def stage1_noise_files() -> list[Path]:
     """The stage-1 study's paired comparisons, by ratio (final models, then stage-1 models)."""
     return sorted((RESULTS / "stage1_noise").glob("r*.json"), key=lambda p: (int(p.stem[1:].split("_")[0]), p.stem))
 
 
-def stage1_noise_decisive() -> List[dict]:
+def stage1_noise_decisive() -> list[dict]:
     """The comparisons the rule reads: each ratio's final noise-1.0 model against its recipe pair."""
     return [m["against_base"] for path in stage1_noise_files() if not path.stem.endswith("_stage1")
             for m in json.loads(path.read_text())["models"][1:] if m["name"].startswith("noise 1.0")]
 
 
-def stage1_noise_summed() -> Tuple[int, int, float]:
+def stage1_noise_summed() -> tuple[int, int, float]:
     """The decisive comparisons' discordant pairs summed over the ratios, and their McNemar p."""
     from gcl_zoo.metrics import mcnemar_p
     decisive = stage1_noise_decisive()
@@ -389,12 +383,12 @@ def stage1_noise() -> str:
                   "right only: against / model", "McNemar p", "val few-shot"], rows)
 
 
-TABLES: Dict[str, Callable[[], str]] = {
+TABLES: dict[str, Callable[[], str]] = {
     "zoo": zoo, "zoo_detail": zoo_detail, "baselines": baselines, "calibration": calibration,
     "prior_shift": prior_shift, "prior_shift_oracle": prior_shift_oracle, "train_speed": train_speed, "serve_runtimes": serve_runtimes,
     "serve_profile": serve_profile, "int8_accuracy": int8_accuracy, "serve_load": serve_load,
     "serve_load_raw": serve_load_raw, "soak": soak, "fuzz": fuzz,
-    "stage2_study": stage2_study, "stage2_study_short": stage2_study_short, "stage1_noise": stage1_noise,
+    "stage2_study": stage2_study, "stage1_noise": stage1_noise,
 }
 
 
@@ -403,7 +397,7 @@ def _xeon_runtime(key: str, rel: str = "serve_runtimes_xeon/serve_runtimes.json"
     return load(rel)["configs"][key]
 
 
-def _ov_int8_shares() -> Tuple[str, ...]:
+def _ov_int8_shares() -> tuple[str, ...]:
     ms = _xeon_runtime("openvino int8")["server_cpu_ms_per_image"]
     t = ms["total"]
     small = ms["collate_normalize"] + ms["multipart"] + ms["answer"]
@@ -411,13 +405,13 @@ def _ov_int8_shares() -> Tuple[str, ...]:
             pct(ms["http_loop_threads"] / t, 1), pct(small / t, 1))
 
 
-def _fixed_bf16() -> Tuple[str, ...]:
+def _fixed_bf16() -> tuple[str, ...]:
     c = load("serve_runtimes_xeon_fixed_bf16/serve_runtimes.json")["configs"]
     return (f"{c['openvino (default precision)']['raw_images_per_s_median'] / c['openvino f32']['raw_images_per_s_median']:.2f}x",
             f"{c['openvino (default precision)']['served_vs_torchscript_served']:.2f}x")
 
 
-def _xeon_previous() -> Tuple[str, ...]:
+def _xeon_previous() -> tuple[str, ...]:
     c = load("serve_runtimes_xeon_previous/serve_runtimes.json")["configs"]
     onnx = [c[k]["server_cpu_ms_per_image"]["http_loop_threads"] for k in c if k != "torch (TorchScript)"]
     now = load("serve_runtimes_xeon/serve_runtimes.json")["configs"]
@@ -426,7 +420,7 @@ def _xeon_previous() -> Tuple[str, ...]:
             f"{min(onnx_now):.2f}-{max(onnx_now):.2f}")
 
 
-def _head_to_head() -> Tuple[str, ...]:
+def _head_to_head() -> tuple[str, ...]:
     d = load("serve_load.json")
     h = d["head_to_head"]
     pairs = ", ".join(f"{s:.0f} / {r:.0f}" for s, r in zip(h["server_images_per_s"], h["raw_images_per_s"]))
@@ -434,38 +428,38 @@ def _head_to_head() -> Tuple[str, ...]:
             f"{d['best_server']['images_per_s']:.0f} / {d['best_raw']['images_per_s']:.0f}")
 
 
-def _load_previous() -> Tuple[str, ...]:
+def _load_previous() -> tuple[str, ...]:
     d = load("serve_load_previous.json")
     return pct(d["head_to_head"]["median_ratio"]), pct(d["best_server"]["ratio_to_best_raw"])
 
 
-def _bf16_gain() -> Tuple[str, ...]:
+def _bf16_gain() -> tuple[str, ...]:
     c = load("serve_runtimes.json")["configs"]["openvino (default precision)"]
     return (f"{c['served_vs_torchscript_served']:.2f}x", pct(1 - c["top1_agreement_vs_pytorch_f32"], 2),
             f"{c['max_abs_prob_diff']:.3f}")
 
 
-def _xeon_auto_speeds() -> Tuple[str, ...]:
+def _xeon_auto_speeds() -> tuple[str, ...]:
     s = _xeon_runtime("openvino (auto precision)")["precision_speeds"]
     return (f"{s['bf16']:.0f}", f"{s['f32']:.0f}")
 
 
-def _compile() -> Tuple[str, ...]:
+def _compile() -> tuple[str, ...]:
     return (f"{load('train_speed_cpu_xeon_compile.json')['compile_speedup']:.2f}x",)
 
 
-def _avx2_bf16_slowdown() -> Tuple[str, ...]:
+def _avx2_bf16_slowdown() -> tuple[str, ...]:
     return (f"{load('train_speed_cpu_avx2.json')['fast']['seconds_per_epoch']:.1f}",
             f"{load('train_speed_cpu_avx2_bf16.json')['fast']['seconds_per_epoch']:.1f}")
 
 
-def _emulated_bf16() -> Tuple[str, ...]:
+def _emulated_bf16() -> tuple[str, ...]:
     f32, bf16 = load("train_speed_cpu_avx2.json"), load("train_speed_cpu_avx2_bf16.json")
     ratios = [bf16[k]["seconds_per_epoch"] / f32[k]["seconds_per_epoch"] for k in ("fast", "fast_stage2")]
     return (f"{min(ratios):.0f}", f"{max(ratios):.0f}")
 
 
-def _two_streams() -> Tuple[str, ...]:
+def _two_streams() -> tuple[str, ...]:
     after = load("serve_load.json")["raw_images_per_s"]["after"]
     return (pct(after["trace/2x1t"] / after["trace/2t"] - 1),)
 
@@ -475,20 +469,20 @@ def _gap(name: str) -> float:
     return PAPER_TOP1[name] - load(f"{name}/eval.json")["top1"]
 
 
-def _cifar10_gap() -> Tuple[str, ...]:
+def _cifar10_gap() -> tuple[str, ...]:
     return (f"{_gap('gcl_resnet32_cifar10_lt.ir50'):.2f}",)
 
 
-def _cifar100_gaps() -> Tuple[str, ...]:
+def _cifar100_gaps() -> tuple[str, ...]:
     return tuple(f"{_gap(f'gcl_resnet32_cifar100_lt.ir{r}'):.2f}" for r in (200, 100, 50))
 
 
-def _cifar100_seed_spread() -> Tuple[str, ...]:
+def _cifar100_seed_spread() -> tuple[str, ...]:
     spread = load("seeds/spread.json")["gcl_resnet32_cifar100_lt.ir100"]
     return f(spread["mean"]), f(spread["std"])
 
 
-def _stage2_study() -> Tuple[str, ...]:
+def _stage2_study() -> tuple[str, ...]:
     rows = {r["variant"]: r["mean"]["top1"] for r in load("stage2_study/r100.json")["variants"]}
     recipe = [top1 for name, top1 in rows.items() if name.startswith("recipe")]
     fresh = [top1 for name, top1 in rows.items() if name.startswith("fresh head")]
@@ -498,20 +492,20 @@ def _stage2_study() -> Tuple[str, ...]:
             f"{mean - max(fresh):.2f}", f"{mean - min(fresh):.2f}")
 
 
-def _stage1_noise_r100() -> Tuple[str, ...]:
+def _stage1_noise_r100() -> tuple[str, ...]:
     base, seed0, noise1 = load("stage1_noise/r100.json")["models"]
     a = noise1["against_base"]
     return (f"{a['top1_difference']:.2f}", f"{noise1['few'] - base['few']:.2f}",
             f"{seed0['against_base']['top1_difference']:.2f}", f"{a['mcnemar_p']:.2f}")
 
 
-def _stage1_noise_r200() -> Tuple[str, ...]:
+def _stage1_noise_r200() -> tuple[str, ...]:
     a = load("stage1_noise/r200.json")["models"][1]["against_base"]
     summed = stage1_noise_summed()[2]
     return f"{-a['top1_difference']:.2f}", f"{a['mcnemar_p']:.2f}", f"{summed:.3f}"
 
 
-def _cifar100_against_baseline() -> Tuple[str, ...]:
+def _cifar100_against_baseline() -> tuple[str, ...]:
     gcl = load("gcl_resnet32_cifar100_lt.ir100/eval.json")
     ce = load("baseline_ce_mixup_crt_resnet32_cifar100_lt.ir100/summary.json")["final"]
     paper_crt = PAPER_BASELINES["cifar100_lt"][100][1]
@@ -521,7 +515,7 @@ def _cifar100_against_baseline() -> Tuple[str, ...]:
             f"{round(gcl['medium'], 2) - ce['medium']:.2f}", f"{ce['many'] - round(gcl['many'], 2):.2f}")
 
 
-def _baselines_vs_paper() -> Tuple[str, ...]:
+def _baselines_vs_paper() -> tuple[str, ...]:
     out = []
     for ds in ("cifar10_lt", "cifar100_lt"):
         s = load(f"baseline_ce_mixup_crt_resnet32_{ds}.ir100/summary.json")
@@ -530,7 +524,7 @@ def _baselines_vs_paper() -> Tuple[str, ...]:
     return tuple(out)
 
 
-def _stage2_moves() -> Tuple[str, ...]:
+def _stage2_moves() -> tuple[str, ...]:
     few, many = [], []
     for ratio in (200, 100, 50):
         m = jsonl(f"gcl_resnet32_cifar100_lt.ir{ratio}/metrics.jsonl")
@@ -541,36 +535,36 @@ def _stage2_moves() -> Tuple[str, ...]:
     return (f"{min(few):.0f}", f"{max(few):.0f}", f"{sum(many) / len(many):.0f}")
 
 
-def _paper_baselines() -> Tuple[str, ...]:
+def _paper_baselines() -> tuple[str, ...]:
     return tuple(f"{PAPER_BASELINES[ds][r][0]:.2f} / {PAPER_BASELINES[ds][r][1]:.2f}"
                  for ds in ("cifar10_lt", "cifar100_lt") for r in (200, 50))
 
 
-def _soak_drift() -> Tuple[str, ...]:
+def _soak_drift() -> tuple[str, ...]:
     m = load("soak_serve.json")["minutes"]
     return (f"{(m[-1]['rss_mb_median'] - m[1]['rss_mb_median']) / (len(m) - 2):.0f}",)
 
 
-def _xeon_bf16() -> Tuple[str, ...]:
+def _xeon_bf16() -> tuple[str, ...]:
     f32, bf16 = load("train_speed_cpu_xeon.json"), load("train_speed_cpu_xeon_bf16.json")
     return (pct(bf16["fast"]["seconds_per_epoch"] / f32["fast"]["seconds_per_epoch"] - 1),)
 
 
-def _cifar10_prior() -> Tuple[str, ...]:
+def _cifar10_prior() -> tuple[str, ...]:
     r = load("prior_shift.json")["results"]["gcl_resnet32_cifar10_lt.ir100"]
     shifts = ["forward-50", "forward-10", "uniform", "backward-10", "backward-50"]
     return (" / ".join(f(r[s]["known prior"]) for s in shifts), " / ".join(f(r[s]["none"]) for s in shifts))
 
 
-def _fuzz_total() -> Tuple[str, ...]:
+def _fuzz_total() -> tuple[str, ...]:
     return (f(sum(r["generated"] for r in load("fuzz_schema.json")["runs"]), 0),)
 
 
-def _soak_total() -> Tuple[str, ...]:
+def _soak_total() -> tuple[str, ...]:
     return (f(load("soak_serve.json")["requests"], 0),)
 
 
-def _refactor_ab() -> Tuple[str, ...]:
+def _refactor_ab() -> tuple[str, ...]:
     best = load("serve_refactor_ab.json")["summary"]["best_served_images_per_s"]
     pairs = best["after_over_before_per_pair"]
     return (f(best["after"]["median"], 0), f(best["before"]["median"], 0), f(best["after_over_before"]),
@@ -578,7 +572,7 @@ def _refactor_ab() -> Tuple[str, ...]:
 
 
 # (file, phrase with {0}, {1}... placeholders, the values) -- the phrase, filled in, must appear in the file
-QUOTES: List[Tuple[str, str, Callable[[], Tuple[str, ...]]]] = [
+QUOTES: list[tuple[str, str, Callable[[], tuple[str, ...]]]] = [
     ("docs/training.md", "`torch.compile` buys nothing there ({0} against the uncompiled fast path", _compile),
     ("docs/training.md", "the fast path runs at {1} s an epoch in bf16 against {0} in float32", _avx2_bf16_slowdown),
     ("docs/training.md", "the fast path runs {0}-{1}x slower than in float32", _emulated_bf16),
@@ -630,18 +624,18 @@ QUOTES: List[Tuple[str, str, Callable[[], Tuple[str, ...]]]] = [
 
 
 # ---------------------------------------------------------------------------------------------------- driver
-def doc_files() -> List[Path]:
+def doc_files() -> list[Path]:
     return [ROOT / "README.md"] + sorted((ROOT / "docs").rglob("*.md"))
 
 
-def check(write: bool = False) -> List[str]:
+def check(write: bool = False) -> list[str]:
     """Every difference between the docs and the records, as messages; with ``write``, tables are rewritten."""
     problems = []
     for path in doc_files():
         text = path.read_text()
         rel = path.relative_to(ROOT).as_posix()
 
-        def regenerate(m: re.Match) -> str:
+        def regenerate(m: re.Match, rel: str = rel) -> str:
             name = m["name"]
             if name not in TABLES:
                 problems.append(f"{rel}: unknown table '{name}' (known: {', '.join(TABLES)})")

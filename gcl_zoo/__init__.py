@@ -6,8 +6,17 @@ Importing the package registers the zoo models with timm::
     model = timm.create_model("gcl_resnet32_cifar10_lt", pretrained=True)
 """
 from .heads import CosineClassifier, LinearClassifier, create_head, prepare_retraining
-from .losses import (BalancedSoftmaxLoss, CrossEntropyLoss, FocalLoss, GCLLoss, LDAMLoss, LogitAdjustedLoss,
-                     cloud_sizes, create_loss, drw_class_weights)
+from .losses import (
+                     BalancedSoftmaxLoss,
+                     CrossEntropyLoss,
+                     FocalLoss,
+                     GCLLoss,
+                     LDAMLoss,
+                     LogitAdjustedLoss,
+                     cloud_sizes,
+                     create_loss,
+                     drw_class_weights,
+)
 from .metrics import accuracy_report, shot_groups
 from .models import CifarResNet, GCLModel, create_gcl_model
 from .sampling import create_sampler

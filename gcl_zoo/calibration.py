@@ -26,8 +26,9 @@ reported with the NLL; ``reliability_bins`` gives the per-bin accuracy and confi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,14 +83,14 @@ class Calibration:
     class_scale: torch.Tensor
     bias: torch.Tensor
     balancing_iterations: int = 0
-    notes: Dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)
 
     def apply(self, raw: torch.Tensor) -> torch.Tensor:
         raw = raw.detach().double().cpu()
         return raw * (self.scale * self.class_scale.double()) + self.bias.double()
 
 
-def _expand(fitted: torch.Tensor, present: List[int], sources: Dict[int, Optional[int]],
+def _expand(fitted: torch.Tensor, present: list[int], sources: dict[int, int | None],
             num_classes: int) -> torch.Tensor:
     """Per-present-class values to all classes, missing ones filled by the rule of ``missing_class_sources``."""
     position = {c: i for i, c in enumerate(present)}
@@ -100,7 +101,7 @@ def _expand(fitted: torch.Tensor, present: List[int], sources: Dict[int, Optiona
 
 
 def _fit(raw: torch.Tensor, targets: torch.Tensor, method: str, base_scale: float, num_classes: int,
-         class_counts: Optional[Sequence[int]]) -> Calibration:
+         class_counts: Sequence[int] | None) -> Calibration:
     """The MAP fit of one method by class-balanced NLL, bounded (see the module's docstring)."""
     from scipy.optimize import minimize
 
@@ -149,12 +150,12 @@ def _fit(raw: torch.Tensor, targets: torch.Tensor, method: str, base_scale: floa
 
 
 def _balance(calibration: Calibration, raw: torch.Tensor, targets: torch.Tensor, num_classes: int,
-             class_counts: Optional[Sequence[int]], max_iter: int = 500, tol: float = 1e-10) -> Calibration:
+             class_counts: Sequence[int] | None, max_iter: int = 500, tol: float = 1e-10) -> Calibration:
     """Move the biases until the class-balanced mean calibrated probability on ``raw`` is uniform (a fixed point
     of ``bias -= log(C * source_prior)``), so the calibrated answer is the balanced one."""
     bias = calibration.bias.clone()
     iterations = 0
-    for iterations in range(1, max_iter + 1):
+    for iterations in range(1, max_iter + 1):  # noqa: B007 (read after the loop)
         calibration.bias = bias
         prior = implied_prior(calibration.apply(raw).softmax(dim=1), targets, num_classes, class_counts)
         step = (prior * num_classes).log()
@@ -167,8 +168,8 @@ def _balance(calibration: Calibration, raw: torch.Tensor, targets: torch.Tensor,
 
 
 def fit_calibration(raw_logits: torch.Tensor, targets: torch.Tensor, method: str = "bcts",
-                    base_scale: float = 1.0, num_classes: Optional[int] = None,
-                    class_counts: Optional[Sequence[int]] = None, balance: bool = True) -> Calibration:
+                    base_scale: float = 1.0, num_classes: int | None = None,
+                    class_counts: Sequence[int] | None = None, balance: bool = True) -> Calibration:
     """Fit ``method`` (one of ``METHODS``) on held-out raw logits, then balance it (see the module docstring)."""
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
@@ -194,12 +195,12 @@ def _folds(targets: torch.Tensor, folds: int, seed: int = 0) -> torch.Tensor:
 
 
 def compare_calibrations(raw_logits: torch.Tensor, targets: torch.Tensor, base_scale: float = 1.0,
-                         num_classes: Optional[int] = None, class_counts: Optional[Sequence[int]] = None,
-                         folds: int = CV_FOLDS, methods: Sequence[str] = METHODS) -> Dict[str, float]:
+                         num_classes: int | None = None, class_counts: Sequence[int] | None = None,
+                         folds: int = CV_FOLDS, methods: Sequence[str] = METHODS) -> dict[str, float]:
     """Each method's class-balanced NLL on held-out folds of the validation split, fitted on the other folds."""
     raw, targets = _checked(raw_logits, targets)
     fold = _folds(targets, folds)
-    scores: Dict[str, float] = {}
+    scores: dict[str, float] = {}
     for method in methods:
         losses = []
         for k in range(folds):
@@ -214,7 +215,7 @@ def compare_calibrations(raw_logits: torch.Tensor, targets: torch.Tensor, base_s
 
 
 def check_missing_class_rule(raw_logits: torch.Tensor, targets: torch.Tensor, method: str, base_scale: float,
-                             class_counts: Sequence[int], held_out: Sequence[int]) -> Dict[str, Any]:
+                             class_counts: Sequence[int], held_out: Sequence[int]) -> dict[str, Any]:
     """Measure the rule for classes without validation images on classes that have them: fit without the
     ``held_out`` classes' images (the rule fills their biases) and compare, on those images, with the fit that saw
     them and with the bias left at the lower bound (what an unfitted bias collapses to)."""
@@ -226,7 +227,7 @@ def check_missing_class_rule(raw_logits: torch.Tensor, targets: torch.Tensor, me
     collapsed = ruled.apply(raw[mine])
     collapsed[:, list(held_out)] += -BIAS_BOUND - ruled.bias[list(held_out)]
 
-    def scores(logits: torch.Tensor) -> Dict[str, float]:
+    def scores(logits: torch.Tensor) -> dict[str, float]:
         return {"recall": round(100.0 * float((logits.argmax(1) == targets[mine]).double().mean()), 2),
                 "nll": round(nll(logits, targets[mine]), 4)}
 
@@ -235,7 +236,7 @@ def check_missing_class_rule(raw_logits: torch.Tensor, targets: torch.Tensor, me
             "bias_at_lower_bound": scores(collapsed)}
 
 
-def validation_warning(per_class: Sequence[int], min_per_class: int = 5, min_images: int = 200) -> Optional[str]:
+def validation_warning(per_class: Sequence[int], min_per_class: int = 5, min_images: int = 200) -> str | None:
     """A warning when a validation split is too small for its calibration to mean much, saying what the fit does."""
     total, fitted = sum(per_class), [n for n in per_class if n > 0]
     few = sum(1 for n in per_class if n < min_per_class)
@@ -249,14 +250,14 @@ def validation_warning(per_class: Sequence[int], min_per_class: int = 5, min_ima
             "--val-dir or --val-list) for a calibration to rely on")
 
 
-def reliability_bins(logits: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> List[Dict[str, float]]:
+def reliability_bins(logits: torch.Tensor, targets: torch.Tensor, bins: int = ECE_BINS) -> list[dict[str, float]]:
     """Per equal-width confidence bin: its edges, image count, mean confidence and accuracy (top-1 score)."""
     logits, targets = _checked(logits, targets)
     confidence, predicted = logits.softmax(dim=1).max(dim=1)
     return confidence_bins(confidence, predicted == targets, bins)
 
 
-def confidence_bins(confidence: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS) -> List[Dict[str, float]]:
+def confidence_bins(confidence: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS) -> list[dict[str, float]]:
     """``reliability_bins`` from top-1 scores and whether each top-1 label was right (what a served answer gives)."""
     confidence, correct = confidence.double(), correct.double()
     # bin b holds confidences in (b/bins, (b+1)/bins]; a confidence of exactly 0 cannot occur with C >= 1 classes
@@ -276,13 +277,13 @@ def expected_calibration_error(logits: torch.Tensor, targets: torch.Tensor, bins
     return ece_of_bins(reliability_bins(logits, targets, bins))
 
 
-def ece_of_bins(table: List[Dict[str, float]]) -> float:
+def ece_of_bins(table: list[dict[str, float]]) -> float:
     """The ECE of a ``reliability_bins`` / ``confidence_bins`` table."""
     total = sum(row["count"] for row in table)
     return sum(row["count"] * abs(row["accuracy"] - row["confidence"]) for row in table if row["count"]) / total
 
 
-def calibration_report(logits: torch.Tensor, targets: torch.Tensor) -> Dict[str, float]:
+def calibration_report(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
     """NLL, ECE (percent, 15 bins) and mean top-1 confidence (percent) of ``softmax(logits)``."""
     confidence = logits.detach().double().softmax(dim=1).max(dim=1).values
     return {"nll": nll(logits, targets), "ece": 100.0 * expected_calibration_error(logits, targets),
@@ -291,7 +292,7 @@ def calibration_report(logits: torch.Tensor, targets: torch.Tensor) -> Dict[str,
 
 @torch.no_grad()
 def calibrate_model(model: torch.nn.Module, raw_logits: torch.Tensor, targets: torch.Tensor, source: str,
-                    training_scale: Optional[float] = None) -> Dict[str, Any]:
+                    training_scale: float | None = None) -> dict[str, Any]:
     """Compare the methods on held-out ``raw_logits`` (``forward_raw`` outputs) by cross-validated class-balanced
     NLL, fit the winner on all of them, balance it and measure the source prior there; sets the model's
     ``logit_scale``, ``class_scale``, ``logit_bias``, ``implied_prior`` and ``source_images`` in place and returns the record

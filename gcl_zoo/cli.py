@@ -10,9 +10,9 @@ from __future__ import annotations
 import importlib
 import runpy
 import sys
+from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
 
 ENTRY_POINT_GROUP = "gcl_zoo.commands"
 # the library's own subcommands (``main(argv, command)`` in the named module); ``bench`` is handled here
@@ -30,7 +30,7 @@ HELP = {
 BENCH_DIR = Path(__file__).resolve().parent.parent / "bench"
 
 
-def registered() -> Dict[str, EntryPoint]:
+def registered() -> dict[str, EntryPoint]:
     """The subcommands installed applications registered, by name."""
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
@@ -44,14 +44,14 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
-def _command_main(command: str) -> Optional[Callable[..., int]]:
+def _command_main(command: str) -> Callable[..., int] | None:
     if command in OWN:
         return importlib.import_module(OWN[command]).main
     entry = registered().get(command)
     return entry.load() if entry is not None else None
 
 
-def run_bench(argv: List[str], command: str = "bench") -> int:
+def run_bench(argv: list[str], command: str = "bench") -> int:
     """``gcl-zoo bench NAME [options]``: run ``bench/NAME.py`` (benchmarks live in the source tree, not the wheel)."""
     # bench/_*.py are helpers the benchmarks share, not benchmarks
     available = sorted(p.stem for p in BENCH_DIR.glob("[!_]*.py")) if BENCH_DIR.is_dir() else []
@@ -75,7 +75,7 @@ def run_bench(argv: List[str], command: str = "bench") -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())

@@ -1,19 +1,19 @@
 """Which torch device a ``--device`` flag means, and the autocast it runs under: one rule for training,
 evaluation, serving and benchmarks."""
 import contextlib
-from typing import ContextManager, Optional
+from contextlib import AbstractContextManager
 
 import torch
 
 __all__ = ["resolve_device", "autocast_for", "cpu_has_fast_bf16", "slow_bf16_warning"]
 
 
-def autocast_for(device: torch.device, dtype: Optional[torch.dtype] = torch.bfloat16) -> ContextManager:
+def autocast_for(device: torch.device, dtype: torch.dtype | None = torch.bfloat16) -> AbstractContextManager:
     """Autocast to ``dtype`` on ``device``'s type; no autocast when ``dtype`` is None."""
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def resolve_device(name: str = "auto", local_rank: Optional[int] = None) -> torch.device:
+def resolve_device(name: str = "auto", local_rank: int | None = None) -> torch.device:
     """``auto`` is CUDA when a GPU is visible, else the CPU. ``local_rank`` is torchrun's, for a process of a
     group (None alone): ``cuda`` then takes GPU ``local_rank`` and makes it the current device, and an explicit
     ``cuda:N`` is refused, since it would put every process on that one GPU (NCCL: "Duplicate GPU detected").
@@ -34,7 +34,7 @@ def resolve_device(name: str = "auto", local_rank: Optional[int] = None) -> torc
     return device
 
 
-def cpu_model() -> Optional[str]:
+def cpu_model() -> str | None:
     """The CPU's model name from ``/proc/cpuinfo`` (Linux), None elsewhere: benchmark records name their machine,
     since the CPU model, not the core count, decides most timings."""
     try:
@@ -50,7 +50,7 @@ def cpu_has_fast_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def slow_bf16_warning(device: torch.device, amp: bool) -> Optional[str]:
+def slow_bf16_warning(device: torch.device, amp: bool) -> str | None:
     """The warning for bf16 autocast asked for on a CPU that only emulates it, else None."""
     if not amp or device.type != "cpu" or cpu_has_fast_bf16():
         return None

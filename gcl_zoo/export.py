@@ -8,18 +8,29 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any
 
 import torch
 import torch.nn as nn
 
 from .files import replace_file
-from .folders import (CARD_NAME, CONFIG_NAME, EVAL_NAME, RECIPE_NAME, RUN_INFO_NAME, RUN_RECIPE_NAME, TIMM_CONFIG_KEYS,
-                      InvalidModelFolder, read_json, save_model_folder, validate_folder)
+from .folders import (
+    CARD_NAME,
+    CONFIG_NAME,
+    EVAL_NAME,
+    RECIPE_NAME,
+    RUN_INFO_NAME,
+    RUN_RECIPE_NAME,
+    TIMM_CONFIG_KEYS,
+    InvalidModelFolder,
+    read_json,
+    save_model_folder,
+    validate_folder,
+)
 
 __all__ = ["Int8Calibration", "export_run", "export_embedded", "write_shipped_cards"]
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 @dataclass(frozen=True)
@@ -37,12 +48,12 @@ class Int8Calibration:
                              f"{self.images} and {self.held_out}; pass --int8-images 1 or more")
 
 
-def _read_optional(path: Path) -> Optional[Dict[str, Any]]:
+def _read_optional(path: Path) -> dict[str, Any] | None:
     """A run's optional JSON/YAML file as a dict; None when absent, a clear error when unreadable."""
     return read_json(path) if path.is_file() else None
 
 
-def _zoo_name(config: Dict[str, Any], recipe: Optional[Dict[str, Any]], run: Optional[Dict[str, Any]]) -> Optional[str]:
+def _zoo_name(config: dict[str, Any], recipe: dict[str, Any] | None, run: dict[str, Any] | None) -> str | None:
     """The zoo name (``arch.tag``) a run reproduces: run.json's ``zoo_name``, else the architecture plus ``irN``."""
     import timm
 
@@ -58,9 +69,9 @@ def _zoo_name(config: Dict[str, Any], recipe: Optional[Dict[str, Any]], run: Opt
     return arch if arch in tagged and arch != GENERIC else None  # a generic wrapper is no zoo entry
 
 
-def _write_card(folder: Path, model: nn.Module, name: str, evaluation: Optional[Dict[str, Any]],
-                recipe: Optional[Dict[str, Any]], run: Optional[Dict[str, Any]], missing: List[str],
-                load_name: Optional[str]) -> None:
+def _write_card(folder: Path, model: nn.Module, name: str, evaluation: dict[str, Any] | None,
+                recipe: dict[str, Any] | None, run: dict[str, Any] | None, missing: list[str],
+                load_name: str | None) -> None:
     from .model_card import CardInputs, card_notes, render_card
 
     inputs = CardInputs(name=name, config=read_json(folder / CONFIG_NAME),
@@ -69,7 +80,7 @@ def _write_card(folder: Path, model: nn.Module, name: str, evaluation: Optional[
     (folder / CARD_NAME).write_text(render_card(inputs), encoding="utf-8")
 
 
-def _write_onnx(model: nn.Module, staging: Path, wanted: Optional[bool]) -> Optional[Dict[str, Any]]:
+def _write_onnx(model: nn.Module, staging: Path, wanted: bool | None) -> dict[str, Any] | None:
     """``model.onnx`` in ``staging``, checked against PyTorch; its ``config.json`` entry, or None when not written.
 
     ``wanted``: True insists (an error names the packages to install), False skips, None exports when the
@@ -82,7 +93,7 @@ def _write_onnx(model: nn.Module, staging: Path, wanted: Optional[bool]) -> Opti
     return export_onnx(model, staging / ONNX_NAME)
 
 
-def _write_int8(model: nn.Module, staging: Path, calibration: Optional[Int8Calibration]) -> Optional[Dict[str, Any]]:
+def _write_int8(model: nn.Module, staging: Path, calibration: Int8Calibration | None) -> dict[str, Any] | None:
     """``model.int8.onnx`` quantised from ``staging``'s ``model.onnx``; its ``config.json`` entry, or None when no
     calibration was asked for."""
     from .onnx_export import ONNX_NAME
@@ -96,8 +107,8 @@ def _write_int8(model: nn.Module, staging: Path, calibration: Optional[Int8Calib
                          images[order[calibration.images:]], source)
 
 
-def _save_with_onnx(model: nn.Module, out_dir: Path, extras: Dict[str, Any], onnx: Optional[bool],
-                    int8: Optional[Int8Calibration] = None) -> None:
+def _save_with_onnx(model: nn.Module, out_dir: Path, extras: dict[str, Any], onnx: bool | None,
+                    int8: Int8Calibration | None = None) -> None:
     """Weights, config and graphs together: the graphs are built and checked beside the folder first, so a failed
     export or int8 check leaves an earlier export's folder as it was, and a graph not written now never stays
     behind from an earlier export of another model."""
@@ -122,9 +133,9 @@ def _save_with_onnx(model: nn.Module, out_dir: Path, extras: Dict[str, Any], onn
                                                     **({INT8_CONFIG_KEY: int8_entry} if int8_entry else {})})
 
 
-def export_run(run_dir: PathLike, out_dir: PathLike, zoo_name: Optional[str] = None,
-               repo_id: Optional[str] = None, onnx: Optional[bool] = None,
-               int8: Optional[Int8Calibration] = None) -> Path:
+def export_run(run_dir: PathLike, out_dir: PathLike, zoo_name: str | None = None,
+               repo_id: str | None = None, onnx: bool | None = None,
+               int8: Int8Calibration | None = None) -> Path:
     """Turn a training run folder into a Hub-ready folder: weights, config, recipe, evaluation and model card.
 
     Only ``model.safetensors`` and ``config.json`` are required in the run; a missing ``recipe.yaml``,
@@ -155,9 +166,9 @@ def export_run(run_dir: PathLike, out_dir: PathLike, zoo_name: Optional[str] = N
     return out_dir
 
 
-def export_embedded(name: str, out_dir: PathLike, repo_id: Optional[str] = None,
-                    weights_dir: Optional[PathLike] = None, onnx: Optional[bool] = None,
-                    int8: Optional[Int8Calibration] = None) -> Path:
+def export_embedded(name: str, out_dir: PathLike, repo_id: str | None = None,
+                    weights_dir: PathLike | None = None, onnx: bool | None = None,
+                    int8: Int8Calibration | None = None) -> Path:
     """Export a checkpoint shipped in the package (``<weights_dir>/<name>.safetensors`` + ``<name>.json``).
 
     ``weights_dir`` defaults to ``gcl_zoo/weights``. The JSON beside the weights is read like a run's
@@ -189,7 +200,7 @@ def export_embedded(name: str, out_dir: PathLike, repo_id: Optional[str] = None,
     return out_dir
 
 
-def write_shipped_cards(cards_dir: PathLike = "model_cards", weights_dir: Optional[PathLike] = None) -> List[Path]:
+def write_shipped_cards(cards_dir: PathLike = "model_cards", weights_dir: PathLike | None = None) -> list[Path]:
     """(Re)generate ``<cards_dir>/<name>.md`` for every checkpoint shipped in ``weights_dir`` (``gcl_zoo/weights``).
 
     These generated cards are committed under ``model_cards/``, so a reviewer sees what each shipped model claims.

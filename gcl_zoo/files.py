@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
 
 __all__ = ["replace_file"]
 
 
-def replace_file(src: Union[str, Path], dest: Union[str, Path]) -> None:
+def replace_file(src: str | Path, dest: str | Path) -> None:
     """Atomically move a finished temporary file into place, with the permissions a plain file would get
     (temporary files are created private, 0600)."""
     umask = os.umask(0)

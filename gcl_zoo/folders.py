@@ -6,7 +6,7 @@ import json
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -32,14 +32,14 @@ PICKLE_SUFFIXES = (".bin", ".pth", ".pt", ".pkl", ".pickle", ".ckpt", ".tar")
 TIMM_CONFIG_KEYS = {"architecture", "num_classes", "num_features", "global_pool", "label_names", "label_descriptions",
                     "model_args", "pretrained_cfg"}
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 class InvalidModelFolder(ValueError):
     """A model folder that would not load (or should not be published); the message names the file and field."""
 
 
-def save_model_folder(model: nn.Module, folder: PathLike, extra_config: Optional[Dict[str, Any]] = None) -> Path:
+def save_model_folder(model: nn.Module, folder: PathLike, extra_config: dict[str, Any] | None = None) -> Path:
     """Write the model's weights and config into ``folder``, each file replaced atomically.
 
     The files are first written to a temporary folder beside them and then renamed into place, so a crash never
@@ -47,7 +47,7 @@ def save_model_folder(model: nn.Module, folder: PathLike, extra_config: Optional
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model_config: Dict[str, Any] = dict(extra_config or {})
+    model_config: dict[str, Any] = dict(extra_config or {})
     labels = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
     if labels:
         model_config.setdefault("label_names", list(labels))
@@ -68,7 +68,7 @@ def save_model_folder(model: nn.Module, folder: PathLike, extra_config: Optional
     return folder
 
 
-def read_json(path: Path) -> Dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     """A JSON (or, for ``.yaml``/``.yml`` files, YAML) mapping; a clear error naming the file otherwise."""
     import yaml
 
@@ -83,7 +83,7 @@ def read_json(path: Path) -> Dict[str, Any]:
     return data
 
 
-def _tensor_shapes(path: Path) -> Dict[str, Tuple[int, ...]]:
+def _tensor_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Names and shapes from the safetensors header (reads no tensor data)."""
     from safetensors import SafetensorError, safe_open
 
@@ -94,7 +94,7 @@ def _tensor_shapes(path: Path) -> Dict[str, Tuple[int, ...]]:
         raise InvalidModelFolder(f"{path}: not a readable safetensors file ({exc}); re-export the folder") from exc
 
 
-def _check_config(config: Dict[str, Any], path: Path) -> Tuple[str, int]:
+def _check_config(config: dict[str, Any], path: Path) -> tuple[str, int]:
     """The architecture and class count a config declares, after checking they agree with each other."""
     import timm
 
@@ -121,7 +121,7 @@ def _check_config(config: Dict[str, Any], path: Path) -> Tuple[str, int]:
     return arch, num_classes
 
 
-def _check_classifier(config: Dict[str, Any], shapes: Dict[str, Tuple[int, ...]], folder: Path) -> None:
+def _check_classifier(config: dict[str, Any], shapes: dict[str, tuple[int, ...]], folder: Path) -> None:
     """The classifier in the weights has ``num_classes`` rows (the usual way a config and weights drift apart)."""
     classifiers = config.get("pretrained_cfg", {}).get("classifier") or ()
     for name in [classifiers] if isinstance(classifiers, str) else classifiers:

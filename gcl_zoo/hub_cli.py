@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List
 
 __all__ = ["main"]
 
@@ -51,7 +50,7 @@ def _push_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _export(argv: List[str]) -> int:
+def _export(argv: list[str]) -> int:
     from . import hub
     from .folders import CONFIG_NAME, read_json
     from .onnx_export import ONNX_NAME, onnx_exporter_missing
@@ -88,7 +87,7 @@ def _export(argv: List[str]) -> int:
     return 0
 
 
-def _push(argv: List[str]) -> int:
+def _push(argv: list[str]) -> int:
     from . import hub
 
     args = _push_parser().parse_args(argv)
@@ -98,7 +97,7 @@ def _push(argv: List[str]) -> int:
     return 0
 
 
-def main(argv: List[str], command: str) -> int:
+def main(argv: list[str], command: str) -> int:
     """Run ``gcl-zoo export`` or ``gcl-zoo push`` (``command``) with ``argv``; clear errors exit with status 1."""
     from huggingface_hub.errors import HfHubHTTPError
 

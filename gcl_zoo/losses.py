@@ -13,14 +13,14 @@ precision in bf16.
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MixupPair = Tuple[torch.Tensor, torch.Tensor, float]
-Target = Union[torch.Tensor, MixupPair]
+MixupPair = tuple[torch.Tensor, torch.Tensor, float]
+Target = torch.Tensor | MixupPair
 
 CLOUD_STRATEGIES = ("log", "cos", "pow3", "pow4")
 
@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 
-def class_counts_tensor(cls_num_list: Sequence[int], num_classes: Optional[int] = None) -> torch.Tensor:
+def class_counts_tensor(cls_num_list: Sequence[int], num_classes: int | None = None) -> torch.Tensor:
     """Validate per-class training counts and return them as a float64 tensor."""
     counts = torch.as_tensor(list(cls_num_list), dtype=torch.float64)
     if counts.ndim != 1 or counts.numel() == 0:
@@ -90,7 +90,7 @@ def as_soft_targets(target: torch.Tensor, num_classes: int, device: torch.device
 
 
 def _soft_cross_entropy(logits: torch.Tensor, soft: torch.Tensor, gamma: float = 0.0,
-                        class_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+                        class_weight: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over the batch of sum_j -t_j * (1 - p_j)^gamma * w_j * log p_j, with p_j detached in the focal factor."""
     log_p = F.log_softmax(logits, dim=1)
     per_class = -soft * log_p
@@ -106,8 +106,8 @@ def _soft_cross_entropy(logits: torch.Tensor, soft: torch.Tensor, gamma: float =
 class _LongTailLoss(nn.Module):
     """Shared plumbing: validated counts, float32 computation, target normalisation."""
 
-    def __init__(self, cls_num_list: Optional[Sequence[int]] = None, s: float = 1.0, gamma: float = 0.0,
-                 weight: Optional[Sequence[float]] = None):
+    def __init__(self, cls_num_list: Sequence[int] | None = None, s: float = 1.0, gamma: float = 0.0,
+                 weight: Sequence[float] | None = None):
         super().__init__()
         if s <= 0:
             raise ValueError(f"scale s must be positive, got {s}")
@@ -121,7 +121,7 @@ class _LongTailLoss(nn.Module):
             "class_weight", torch.as_tensor(list(weight), dtype=torch.float32) if weight is not None else None,
             persistent=False)
 
-    def set_class_weight(self, weight: Optional[Sequence[float]]) -> None:
+    def set_class_weight(self, weight: Sequence[float] | None) -> None:
         """Switch per-class weights on or off (deferred re-weighting turns them on late in training)."""
         device = self.cls_num.device if self.cls_num is not None else None
         self.class_weight = None if weight is None else torch.as_tensor(list(weight), dtype=torch.float32,
@@ -171,7 +171,7 @@ class GCLLoss(_LongTailLoss):
 
     def __init__(self, cls_num_list: Sequence[int], s: float = 30.0, m: float = 0.0, noise_mul: float = 0.5,
                  sigma: float = 1.0 / 3.0, gamma: float = 0.0, cloud: str = "log",
-                 weight: Optional[Sequence[float]] = None, generator: Optional[torch.Generator] = None):
+                 weight: Sequence[float] | None = None, generator: torch.Generator | None = None):
         super().__init__(cls_num_list, s=s, gamma=gamma, weight=weight)
         if sigma <= 0:
             raise ValueError(f"noise sigma must be positive, got {sigma}")
@@ -207,16 +207,16 @@ class GCLLoss(_LongTailLoss):
 class CrossEntropyLoss(_LongTailLoss):
     """Cross-entropy of ``s * logits`` (s=1 for a linear head, about 30 for a cosine head)."""
 
-    def __init__(self, cls_num_list: Optional[Sequence[int]] = None, s: float = 1.0,
-                 weight: Optional[Sequence[float]] = None):
+    def __init__(self, cls_num_list: Sequence[int] | None = None, s: float = 1.0,
+                 weight: Sequence[float] | None = None):
         super().__init__(cls_num_list, s=s, weight=weight)
 
 
 class FocalLoss(_LongTailLoss):
     """Focal loss (Lin et al. 2017): CE scaled by ``(1 - p_y)^gamma`` with ``p_y`` detached."""
 
-    def __init__(self, cls_num_list: Optional[Sequence[int]] = None, s: float = 1.0, gamma: float = 1.0,
-                 weight: Optional[Sequence[float]] = None):
+    def __init__(self, cls_num_list: Sequence[int] | None = None, s: float = 1.0, gamma: float = 1.0,
+                 weight: Sequence[float] | None = None):
         super().__init__(cls_num_list, s=s, gamma=gamma, weight=weight)
 
 
@@ -227,7 +227,7 @@ class LDAMLoss(_LongTailLoss):
     """
 
     def __init__(self, cls_num_list: Sequence[int], max_m: float = 0.5, s: float = 30.0,
-                 weight: Optional[Sequence[float]] = None):
+                 weight: Sequence[float] | None = None):
         super().__init__(cls_num_list, s=s, weight=weight)
         margins = 1.0 / class_counts_tensor(cls_num_list).pow(0.25)
         self.register_buffer("margins", (margins * (max_m / margins.max())).float(), persistent=False)
@@ -240,7 +240,7 @@ class LogitAdjustedLoss(_LongTailLoss):
     """Logit-adjusted CE (Menon et al. 2021): CE of ``s * logits + tau * log prior``; tau=1 is balanced softmax."""
 
     def __init__(self, cls_num_list: Sequence[int], tau: float = 1.0, s: float = 1.0,
-                 weight: Optional[Sequence[float]] = None):
+                 weight: Sequence[float] | None = None):
         super().__init__(cls_num_list, s=s, weight=weight)
         counts = class_counts_tensor(cls_num_list)
         self.tau = float(tau)
@@ -253,7 +253,7 @@ class LogitAdjustedLoss(_LongTailLoss):
 class BalancedSoftmaxLoss(LogitAdjustedLoss):
     """Balanced softmax (Ren et al. 2020), the tau=1 case of logit adjustment."""
 
-    def __init__(self, cls_num_list: Sequence[int], s: float = 1.0, weight: Optional[Sequence[float]] = None):
+    def __init__(self, cls_num_list: Sequence[int], s: float = 1.0, weight: Sequence[float] | None = None):
         super().__init__(cls_num_list, tau=1.0, s=s, weight=weight)
 
 

@@ -8,7 +8,7 @@ as the test sets are balanced).
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 
@@ -19,7 +19,7 @@ MANY_SHOT_MIN = 100  # many-shot: more than this many training images
 FEW_SHOT_MAX = 20    # few-shot: fewer than this many
 
 
-def shot_groups(cls_num_list: Sequence[int], many: int = MANY_SHOT_MIN, few: int = FEW_SHOT_MAX) -> Dict[str, List[int]]:
+def shot_groups(cls_num_list: Sequence[int], many: int = MANY_SHOT_MIN, few: int = FEW_SHOT_MAX) -> dict[str, list[int]]:
     """Class indices of the many (> many), medium and few (< few) shot groups."""
     groups = {"many": [], "medium": [], "few": []}
     for c, n in enumerate(cls_num_list):
@@ -33,8 +33,8 @@ def confusion_matrix(preds: torch.Tensor, targets: torch.Tensor, num_classes: in
     return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
-def accuracy_report(logits: torch.Tensor, targets: torch.Tensor, train_cls_num_list: Optional[Sequence[int]] = None,
-                    topk: Sequence[int] = (1, 5), with_confusion: bool = False) -> Dict:
+def accuracy_report(logits: torch.Tensor, targets: torch.Tensor, train_cls_num_list: Sequence[int] | None = None,
+                    topk: Sequence[int] = (1, 5), with_confusion: bool = False) -> dict:
     """Accuracies in percent from (N, C) logits and (N,) labels.
 
     Returns ``top1``, ``top5`` (each k < C), ``per_class`` (list, NaN-free: classes absent from the test set get
@@ -43,7 +43,7 @@ def accuracy_report(logits: torch.Tensor, targets: torch.Tensor, train_cls_num_l
     """
     logits, targets = logits.detach().float().cpu(), targets.detach().long().cpu()
     num_classes = logits.shape[1]
-    report: Dict = {"num_samples": int(targets.numel())}
+    report: dict = {"num_samples": int(targets.numel())}
     ranked = logits.topk(min(max(topk), num_classes), dim=1).indices
     for k in topk:
         if k <= num_classes:
@@ -76,7 +76,7 @@ def mcnemar_p(base_only: int, other_only: int) -> float:
 
 
 def paired_bootstrap(base_correct: torch.Tensor, other_correct: torch.Tensor, draws: int = 10000,
-                     seed: int = 0) -> Tuple[float, float]:
+                     seed: int = 0) -> tuple[float, float]:
     """95% interval of the top-1 difference (points, other - base), resampling images with replacement, the same
     draw for both models."""
     generator = torch.Generator().manual_seed(seed)

@@ -6,9 +6,10 @@ header is written (and can be read back) by the same library the Hub uses.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -50,16 +51,16 @@ class CardInputs:
     """Everything a card says, gathered by the exporter; ``None`` means the source file was missing."""
 
     name: str  # zoo name with tag (or the folder name)
-    config: Dict[str, Any]  # config.json
+    config: dict[str, Any]  # config.json
     num_params: int
-    evaluation: Optional[Dict[str, Any]] = None  # eval.json
-    recipe: Optional[Dict[str, Any]] = None  # recipe.yaml
-    run: Optional[Dict[str, Any]] = None  # run.json
-    load_name: Optional[str] = None  # what the usage snippet passes to timm.create_model
-    notes: List[str] = field(default_factory=list)  # what is missing, said in the card
+    evaluation: dict[str, Any] | None = None  # eval.json
+    recipe: dict[str, Any] | None = None  # recipe.yaml
+    run: dict[str, Any] | None = None  # run.json
+    load_name: str | None = None  # what the usage snippet passes to timm.create_model
+    notes: list[str] = field(default_factory=list)  # what is missing, said in the card
 
 
-def dataset_info(key: Optional[str], imb_ratio: Optional[float]) -> Dict[str, Optional[str]]:
+def dataset_info(key: str | None, imb_ratio: float | None) -> dict[str, str | None]:
     """Display name and Hub data set id for a recipe's data set key (unknown keys are shown as given)."""
     if not key:
         return {"name": "unknown data set", "hub_id": None, "key": None}
@@ -71,12 +72,12 @@ def dataset_info(key: Optional[str], imb_ratio: Optional[float]) -> Dict[str, Op
     return {"name": display, "hub_id": hub_id, "key": norm}
 
 
-def _metric(evaluation: Optional[Dict[str, Any]], key: str) -> Optional[float]:
+def _metric(evaluation: dict[str, Any] | None, key: str) -> float | None:
     value = (evaluation or {}).get(key)
     return None if value is None else round(float(value), 2)
 
 
-def _dataset(inputs: CardInputs) -> Dict[str, Optional[str]]:
+def _dataset(inputs: CardInputs) -> dict[str, str | None]:
     recipe, evaluation = inputs.recipe or {}, inputs.evaluation or {}
     return dataset_info(recipe.get("dataset") or evaluation.get("dataset"), recipe.get("imb_ratio"))
 
@@ -105,7 +106,7 @@ def card_data(inputs: CardInputs) -> ModelCardData:
         model_name=inputs.name, eval_results=results or None)
 
 
-def _calibrated_ece(evaluation: Optional[Dict[str, Any]]) -> Optional[float]:
+def _calibrated_ece(evaluation: dict[str, Any] | None) -> float | None:
     """The test-set ECE of the calibrated scores, when the evaluation measured it."""
     after = ((evaluation or {}).get("calibration") or {}).get("after") or {}
     return _metric(after, "ece")
@@ -128,9 +129,9 @@ def _usage(inputs: CardInputs) -> str:
     ])
 
 
-def _rows(inputs: CardInputs) -> List[List[str]]:
+def _rows(inputs: CardInputs) -> list[list[str]]:
     """Results table: this checkpoint (final epoch) beside the paper (best epoch, as published)."""
-    def cell(value: Optional[float]) -> str:
+    def cell(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.2f}"
 
     ours = ["this checkpoint (final epoch)"] + [cell(_metric(inputs.evaluation, k)) for k, _ in _GROUPS[:4]]
@@ -141,14 +142,14 @@ def _rows(inputs: CardInputs) -> List[List[str]]:
     return rows
 
 
-def _recipe_yaml(recipe: Optional[Dict[str, Any]]) -> str:
+def _recipe_yaml(recipe: dict[str, Any] | None) -> str:
     """The recipe as YAML, in its own key order (the same settings as the shipped ``train_hparams.yaml``)."""
     import yaml
 
     return yaml.safe_dump(recipe, sort_keys=False, default_flow_style=False).strip() if recipe else ""
 
 
-def render_card(inputs: CardInputs, template_path: Optional[Path] = None) -> str:
+def render_card(inputs: CardInputs, template_path: Path | None = None) -> str:
     """The full ``README.md`` text for an exported folder."""
     config = inputs.config
     pretrained_cfg = config.get("pretrained_cfg", {})
@@ -177,7 +178,7 @@ def render_card(inputs: CardInputs, template_path: Optional[Path] = None) -> str
     return str(card)
 
 
-def card_notes(missing: Sequence[str]) -> List[str]:
+def card_notes(missing: Sequence[str]) -> list[str]:
     """One sentence per missing source file, for the card's "Files" section."""
     why = {EVAL_NAME: "no evaluation results are reported", RUN_RECIPE_NAME: "the training settings are unknown",
            RUN_INFO_NAME: "the training command is unknown"}

@@ -17,8 +17,9 @@ import logging
 import os
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,7 +45,7 @@ class ExportUnavailable(RuntimeError):
     """The packages the exporter needs are not installed."""
 
 
-def onnx_exporter_missing() -> Optional[str]:
+def onnx_exporter_missing() -> str | None:
     """Why ``export_onnx`` cannot run here (the packages to install), or None when it can."""
     missing = [name for name in ("onnx", "onnxscript") if _absent(name)]
     if not missing:
@@ -59,7 +60,7 @@ def _absent(module: str) -> bool:
     return importlib.util.find_spec(module) is None
 
 
-def onnx_runner(path: Union[str, Path]) -> Callable[[np.ndarray], np.ndarray]:
+def onnx_runner(path: str | Path) -> Callable[[np.ndarray], np.ndarray]:
     """Run an ONNX file in float32 with whichever runtime is installed (ONNX Runtime, else OpenVINO), for checks."""
     if not _absent("onnxruntime"):
         import onnxruntime
@@ -74,7 +75,7 @@ def onnx_runner(path: Union[str, Path]) -> Callable[[np.ndarray], np.ndarray]:
     raise ExportUnavailable("checking an ONNX file needs ONNX Runtime or OpenVINO: pip install 'gcl-zoo[onnxruntime]'")
 
 
-def check_onnx(path: Union[str, Path], model: nn.Module, input_size: tuple, batch_size: int = 3) -> float:
+def check_onnx(path: str | Path, model: nn.Module, input_size: tuple, batch_size: int = 3) -> float:
     """Largest absolute difference between the file's and the model's outputs on a random batch; raises
     ``ValueError`` above ``MAX_ABS_DIFF`` (an export that changed what the model computes is never kept)."""
     batch = torch.randn((batch_size, *input_size), generator=torch.Generator().manual_seed(0))
@@ -88,7 +89,7 @@ def check_onnx(path: Union[str, Path], model: nn.Module, input_size: tuple, batc
     return diff
 
 
-def export_onnx(model: nn.Module, path: Union[str, Path], input_size: Optional[tuple] = None) -> Dict[str, Any]:
+def export_onnx(model: nn.Module, path: str | Path, input_size: tuple | None = None) -> dict[str, Any]:
     """Export ``model`` (eval mode, float32, CPU) to ``path`` with a dynamic batch axis, check it against PyTorch,
     and return the ``config.json`` entry that describes it. The file is replaced atomically."""
     reason = onnx_exporter_missing()

@@ -15,8 +15,8 @@ a likelihood-ratio test that keeps the source prior when the images give no real
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, Optional, Sequence, Union
 
 import torch
 
@@ -26,7 +26,7 @@ __all__ = ["PriorError", "PriorEstimate", "check_prior", "missing_class_sources"
 # smallest prior ratio kept: a weight of 0 gives a class a logit shift of about -69, never -inf (answers stay JSON)
 MIN_PRIOR = 1e-30
 
-PriorLike = Union[Sequence[float], torch.Tensor]
+PriorLike = Sequence[float] | torch.Tensor
 
 
 class PriorError(ValueError):
@@ -56,7 +56,7 @@ def check_prior(weights: PriorLike, num_classes: int) -> torch.Tensor:
 
 
 def missing_class_sources(present: Sequence[int], num_classes: int,
-                          class_counts: Optional[Sequence[int]] = None) -> Dict[int, Optional[int]]:
+                          class_counts: Sequence[int] | None = None) -> dict[int, int | None]:
     """For each class without held-out images, the class whose fitted bias it takes: the present class nearest to
     it in training images (ties: the lower index), or None (the mean of the fitted biases) without counts."""
     present_set = set(present)
@@ -67,7 +67,7 @@ def missing_class_sources(present: Sequence[int], num_classes: int,
 
 
 def implied_prior(probs: torch.Tensor, targets: torch.Tensor, num_classes: int,
-                  class_counts: Optional[Sequence[int]] = None) -> torch.Tensor:
+                  class_counts: Sequence[int] | None = None) -> torch.Tensor:
     """The class prior a model's posteriors imply on balanced data: the mean over classes of each class's mean
     posterior, measured on a labelled held-out split (so an unbalanced split still measures the balanced mean).
 
@@ -86,7 +86,7 @@ def implied_prior(probs: torch.Tensor, targets: torch.Tensor, num_classes: int,
     return prior / prior.sum()
 
 
-def prior_shift(target: Optional[torch.Tensor], implied: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+def prior_shift(target: torch.Tensor | None, implied: torch.Tensor | None) -> torch.Tensor | None:
     """The per-class logit shift ``log target - log implied`` (float32), or None without a target. ``implied``
     (the source prior) None means uniform (a plain classifier's scores count as balanced)."""
     if target is None:
@@ -95,8 +95,8 @@ def prior_shift(target: Optional[torch.Tensor], implied: Optional[torch.Tensor])
     return (target.clamp_min(MIN_PRIOR).log() - base.double().clamp_min(MIN_PRIOR).log()).float()
 
 
-def adjust_logits(logits: torch.Tensor, target: Optional[torch.Tensor],
-                  implied: Optional[torch.Tensor]) -> torch.Tensor:
+def adjust_logits(logits: torch.Tensor, target: torch.Tensor | None,
+                  implied: torch.Tensor | None) -> torch.Tensor:
     """Calibrated logits moved to the deployment's prior ``target`` (``softmax`` of the result: ``p * target / q``)."""
     shift = prior_shift(target, implied)
     return logits if shift is None else logits + shift.to(logits.device, logits.dtype)
@@ -119,7 +119,7 @@ class PriorEstimate:
     converged: bool
     log_likelihood_ratio: float
     shifted: bool
-    map_prior: Optional[torch.Tensor] = None
+    map_prior: torch.Tensor | None = None
 
 
 def _chi2_quantile(level: float, dof: int) -> float:
@@ -130,8 +130,8 @@ def _chi2_quantile(level: float, dof: int) -> float:
 
 
 def estimate_prior(probs: torch.Tensor, source: torch.Tensor, strength: float = DEFAULT_STRENGTH,
-                   test_level: Optional[float] = DEFAULT_TEST_LEVEL, source_images: Optional[int] = None,
-                   max_iter: int = 1000, tol: float = 1e-8, start: Optional[torch.Tensor] = None) -> PriorEstimate:
+                   test_level: float | None = DEFAULT_TEST_LEVEL, source_images: int | None = None,
+                   max_iter: int = 1000, tol: float = 1e-8, start: torch.Tensor | None = None) -> PriorEstimate:
     """The class prior of an unlabeled set from the model's calibrated posteriors on it (``probs``, N x C).
 
     EM (Saerens et al., 2002) as a MAP estimate: a Dirichlet prior with ``strength`` images per class spread as the
@@ -155,7 +155,7 @@ def estimate_prior(probs: torch.Tensor, source: torch.Tensor, strength: float = 
     prior = base.clone() if start is None else check_prior(start, classes).clamp_min(MIN_PRIOR)
     iterations, converged = 0, images == 0
     ratio = probs / base
-    for iterations in range(1, max_iter + 1) if images else ():
+    for iterations in range(1, max_iter + 1) if images else ():  # noqa: B007 (read after the loop)
         # E and M steps as two matrix-vector products: sum_i ratio_i * prior / (ratio_i . prior)
         evidence = ratio.t().mv((ratio.mv(prior)).clamp_min(MIN_PRIOR).reciprocal())
         updated = (prior * evidence + pseudo) / (images + pseudo.sum())

@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
 
 from .folders import CARD_NAME, InvalidModelFolder, refuse_pickles, validate_folder
 
 __all__ = ["push_folder"]
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
-def push_folder(folder: PathLike, repo_id: str, private: bool = False, revision: Optional[str] = None,
-                create_pr: bool = False, commit_message: Optional[str] = None, token: Optional[str] = None,
-                endpoint: Optional[str] = None):
+def push_folder(folder: PathLike, repo_id: str, private: bool = False, revision: str | None = None,
+                create_pr: bool = False, commit_message: str | None = None, token: str | None = None,
+                endpoint: str | None = None):
     """Validate ``folder`` and upload it to the Hub repo ``repo_id`` (created if needed); returns the CommitInfo.
 
     Uses ``huggingface_hub.HfApi``: the token comes from ``token``, ``HF_TOKEN`` or the login cache

@@ -15,7 +15,7 @@ import importlib.util
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +37,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 MIN_TOP1_AGREEMENT = 0.95
 
 
-def embedded_int8_graph(model: nn.Module) -> Optional[Path]:
+def embedded_int8_graph(model: nn.Module) -> Path | None:
     """The int8 ONNX graph shipped beside the packaged weights ``model`` was built from (``<name>.int8.onnx``), or None
     for a model whose weights do not come from the package or have no such graph."""
     from .models.weights import WEIGHTS_DIR
@@ -49,13 +49,13 @@ def embedded_int8_graph(model: nn.Module) -> Optional[Path]:
     return graph if graph.is_file() else None
 
 
-def int8_quantizer_missing() -> Optional[str]:
+def int8_quantizer_missing() -> str | None:
     """Why ``quantize_onnx`` cannot run here (the packages to install), or None when it can."""
     missing = [name for name in ("nncf", "onnx") if importlib.util.find_spec(name) is None]
     return f"int8 quantisation needs {' and '.join(missing)}: pip install 'gcl-zoo[int8]'" if missing else None
 
 
-def calibration_images(model: nn.Module, root: Union[str, Path], count: int) -> Tuple[torch.Tensor, str]:
+def calibration_images(model: nn.Module, root: str | Path, count: int) -> tuple[torch.Tensor, str]:
     """``count`` images under ``root`` (a folder or .zip, searched recursively; only its ``train/`` folder when it
     has one, as the CIFAR zips and ImageFolder data sets do: the test images stay unseen) as the model's evaluation
     transform gives them (a float NCHW batch), and a description of where they came from. The images are evenly
@@ -73,15 +73,15 @@ def calibration_images(model: nn.Module, root: Union[str, Path], count: int) -> 
     return torch.stack([transform(source.load(names[int(i * step)])) for i in range(count)]), where
 
 
-def _agreement(float_path: Path, int8_path: Path, images: torch.Tensor) -> Dict[str, float]:
+def _agreement(float_path: Path, int8_path: Path, images: torch.Tensor) -> dict[str, float]:
     batch = images.numpy()
     expected, got = onnx_runner(float_path)(batch), onnx_runner(int8_path)(batch)
     return {"top1_agreement_vs_float32": float((expected.argmax(1) == got.argmax(1)).mean()),
             "max_abs_logit_diff_vs_float32": float(np.abs(expected - got).max())}
 
 
-def quantize_onnx(float_path: Union[str, Path], out_path: Union[str, Path], calibration: torch.Tensor,
-                  held_out: torch.Tensor, source: str) -> Dict[str, Any]:
+def quantize_onnx(float_path: str | Path, out_path: str | Path, calibration: torch.Tensor,
+                  held_out: torch.Tensor, source: str) -> dict[str, Any]:
     """Quantise ``float_path`` to int8 with activation ranges from ``calibration``, check it on ``held_out`` images
     and write it atomically to ``out_path``; returns its ``config.json`` entry (``source`` names the images)."""
     reason = int8_quantizer_missing()
@@ -91,7 +91,7 @@ def quantize_onnx(float_path: Union[str, Path], out_path: Union[str, Path], cali
     import onnx
 
     float_path, out_path = Path(float_path), Path(out_path)
-    samples: List[Dict[str, np.ndarray]] = [{INPUT_NAME: image[None].numpy()} for image in calibration]
+    samples: list[dict[str, np.ndarray]] = [{INPUT_NAME: image[None].numpy()} for image in calibration]
     # full bias correction: on the shipped CIFAR-10 ResNet-32 it kept more test-set labels than NNCF's fast variant,
     # at the same top-1, for a few more seconds of export
     quantized = nncf.quantize(onnx.load(str(float_path)), nncf.Dataset(samples), subset_size=len(samples),

@@ -17,7 +17,7 @@ whole epoch. ``set_epoch`` must be called each epoch, as with ``DistributedSampl
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -41,8 +41,8 @@ def _dist_world() -> tuple:
 class LongTailSampler(Sampler):
     """Base class: an epoch of ``num_samples`` draws, split over ranks, seeded by ``seed + epoch``."""
 
-    def __init__(self, labels: Sequence[int], num_samples: Optional[int] = None, seed: int = 0,
-                 num_replicas: Optional[int] = None, rank: Optional[int] = None):
+    def __init__(self, labels: Sequence[int], num_samples: int | None = None, seed: int = 0,
+                 num_replicas: int | None = None, rank: int | None = None):
         self.labels = torch.as_tensor(list(labels) if not torch.is_tensor(labels) else labels, dtype=torch.long)
         if self.labels.ndim != 1 or self.labels.numel() == 0:
             raise ValueError("a sampler needs a non-empty 1-d list of class labels")
@@ -87,10 +87,10 @@ class LongTailSampler(Sampler):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def state_dict(self) -> Dict[str, int]:
+    def state_dict(self) -> dict[str, int]:
         return {"seed": self.seed, "epoch": self.epoch}
 
-    def load_state_dict(self, state: Dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, int]) -> None:
         self.seed, self.epoch = int(state["seed"]), int(state["epoch"])
 
 

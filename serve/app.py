@@ -14,9 +14,9 @@ OpenAPI document), ``state`` (model loading), ``limits`` (body budget, timeouts,
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable, Optional
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
@@ -46,7 +46,7 @@ def create_state(settings: ServeSettings) -> ServerState:
     return ServerState(settings=settings, metrics=metrics, models=models)
 
 
-def lifespan_for(state: ServerState, on_load_failure: Optional[Callable[[str], None]]) -> Callable:
+def lifespan_for(state: ServerState, on_load_failure: Callable[[str], None] | None) -> Callable:
     """Start the decode pool and the model loading (in the background); on shutdown stop the engines and pools."""
 
     @asynccontextmanager
@@ -66,7 +66,7 @@ def lifespan_for(state: ServerState, on_load_failure: Optional[Callable[[str], N
     return lifespan
 
 
-def create_app(settings: ServeSettings, on_load_failure: Optional[Callable[[str], None]] = None) -> FastAPI:
+def create_app(settings: ServeSettings, on_load_failure: Callable[[str], None] | None = None) -> FastAPI:
     """The server for ``settings``; ``on_load_failure(message)`` is called if the models cannot be loaded."""
     state = create_state(settings)
     # /docs and /redoc with their scripts and styles served by this server (no CDN: they work offline)

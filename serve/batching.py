@@ -19,9 +19,10 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, List, NamedTuple, Optional, Sequence, Set
+from typing import Any, NamedTuple
 
 from .errors import RequestError
 
@@ -30,7 +31,7 @@ __all__ = ["BatchingEngine"]
 log = logging.getLogger(__name__)
 
 # predict(items) -> one result per item: a value, or an exception meant for that item's request alone
-PredictFn = Callable[[List[Any]], List[Any]]
+PredictFn = Callable[[list[Any]], list[Any]]
 BatchObserver = Callable[[int, float], None]
 
 
@@ -38,10 +39,10 @@ BatchObserver = Callable[[int, float], None]
 class _Request:
     """One ``submit`` call: its items, how many batches have taken so far, and its results as they come back."""
 
-    items: List[Any]
+    items: list[Any]
     future: asyncio.Future = field(repr=False)
     taken: int = 0
-    results: List[Any] = field(init=False, repr=False)
+    results: list[Any] = field(init=False, repr=False)
     missing: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -62,7 +63,7 @@ class BatchingEngine:
     ``streams`` batches in flight (``executor`` needs that many threads)."""
 
     def __init__(self, name: str, predict: PredictFn, executor: Executor, max_batch_size: int = 64,
-                 max_wait_s: float = 0.005, max_queue: int = 1024, on_batch: Optional[BatchObserver] = None,
+                 max_wait_s: float = 0.005, max_queue: int = 1024, on_batch: BatchObserver | None = None,
                  streams: int = 1):
         if streams < 1:
             raise ValueError(f"streams must be at least 1, got {streams}")
@@ -74,11 +75,11 @@ class BatchingEngine:
         self.max_wait_s = max_wait_s
         self.max_queue = max_queue
         self.on_batch = on_batch
-        self._waiting: Deque[_Request] = deque()
+        self._waiting: deque[_Request] = deque()
         self._depth = 0  # images of waiting requests that no batch has taken yet
         self._arrived = asyncio.Event()
-        self._worker: Optional[asyncio.Task] = None
-        self._in_flight: Set[asyncio.Task] = set()
+        self._worker: asyncio.Task | None = None
+        self._in_flight: set[asyncio.Task] = set()
         self._seconds_per_image = 0.0  # recent inference cost per image and stream, for Retry-After
 
     @property
@@ -104,7 +105,7 @@ class BatchingEngine:
     def _retry_after(self) -> str:
         return str(max(1, math.ceil(self.depth * self._seconds_per_image / self.streams)))
 
-    async def submit(self, items: Sequence[Any], timeout_s: float) -> List[Any]:
+    async def submit(self, items: Sequence[Any], timeout_s: float) -> list[Any]:
         """Queue ``items`` and wait for their results (in order); 503 when the queue is full, 504 on timeout."""
         if self.depth + len(items) > self.max_queue:
             raise RequestError(503, f"the server is overloaded ({self.depth} images queued for {self.name}, "
@@ -124,14 +125,14 @@ class BatchingEngine:
                 raise result
         return results
 
-    def _next_waiting(self) -> Optional[_Request]:
+    def _next_waiting(self) -> _Request | None:
         """The first waiting request still wanted (those that timed out leave the queue here)."""
         while self._waiting and self._waiting[0].future.done():
             gone = self._waiting.popleft()
             self._depth -= len(gone.items) - gone.taken
         return self._waiting[0] if self._waiting else None
 
-    async def _arrival(self, timeout_s: Optional[float]) -> bool:
+    async def _arrival(self, timeout_s: float | None) -> bool:
         """Wait until a request arrives (at most ``timeout_s``); False when none did."""
         self._arrived.clear()
         try:
@@ -140,9 +141,9 @@ class BatchingEngine:
             return False
         return True
 
-    async def _collect(self) -> List[_Slice]:
+    async def _collect(self) -> list[_Slice]:
         """The next batch: wait for one waiting request, then take images until full or ``max_wait_s`` has passed."""
-        batch: List[_Slice] = []
+        batch: list[_Slice] = []
         size, deadline = 0, None
         try:
             while size < self.max_batch_size:
@@ -178,7 +179,7 @@ class BatchingEngine:
             self._in_flight.add(task)
             task.add_done_callback(lambda done: (self._in_flight.discard(done), free_streams.release()))
 
-    async def _infer(self, batch: List[_Slice]) -> None:
+    async def _infer(self, batch: list[_Slice]) -> None:
         """Run one batch in the executor and hand every request its results (or their own errors)."""
         items = [item for part in batch for item in part.request.items[part.start:part.stop]]
         start = time.perf_counter()

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Any, Dict, List, Literal, Optional, Union, get_args, get_origin
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import ValidationError
 from pydantic.fields import FieldInfo
@@ -24,16 +25,16 @@ FLAG_NAMES = {"models": "--model"}
 METAVARS = {"models": "MODEL", "target_prior": "VALUE", "api_key_env": "VAR"}
 
 
-def flag_kwargs(name: str, field: FieldInfo) -> Dict[str, Any]:
+def flag_kwargs(name: str, field: FieldInfo) -> dict[str, Any]:
     """argparse keywords for one ``ServeSettings`` field: its type or choices, its description and default as
     help; every flag defaults to None so that unset flags leave environment values and defaults in place."""
-    kwargs: Dict[str, Any] = {"dest": name, "default": None}
+    kwargs: dict[str, Any] = {"dest": name, "default": None}
     annotation = field.annotation
-    if get_origin(annotation) is Union:  # Optional[X]: the flag takes an X
+    if get_origin(annotation) in (Union, UnionType):  # X | None: the flag takes an X
         annotation = next(arg for arg in get_args(annotation) if arg is not type(None))
     if get_origin(annotation) is Literal:
         kwargs["choices"] = list(get_args(annotation))
-    elif get_origin(annotation) in (list, List):
+    elif get_origin(annotation) is list:
         kwargs.update(action="extend", nargs="+", type=get_args(annotation)[0])
     elif annotation is not str:
         kwargs["type"] = annotation
@@ -66,7 +67,7 @@ def build_parser(prog: str = "gcl-zoo serve") -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None, command: str = "serve") -> int:
+def main(argv: list[str] | None = None, command: str = "serve") -> int:
     """Parse flags, validate settings, run uvicorn until interrupted; 1 if the models could not be loaded."""
     args = build_parser(f"gcl-zoo {command}").parse_args(argv)
     try:
@@ -82,7 +83,7 @@ def main(argv: Optional[List[str]] = None, command: str = "serve") -> int:
     from .limits import header_timeout_protocol
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    server: Optional[uvicorn.Server] = None
+    server: uvicorn.Server | None = None
 
     def stop(message: str) -> None:
         if server is not None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 import io
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import NamedTuple
 
 import torch
 from PIL import Image, UnidentifiedImageError
@@ -47,11 +48,11 @@ class ImageHeader(NamedTuple):
 
     format: str
     mode: str
-    size: Tuple[int, int]
+    size: tuple[int, int]
 
 
 
-def _header(data: bytes, plugins: Optional[Sequence[str]]) -> Tuple[str, str, Tuple[int, int]]:
+def _header(data: bytes, plugins: Sequence[str] | None) -> tuple[str, str, tuple[int, int]]:
     with Image.open(io.BytesIO(data), formats=plugins) as img:
         return img.format or "unknown", img.mode, img.size
 
@@ -134,13 +135,13 @@ class DecodeFallbacks:
         with self._lock:
             self._counts[kind] += 1
 
-    def counts(self) -> Dict[str, int]:
+    def counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
 
 
 def decode_jpegs_on_device(payloads: Sequence[ImagePayload], device: torch.device,
-                           fallbacks: Optional[DecodeFallbacks] = None) -> List[Union[torch.Tensor, RequestError]]:
+                           fallbacks: DecodeFallbacks | None = None) -> list[torch.Tensor | RequestError]:
     """Decode JPEGs on the GPU in one batched call (uint8 CHW RGB tensors on ``device``).
 
     When the batched call fails (one corrupt or exotic file), each image is retried alone and the ones the GPU
@@ -166,7 +167,7 @@ def decode_jpegs_on_device(payloads: Sequence[ImagePayload], device: torch.devic
         log.warning("batched GPU JPEG decoding of %d images failed (%s); decoding them one at a time",
                     len(payloads), exc)
         _count(fallbacks, "per_image")
-    images: List[Union[torch.Tensor, RequestError]] = []
+    images: list[torch.Tensor | RequestError] = []
     for payload, data in zip(payloads, encoded):
         try:
             images.append(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
@@ -180,6 +181,6 @@ def decode_jpegs_on_device(payloads: Sequence[ImagePayload], device: torch.devic
     return images
 
 
-def _count(fallbacks: Optional[DecodeFallbacks], kind: str) -> None:
+def _count(fallbacks: DecodeFallbacks | None, kind: str) -> None:
     if fallbacks is not None:
         fallbacks.add(kind)

@@ -6,7 +6,7 @@ a worker thread.
 from __future__ import annotations
 
 import secrets
-from typing import Annotated, Optional
+from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -28,8 +28,8 @@ _bearer = HTTPBearer(auto_error=False, description="the API key as a bearer toke
 _header_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="the API key")
 
 
-async def require_api_key(state: State, credentials: Optional[HTTPAuthorizationCredentials] = Security(_bearer),
-                          key: Optional[str] = Security(_header_key)) -> None:
+async def require_api_key(state: State, credentials: HTTPAuthorizationCredentials | None = Security(_bearer),
+                          key: str | None = Security(_header_key)) -> None:
     """When an API key is configured (``ServeSettings.api_key``, read from its environment variable on every
     request, its one source), the routes that classify need it as a bearer token or an X-API-Key header."""
     expected = state.settings.api_key

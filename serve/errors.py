@@ -7,7 +7,6 @@ its status with the JSON body ``{"error": "<what is wrong and how to fix it>"}``
 from __future__ import annotations
 
 import logging
-from typing import Dict, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -22,14 +21,14 @@ log = logging.getLogger(__name__)
 class RequestError(Exception):
     """A problem with the client's request: answered with ``status`` and a JSON body ``{"error": message}``."""
 
-    def __init__(self, status: int, message: str, headers: Optional[Dict[str, str]] = None):
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers
 
 
-def error_response(status: int, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     """The JSON error body every refusal answers with: ``{"error": "<what is wrong and how to fix it>"}``."""
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 

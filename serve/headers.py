@@ -8,11 +8,10 @@ multi-picture or 12-bit JPEGs, a damaged header), and then Pillow reads the head
 from __future__ import annotations
 
 import struct
-from typing import Optional, Tuple
 
 __all__ = ["Header", "read_header"]
 
-Header = Tuple[str, str, Tuple[int, int]]
+Header = tuple[str, str, tuple[int, int]]
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # (bit depth, colour type) -> Pillow's mode, for the 8-bit and palette PNGs
@@ -24,7 +23,7 @@ JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB
 JPEG_SOS, JPEG_EOI, JPEG_APP2 = 0xDA, 0xD9, 0xE2
 
 
-def png_header(data: bytes) -> Optional[Header]:
+def png_header(data: bytes) -> Header | None:
     """The IHDR chunk, which PNG requires first."""
     if len(data) < 29 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
         return None
@@ -33,7 +32,7 @@ def png_header(data: bytes) -> Optional[Header]:
     return ("PNG", mode, (width, height)) if mode and width and height else None
 
 
-def webp_header(data: bytes) -> Optional[Header]:
+def webp_header(data: bytes) -> Header | None:
     """Simple WebP files: one lossless (VP8L) or one lossy key frame (VP8) bitstream; extended files (VP8X:
     animation, alpha beside a lossy frame, metadata) are left to Pillow."""
     if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
@@ -50,12 +49,12 @@ def webp_header(data: bytes) -> Optional[Header]:
     return None
 
 
-def jpeg_header(data: bytes) -> Optional[Header]:
+def jpeg_header(data: bytes) -> Header | None:
     """The frame header of an 8-bit JPEG, read up to the scan as Pillow does (a multi-picture APP2 segment makes
     Pillow call the file MPO, so those go to it)."""
     if data[:3] != b"\xff\xd8\xff":
         return None
-    found: Optional[Header] = None
+    found: Header | None = None
     at, end = 2, len(data)
     while at + 4 <= end:
         if data[at] != 0xFF:
@@ -83,7 +82,7 @@ def jpeg_header(data: bytes) -> Optional[Header]:
     return None
 
 
-def read_header(data: bytes) -> Optional[Header]:
+def read_header(data: bytes) -> Header | None:
     """(format, mode, (width, height)) as Pillow reports them, for the files read here; None otherwise."""
     first = data[:1]
     if first == b"\x89":

@@ -3,8 +3,8 @@ glob patterns (quoted, so that the shell leaves them alone) expanded."""
 from __future__ import annotations
 
 import glob
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Sequence
 
 __all__ = ["IMAGE_SUFFIXES", "collect_image_files"]
 
@@ -13,18 +13,18 @@ __all__ = ["IMAGE_SUFFIXES", "collect_image_files"]
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
-def _in_folder(folder: Path) -> List[Path]:
+def _in_folder(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _matching(pattern: str) -> List[Path]:
+def _matching(pattern: str) -> list[Path]:
     return sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
 
 
-def collect_image_files(inputs: Sequence[str]) -> List[Path]:
+def collect_image_files(inputs: Sequence[str]) -> list[Path]:
     """Every file ``inputs`` names, in the order given (a folder's and a pattern's files sorted), each once; an
     input that names nothing is an error saying so."""
-    found: List[Path] = []
+    found: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from types import FrameType
-from typing import Any, Optional
+from typing import Any
 
 import uvicorn
 
@@ -26,9 +26,9 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self.state = state
         self.grace_s = grace_s
-        self.drain_deadline: Optional[float] = None
+        self.drain_deadline: float | None = None
 
-    def handle_exit(self, sig: int, frame: Optional[FrameType]) -> None:
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # uvicorn re-raises a handled signal once it has stopped, which would end the process with the signal's
         # status; a drained server has done what the signal asked and exits 0
         if self.drain_deadline is not None:

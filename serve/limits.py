@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, Callable, Dict, Optional
+from collections.abc import Callable
+from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
@@ -78,7 +79,7 @@ class BodyLimitMiddleware:
             if message["type"] != "http.request" or not message.get("more_body", False):
                 return True
 
-    async def __call__(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         length = dict(scope["headers"]).get(b"content-length")
@@ -95,7 +96,7 @@ class BodyLimitMiddleware:
         received = 0
         body_done = False
 
-        async def limited_receive() -> Dict[str, Any]:
+        async def limited_receive() -> dict[str, Any]:
             nonlocal received, reserved, body_done
             if body_done:  # the whole body is in: later messages (a disconnect) have no deadline
                 return await receive()
@@ -128,7 +129,7 @@ class HeaderTimeoutHttpTools(HttpToolsProtocol):
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._header_timer: Optional[asyncio.TimerHandle] = None
+        self._header_timer: asyncio.TimerHandle | None = None
         self._arm()
 
     def _arm(self) -> None:
@@ -162,7 +163,7 @@ class HeaderTimeoutHttpTools(HttpToolsProtocol):
         super().on_response_complete()
         self._disarm()  # between requests uvicorn's keep-alive timeout applies; a next request re-arms it
 
-    def connection_lost(self, exc: Optional[Exception]) -> None:
+    def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
 
@@ -179,7 +180,7 @@ class DrainMiddleware:
         self.app = app
         self.state = state
 
-    async def __call__(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if self.state.draining and scope["path"] not in PROBE_PATHS:

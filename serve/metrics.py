@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import collections
 import time
-from typing import Any, Callable, Deque, Dict, Iterable, List, Mapping, Sequence, Tuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 from starlette.routing import Match
 
@@ -16,7 +17,7 @@ __all__ = ["Counter", "Gauge", "ReadCounter", "Histogram", "ServerMetrics", "Met
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
-LabelValues = Tuple[str, ...]
+LabelValues = tuple[str, ...]
 
 
 def _escape(value: str) -> str:
@@ -41,10 +42,10 @@ class _Metric:
     def _key(self, labels: Mapping[str, str]) -> LabelValues:
         return tuple(str(labels[n]) for n in self.labelnames)
 
-    def header(self) -> List[str]:
+    def header(self) -> list[str]:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
 
-    def lines(self) -> List[str]:
+    def lines(self) -> list[str]:
         raise NotImplementedError
 
 
@@ -53,12 +54,12 @@ class Counter(_Metric):
 
     def __init__(self, name: str, help_: str, labelnames: Sequence[str] = ()):
         super().__init__(name, help_, labelnames)
-        self.values: Dict[LabelValues, float] = collections.defaultdict(float)
+        self.values: dict[LabelValues, float] = collections.defaultdict(float)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
         self.values[self._key(labels)] += amount
 
-    def lines(self) -> List[str]:
+    def lines(self) -> list[str]:
         return self.header() + [f"{self.name}{_labels(self.labelnames, k)} {_number(v)}"
                                 for k, v in sorted(self.values.items())]
 
@@ -72,7 +73,7 @@ class Gauge(_Metric):
         super().__init__(name, help_, labelnames)
         self.read = read
 
-    def lines(self) -> List[str]:
+    def lines(self) -> list[str]:
         return self.header() + [f"{self.name}{_labels(self.labelnames, k)} {_number(v)}"
                                 for k, v in sorted(self.read().items())]
 
@@ -89,8 +90,8 @@ class Histogram(_Metric):
     def __init__(self, name: str, help_: str, labelnames: Sequence[str], buckets: Iterable[float]):
         super().__init__(name, help_, labelnames)
         self.bounds = tuple(sorted(buckets)) + (float("inf"),)
-        self.counts: Dict[LabelValues, List[int]] = {}
-        self.sums: Dict[LabelValues, float] = collections.defaultdict(float)
+        self.counts: dict[LabelValues, list[int]] = {}
+        self.sums: dict[LabelValues, float] = collections.defaultdict(float)
 
     def observe(self, value: float, **labels: str) -> None:
         key = self._key(labels)
@@ -100,11 +101,11 @@ class Histogram(_Metric):
                 counts[i] += 1
         self.sums[key] += value
 
-    def lines(self) -> List[str]:
+    def lines(self) -> list[str]:
         out = self.header()
         for key, counts in sorted(self.counts.items()):
             for bound, count in zip(self.bounds, counts):
-                le = 'le="%s"' % _number(bound)
+                le = f'le="{_number(bound)}"'
                 out.append(f"{self.name}_bucket{_labels(self.labelnames, key, le)} {count}")
             out.append(f"{self.name}_sum{_labels(self.labelnames, key)} {_number(self.sums[key])}")
             out.append(f"{self.name}_count{_labels(self.labelnames, key)} {counts[-1]}")
@@ -119,11 +120,11 @@ class ServerMetrics:
 
     def __init__(self, max_batch_size: int, queue_depths: Callable[[], Mapping[str, int]], window_s: float = 10.0,
                  decode_fallbacks: Callable[[], Mapping[str, Mapping[str, int]]] = dict,
-                 prior_streams: Callable[[], Mapping[str, Mapping[str, Tuple[int, float]]]] = dict,
+                 prior_streams: Callable[[], Mapping[str, Mapping[str, tuple[int, float]]]] = dict,
                  prior_streams_dropped: Callable[[], Mapping[str, int]] = dict):
         self.window_s = window_s
         self.started = time.monotonic()
-        self._recent: Dict[str, Deque[Tuple[float, int]]] = collections.defaultdict(collections.deque)
+        self._recent: dict[str, collections.deque[tuple[float, int]]] = collections.defaultdict(collections.deque)
         batch_bounds = sorted({1 << i for i in range(max_batch_size.bit_length())} | {max_batch_size})
         self.requests = Counter("gcl_serve_requests_total", "HTTP requests answered, by endpoint and status code",
                                 ("endpoint", "status"))
@@ -168,7 +169,7 @@ class ServerMetrics:
         self.images.inc(size, model=model)
         self._recent[model].append((time.monotonic(), size))
 
-    def _rates(self) -> Dict[LabelValues, float]:
+    def _rates(self) -> dict[LabelValues, float]:
         now = time.monotonic()
         span = min(self.window_s, max(now - self.started, 1e-3))
         rates = {}
@@ -182,7 +183,7 @@ class ServerMetrics:
         return "\n".join(line for metric in self._all for line in metric.lines()) + "\n"
 
 
-def templated_routes(routes: Iterable[Any]) -> List[Any]:
+def templated_routes(routes: Iterable[Any]) -> list[Any]:
     """The routes that have a path template, each once (an application's own routes and those of the routers it
     includes: some FastAPI versions list the included routes as copies, others wrap them in one object)."""
     seen, unique = set(), []
@@ -194,7 +195,7 @@ def templated_routes(routes: Iterable[Any]) -> List[Any]:
     return unique
 
 
-def route_template(scope: Dict[str, Any], routes: Sequence[Any]) -> str:
+def route_template(scope: dict[str, Any], routes: Sequence[Any]) -> str:
     """The route template a request is counted under (``/v2/models/{name}/infer``, not the path it named): the
     route that answered it, else the first of ``routes`` its path and method match (a response refused before
     routing: an early 413, 408 or 503), else ``unmatched``."""
@@ -214,13 +215,13 @@ class MetricsMiddleware:
         self.metrics = metrics
         self.routes = routes
 
-    async def __call__(self, scope: Dict[str, Any], receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         start = time.perf_counter()
         status = 500
 
-        async def record_status(message: Dict[str, Any]) -> None:
+        async def record_status(message: dict[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

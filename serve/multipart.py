@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
 from urllib.parse import unquote_to_bytes
 
 __all__ = ["FormPart", "FormError", "parse_form"]
@@ -26,7 +25,7 @@ class FormPart:
     """One part: its field name, its file name (None for a text field), its Content-Type and its bytes."""
 
     name: str
-    filename: Optional[str]
+    filename: str | None
     content_type: str  # lower-case media type, "" when the part states none
     data: bytes
 
@@ -50,7 +49,7 @@ def _text(raw: bytes) -> str:
         return raw.decode("latin-1")
 
 
-def header_parameters(value: bytes) -> Tuple[bytes, Dict[bytes, bytes]]:
+def header_parameters(value: bytes) -> tuple[bytes, dict[bytes, bytes]]:
     """A header's lower-case main value and its parameters (lower-case names, unquoted values)."""
     main, _, rest = value.partition(b";")
     parameters = {}
@@ -62,7 +61,7 @@ def header_parameters(value: bytes) -> Tuple[bytes, Dict[bytes, bytes]]:
     return main.strip().lower(), parameters
 
 
-def _filename(parameters: Dict[bytes, bytes]) -> Optional[str]:
+def _filename(parameters: dict[bytes, bytes]) -> str | None:
     """``filename``, or RFC 5987's ``filename*=charset'lang'percent-encoded`` when that is all a part has."""
     if b"filename" in parameters:
         return _text(parameters[b"filename"])
@@ -76,7 +75,7 @@ def _filename(parameters: Dict[bytes, bytes]) -> Optional[str]:
     return None
 
 
-def _headers(block: bytes) -> Dict[bytes, bytes]:
+def _headers(block: bytes) -> dict[bytes, bytes]:
     headers = {}
     for line in block.split(CRLF) if block else ():
         name, colon, value = line.partition(b":")
@@ -105,14 +104,14 @@ def _first_part_start(body: bytes, delimiter: bytes) -> int:
     return found + len(CRLF) + len(delimiter)
 
 
-def parse_form(body: bytes, content_type: str, max_files: int, max_fields: int) -> List[FormPart]:
+def parse_form(body: bytes, content_type: str, max_files: int, max_fields: int) -> list[FormPart]:
     """The parts of ``body`` in order; files are the parts whose Content-Disposition has a ``filename``."""
     boundary = header_parameters(content_type.encode("latin-1"))[1].get(b"boundary")
     if not boundary:
         raise FormError("the Content-Type names no boundary")
     delimiter = CRLF + b"--" + boundary
     position = _first_part_start(body, delimiter[len(CRLF):])
-    parts: List[FormPart] = []
+    parts: list[FormPart] = []
     files = fields = 0
     while not body.startswith(b"--", position):  # "--" after a delimiter closes the body; an epilogue is ignored
         line_end = body.find(CRLF, position)

@@ -15,7 +15,7 @@ import json
 import re
 import struct
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +46,7 @@ def protocol_name(model_id: str) -> str:
     return re.split(r"[/:]", model_id.rstrip("/"))[-1]
 
 
-def model_metadata(name: str, input_size: Tuple[int, ...], num_classes: int) -> Dict[str, Any]:
+def model_metadata(name: str, input_size: tuple[int, ...], num_classes: int) -> dict[str, Any]:
     return {
         "name": name, "versions": ["1"], "platform": "pytorch",
         "inputs": [{"name": INPUT_IMAGE, "datatype": "BYTES", "shape": [-1]},
@@ -64,21 +64,21 @@ V2_PARAMETERS = tuple(name for name in PredictParameters.model_fields if name !=
 class InferReply:
     """What a v2 answer echoes and holds: the request's id, and the outputs asked for as (name, binary) in order."""
 
-    request_id: Optional[str]
-    outputs: List[Tuple[str, bool]]
+    request_id: str | None
+    outputs: list[tuple[str, bool]]
 
 
 @dataclass(frozen=True)
 class InferRequest:
     """One read inference request: encoded images or a pre-processed tensor, its parameters, its reply's shape."""
 
-    images: Optional[List[ImagePayload]]
-    tensor: Optional[torch.Tensor]
+    images: list[ImagePayload] | None
+    tensor: torch.Tensor | None
     parameters: PredictParameters
     reply: InferReply
 
 
-def _split_body(body: bytes, header_length: Optional[str]) -> Tuple[Dict[str, Any], bytes]:
+def _split_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
     """The JSON header and the binary tail of a request (the whole body is JSON without the extension)."""
     if header_length is None:
         head, tail = body, b""
@@ -98,7 +98,7 @@ def _split_body(body: bytes, header_length: Optional[str]) -> Tuple[Dict[str, An
     return request, tail
 
 
-def _mapping(value: Any, what: str) -> Dict[str, Any]:
+def _mapping(value: Any, what: str) -> dict[str, Any]:
     """``value`` as a JSON object (absent: empty); anything else is the client's malformed request (400)."""
     if value is None:
         return {}
@@ -107,7 +107,7 @@ def _mapping(value: Any, what: str) -> Dict[str, Any]:
     return value
 
 
-def _bytes_elements(tensor: Dict[str, Any], binary: Optional[bytes]) -> List[bytes]:
+def _bytes_elements(tensor: dict[str, Any], binary: bytes | None) -> list[bytes]:
     """The elements of a BYTES tensor: 4-byte little-endian lengths + data in binary form, base64 strings in JSON."""
     if binary is None:  # JSON cannot carry raw file bytes: each element is the file, base64-encoded
         data = tensor.get("data")
@@ -126,7 +126,7 @@ def _bytes_elements(tensor: Dict[str, Any], binary: Optional[bytes]) -> List[byt
     return out
 
 
-def _fp32_tensor(tensor: Dict[str, Any], binary: Optional[bytes], input_size: Tuple[int, ...]) -> torch.Tensor:
+def _fp32_tensor(tensor: dict[str, Any], binary: bytes | None, input_size: tuple[int, ...]) -> torch.Tensor:
     shape = tensor.get("shape")
     if not isinstance(shape, list) or len(shape) != 4 or tuple(shape[1:]) != tuple(input_size) \
             or isinstance(shape[0], bool) or not isinstance(shape[0], int):
@@ -147,7 +147,7 @@ def _fp32_tensor(tensor: Dict[str, Any], binary: Optional[bytes], input_size: Tu
     return torch.from_numpy(values.astype(np.float32).reshape(shape).copy())
 
 
-def parse_infer_request(body: bytes, header_length: Optional[str], input_size: Tuple[int, ...],
+def parse_infer_request(body: bytes, header_length: str | None, input_size: tuple[int, ...],
                         max_images: int) -> InferRequest:
     """Check and decode a v2 inference request for a model with ``input_size`` (C, H, W)."""
     request, tail = _split_body(body, header_length)
@@ -189,8 +189,8 @@ def parse_infer_request(body: bytes, header_length: Optional[str], input_size: T
     return InferRequest(images, batch, parameters, InferReply(request.get("id"), outputs))
 
 
-def infer_response(name: str, reply: InferReply, probs: torch.Tensor, labels: List[str],
-                   top_k: int) -> Tuple[bytes, Dict[str, str]]:
+def infer_response(name: str, reply: InferReply, probs: torch.Tensor, labels: list[str],
+                   top_k: int) -> tuple[bytes, dict[str, str]]:
     """The v2 response body and headers for probabilities ``probs`` (``output_scores``) and the ``top_k`` labels
     (binary outputs where the client asked for them)."""
     outputs, blobs = [], []
@@ -253,7 +253,7 @@ router = APIRouter(tags=["open inference protocol"])
 
 
 @router.get("/v2/health/live", summary="v2: the process answers")
-async def live() -> Dict[str, bool]:
+async def live() -> dict[str, bool]:
     return {"live": True}
 
 
@@ -264,19 +264,19 @@ async def ready(state: State) -> JSONResponse:
 
 
 @router.get("/v2", summary="v2: server metadata")
-async def server_metadata() -> Dict[str, Any]:
+async def server_metadata() -> dict[str, Any]:
     return {"name": "gcl-zoo", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
 @router.get("/v2/models/{name}", summary="v2: model metadata", responses=UNKNOWN_MODEL)
-async def metadata(name: str, state: State) -> Dict[str, Any]:
+async def metadata(name: str, state: State) -> dict[str, Any]:
     state.check_ready()
     runner = model_named(state.models, name).runner
     return model_metadata(name, tuple(runner.config["input_size"]), runner.num_classes)
 
 
 @router.get("/v2/models/{name}/ready", summary="v2: the model serves", responses=UNKNOWN_MODEL)
-async def model_ready(name: str, state: State) -> Dict[str, Any]:
+async def model_ready(name: str, state: State) -> dict[str, Any]:
     state.check_ready()
     model_named(state.models, name)
     return {"name": name, "ready": True}

@@ -17,8 +17,9 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Annotated, Any, Dict, List, Literal, Mapping, Optional, Sequence, Union
+from typing import Annotated, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -29,8 +30,15 @@ from gcl_zoo.prior import PriorError
 from .decoding import SUPPORTED_FORMATS, ImagePayload
 from .errors import RequestError
 from .multipart import FormError, FormPart, parse_form
-from .priors import (DEFAULT_OUTPUT_FUNCTION, ESTIMATED, OUTPUT_TRANSFORMS, PriorSpec, prior_from_json, prior_from_text,
-                     resolve_prior)
+from .priors import (
+    DEFAULT_OUTPUT_FUNCTION,
+    ESTIMATED,
+    OUTPUT_TRANSFORMS,
+    PriorSpec,
+    prior_from_json,
+    prior_from_text,
+    resolve_prior,
+)
 from .served import ServedModel
 from .streams import DEFAULT_STREAM, STREAM_NAME_PATTERN
 
@@ -55,23 +63,23 @@ class PredictParameters(BaseModel):
     ``function_to_apply``. From text (a form field, the query string) a list prior is comma-separated weights."""
 
     model_config = ConfigDict(extra="forbid")
-    top_k: Optional[int] = Field(None, ge=1, description="how many labels to return per image, best first (more "
+    top_k: int | None = Field(None, ge=1, description="how many labels to return per image, best first (more "
                                                        "than the class count gives all)")
-    function_to_apply: Optional[OutputFunction] = Field(
+    function_to_apply: OutputFunction | None = Field(
         None, description=f"how scores come from the scaled cosine logits: {DEFAULT_OUTPUT_FUNCTION} (the default), "
                           "sigmoid, or none (the logits themselves)")
-    target_prior: Optional[Union[Literal["uniform", "train", "estimated"], List[float]]] = Field(
+    target_prior: Literal["uniform", "train", "estimated"] | list[float] | None = Field(
         None, description="the deployment's class prior the scores are moved to (default: the server's, "
                           "--target-prior); estimated: the prior of the prior_stream's recent traffic, this "
                           "request's images included")
-    prior_stream: Optional[str] = Field(
+    prior_stream: str | None = Field(
         None, pattern=STREAM_NAME_PATTERN, description="the prior stream this request's images join (default: "
                                                        f"{DEFAULT_STREAM!r} when target_prior is estimated, none "
                                                        "otherwise): 1-64 letters, digits, '_', '.', ':' or '-'")
 
     @field_validator("target_prior", mode="before")
     @classmethod
-    def _read_prior(cls, value: Any, info: ValidationInfo) -> Optional[PriorSpec]:
+    def _read_prior(cls, value: Any, info: ValidationInfo) -> PriorSpec | None:
         if value is None:
             return None
         from_text = isinstance(value, str) and (info.context or {}).get("text", False)
@@ -94,8 +102,8 @@ class ParsedRequest:
     ``{"model", "predictions"}``. ``single``: the request held one image, not a list.
     """
 
-    payloads: List[ImagePayload]
-    model: Optional[str] = None
+    payloads: list[ImagePayload]
+    model: str | None = None
     parameters: PredictParameters = field(default_factory=PredictParameters)
     hf_schema: bool = True
     single: bool = True
@@ -108,8 +116,8 @@ class AnswerOptions:
 
     top_k: int
     function_to_apply: str
-    prior: Optional[torch.Tensor]  # None: the balanced answer; ignored when estimated
-    prior_stream: Optional[str] = None  # the stream the request's images join (serve.streams), if any
+    prior: torch.Tensor | None  # None: the balanced answer; ignored when estimated
+    prior_stream: str | None = None  # the stream the request's images join (serve.streams), if any
     estimated: bool = False  # answered with prior_stream's estimate, this request's images included
 
 
@@ -121,10 +129,10 @@ class PredictRequest(BaseModel):
     """The Hugging Face image-classification request: base64 image(s) plus parameters."""
 
     model_config = ConfigDict(extra="forbid")
-    inputs: Union[Base64Image, List[Base64Image]] = Field(..., description="one base64-encoded image, or a list "
+    inputs: Base64Image | list[Base64Image] = Field(..., description="one base64-encoded image, or a list "
                                                                            "of them (1 to --max-images)")
-    parameters: Optional[PredictParameters] = None
-    model: Optional[str] = Field(None, description="which loaded model answers; the first one when omitted")
+    parameters: PredictParameters | None = None
+    model: str | None = Field(None, description="which loaded model answers; the first one when omitted")
 
 
 def describe_validation(exc: ValidationError) -> str:
@@ -171,8 +179,8 @@ def payloads_from_json(body: bytes) -> ParsedRequest:
 def payloads_from_form(parts: Sequence[FormPart]) -> ParsedRequest:
     """Read multipart form parts: every file part is an image; text fields ``model``, ``top_k``,
     ``function_to_apply`` and ``target_prior``."""
-    payloads: List[ImagePayload] = []
-    fields: Dict[str, str] = {}
+    payloads: list[ImagePayload] = []
+    fields: dict[str, str] = {}
     for part in parts:
         if part.filename is None:
             if part.name not in FORM_FIELDS:
@@ -232,7 +240,7 @@ def answer_options(parameters: PredictParameters, model: ServedModel, default_to
                          stream, estimated)
 
 
-def check_top_k(top_k: Optional[int], num_classes: int, default: int) -> int:
+def check_top_k(top_k: int | None, num_classes: int, default: int) -> int:
     """``top_k`` of at least 1; more than the class count gives every class, as Hugging Face's pipelines do."""
     if top_k is None:
         return min(default, num_classes)
@@ -276,7 +284,7 @@ def body_over_query(body: ParsedRequest, query: ParsedRequest) -> ParsedRequest:
     return replace(body, model=body.model or query.model, parameters=query.parameters.model_copy(update=given))
 
 
-def query_parameters(query: Dict[str, str]) -> ParsedRequest:
+def query_parameters(query: dict[str, str]) -> ParsedRequest:
     """The model and the request parameters from the query string, checked (a request without images); anything
     else is refused."""
     unknown = sorted(set(query) - set(FORM_FIELDS))

@@ -22,9 +22,10 @@ Pre-processed tensors (the v2 ``FP32`` input) skip steps 2 and 4's collation. ``
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import Sequence
 from concurrent.futures import Executor
-from typing import Any, Dict, Generic, List, Optional, Protocol, Sequence, TypeVar, Union
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
 
 import torch
 from fastapi import Request
@@ -53,8 +54,8 @@ class InferenceJob(Generic[ReplyT]):
     runner: ModelRunner
     options: AnswerOptions
     reply: ReplyT
-    images: Optional[Sequence[ImagePayload]] = None
-    tensor: Optional[torch.Tensor] = None
+    images: Sequence[ImagePayload] | None = None
+    tensor: torch.Tensor | None = None
 
 
 class ProtocolSpec(Protocol[ReplyT]):
@@ -73,13 +74,13 @@ class PipelineHost(Protocol):
 
     settings: ServeSettings
     models: ServedModels
-    decode_pool: Optional[Executor]
+    decode_pool: Executor | None
 
     def check_ready(self) -> None:
         """Raise the 503 that answers while the server cannot serve."""
 
 
-def prepare(runner: ModelRunner, payloads: Sequence[ImagePayload], max_pixels: int) -> List[Any]:
+def prepare(runner: ModelRunner, payloads: Sequence[ImagePayload], max_pixels: int) -> list[Any]:
     """Step 2, in the decode pool: check each image's header, then decode/pre-process it for ``runner``."""
     return [runner.prepare(payload, inspect_image(payload, max_pixels)) for payload in payloads]
 
@@ -95,14 +96,14 @@ def predict(runner: ModelRunner, inputs: torch.Tensor) -> torch.Tensor:
     return runner.scaled_logits(inputs)
 
 
-def unbatch(rows: Optional[torch.Tensor], failed: Dict[int, RequestError],
-            count: int) -> List[Union[torch.Tensor, RequestError]]:
+def unbatch(rows: torch.Tensor | None, failed: dict[int, RequestError],
+            count: int) -> list[torch.Tensor | RequestError]:
     """Step 5: ``count`` results in item order, the ``failed`` items' errors in their places."""
     good = iter(rows) if rows is not None else iter(())
     return [failed[i] if i in failed else next(good) for i in range(count)]
 
 
-def predict_batch(runner: ModelRunner, items: Sequence[Any]) -> List[Union[torch.Tensor, RequestError]]:
+def predict_batch(runner: ModelRunner, items: Sequence[Any]) -> list[torch.Tensor | RequestError]:
     """Steps 4 and 5 for one batch of prepared images, in an inference thread (what the image engine runs)."""
     with runner.computing():
         inputs, failed = batch(runner, items)
@@ -110,13 +111,13 @@ def predict_batch(runner: ModelRunner, items: Sequence[Any]) -> List[Union[torch
     return unbatch(rows, failed, len(items))
 
 
-def predict_tensors(runner: ModelRunner, items: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+def predict_tensors(runner: ModelRunner, items: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Steps 4 and 5 for already pre-processed CHW float images (what the tensor engine runs)."""
     with runner.computing():
         return list(predict(runner, torch.stack(list(items)).to(runner.device)))
 
 
-async def _rows(state: PipelineHost, job: InferenceJob) -> List[torch.Tensor]:
+async def _rows(state: PipelineHost, job: InferenceJob) -> list[torch.Tensor]:
     """Steps 2-5: scaled logits, one row per image of ``job``."""
     settings = state.settings
     served = state.models.served[job.runner.model_id]
@@ -138,7 +139,7 @@ async def answer(spec: ProtocolSpec, request: Request, state: PipelineHost) -> R
     return spec.encode_response(job, scores)
 
 
-async def target_prior(served: ServedModel, options: AnswerOptions, rows: torch.Tensor) -> Optional[torch.Tensor]:
+async def target_prior(served: ServedModel, options: AnswerOptions, rows: torch.Tensor) -> torch.Tensor | None:
     """Step 6's prior: the request's images join its prior stream, if it names one, and an ``"estimated"``
     request gets the stream's estimate with them included (``serve.streams``); any other, its checked prior."""
     if options.prior_stream is None:

@@ -7,8 +7,9 @@ top ``k`` labels per image.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from fastapi import APIRouter, Request, Security

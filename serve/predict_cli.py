@@ -14,10 +14,11 @@ import csv
 import json
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import IO, Any
 
 import torch
 from pydantic import ValidationError
@@ -44,8 +45,8 @@ SETTINGS_FLAGS = {"device": "--device", "max_batch_size": "--batch-size", "defau
                   "optimize": "--optimize", "decode_workers": "--workers", "max_pixels": "--max-pixels"}
 EXIT_BAD_IMAGES = 1
 
-Row = Tuple[Path, List[Tuple[str, float]]]  # a file and its (label, score) pairs, best first
-Failure = Tuple[Path, str]  # a file that could not be classified, and why
+Row = tuple[Path, list[tuple[str, float]]]  # a file and its (label, score) pairs, best first
+Failure = tuple[Path, str]  # a file that could not be classified, and why
 
 
 def resolve_model_id(spec: str) -> str:
@@ -60,7 +61,7 @@ def resolve_model_id(spec: str) -> str:
     return f"local-dir:{path}"
 
 
-def _prepared(runner: ModelRunner, path: Path, max_pixels: int) -> Union[Any, RequestError]:
+def _prepared(runner: ModelRunner, path: Path, max_pixels: int) -> Any | RequestError:
     """One file read, its header checked and pre-processed for ``runner``, as the server's decode pool does."""
     try:
         payload = ImagePayload(str(path), path.read_bytes())
@@ -73,12 +74,12 @@ def _prepared(runner: ModelRunner, path: Path, max_pixels: int) -> Union[Any, Re
 
 
 def _batches(runner: ModelRunner, paths: Sequence[Path], size: int, max_pixels: int,
-             pool: ThreadPoolExecutor) -> Iterator[List[Tuple[Path, "Future[Any]"]]]:
+             pool: ThreadPoolExecutor) -> Iterator[list[tuple[Path, Future[Any]]]]:
     """The files in batches of ``size``, each batch's pre-processing started in ``pool`` while the one before it
     runs through the model."""
     chunks = [paths[start:start + size] for start in range(0, len(paths), size)]
 
-    def submitted(chunk: Sequence[Path]) -> List[Tuple[Path, "Future[Any]"]]:
+    def submitted(chunk: Sequence[Path]) -> list[tuple[Path, Future[Any]]]:
         return [(path, pool.submit(_prepared, runner, path, max_pixels)) for path in chunk]
 
     ahead = submitted(chunks[0]) if chunks else []
@@ -87,9 +88,9 @@ def _batches(runner: ModelRunner, paths: Sequence[Path], size: int, max_pixels: 
         yield current
 
 
-def predict_files(runner: ModelRunner, paths: Sequence[Path], prior: Optional[torch.Tensor], top_k: int,
+def predict_files(runner: ModelRunner, paths: Sequence[Path], prior: torch.Tensor | None, top_k: int,
                   batch_size: int, max_pixels: int, workers: int, function: str = DEFAULT_OUTPUT_FUNCTION,
-                  progress: bool = True) -> Iterator[Union[Row, Failure]]:
+                  progress: bool = True) -> Iterator[Row | Failure]:
     """One ``Row`` per file that classifies, one ``Failure`` per file that does not, in the files' order."""
     with ThreadPoolExecutor(workers, thread_name_prefix="decode") as pool, \
             tqdm(total=len(paths), unit="image", disable=not progress, file=sys.stderr) as bar:
@@ -97,7 +98,7 @@ def predict_files(runner: ModelRunner, paths: Sequence[Path], prior: Optional[to
             prepared = [(path, future.result()) for path, future in batch]
             good = [(path, item) for path, item in prepared if not isinstance(item, RequestError)]
             rows = predict_batch(runner, [item for _, item in good]) if good else []
-            outcome: Dict[Path, Any] = {path: item for path, item in prepared if isinstance(item, RequestError)}
+            outcome: dict[Path, Any] = {path: item for path, item in prepared if isinstance(item, RequestError)}
             outcome.update({path: row for (path, _), row in zip(good, rows)})
             scored = [path for path, _ in prepared if not isinstance(outcome[path], RequestError)]
             if scored:
@@ -122,7 +123,7 @@ class RowWriter:
             self.csv.writerow(["file"] + [f"{kind}_{rank}" for rank in range(1, top_k + 1)
                                           for kind in ("label", "score")])
 
-    def write(self, path: Path, predictions: List[Tuple[str, float]]) -> None:
+    def write(self, path: Path, predictions: list[tuple[str, float]]) -> None:
         if self.fmt == "csv":
             self.csv.writerow([str(path)] + [value for pair in predictions for value in (pair[0], repr(pair[1]))])
         else:
@@ -131,7 +132,7 @@ class RowWriter:
         self.out.flush()
 
 
-def _output_format(requested: Optional[str], out: Optional[Path]) -> str:
+def _output_format(requested: str | None, out: Path | None) -> str:
     if requested:
         return requested
     return "jsonl" if out is not None and out.suffix.lower() in (".jsonl", ".json", ".ndjson") else "csv"
@@ -178,7 +179,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     runner = load_runner(settings, model_id)
     prior = default_prior(settings.target_prior_for(model_id), runner)
     top_k = check_top_k(None, runner.num_classes, settings.default_top_k)
-    failures: List[Failure] = []
+    failures: list[Failure] = []
     with ExitStack() as stack:
         out = stack.enter_context(args.out.open("w", newline="")) if args.out else sys.stdout
         writer = RowWriter(out, _output_format(args.format, args.out), top_k)
@@ -197,7 +198,7 @@ def run(args: argparse.Namespace, command: str) -> int:
     return EXIT_BAD_IMAGES if failures and args.bad_images == "fail" else 0
 
 
-def main(argv: Optional[List[str]] = None, command: str = "predict") -> int:
+def main(argv: list[str] | None = None, command: str = "predict") -> int:
     args = build_parser(f"gcl-zoo {command}").parse_args(argv)
     try:
         return run(args, command)

@@ -17,7 +17,8 @@ decoded in one of two places, each a named step: ``prepare`` decodes on the CPU,
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,8 +30,16 @@ from torchvision.transforms import InterpolationMode
 
 from gcl_zoo.data.preprocessing import Normalize
 
-from .decoding import (TENSOR_DECODABLE, DecodeFallbacks, ImageHeader, ImagePayload, decode_jpegs_on_device, decode_pil,
-                       decode_uint8, pil_to_uint8)
+from .decoding import (
+    TENSOR_DECODABLE,
+    DecodeFallbacks,
+    ImageHeader,
+    ImagePayload,
+    decode_jpegs_on_device,
+    decode_pil,
+    decode_uint8,
+    pil_to_uint8,
+)
 from .errors import RequestError
 
 __all__ = ["data_config", "uint8_transform", "resize_crop", "resize_crop_normalize",
@@ -41,22 +50,22 @@ _INTERPOLATION = {"bilinear": InterpolationMode.BILINEAR, "bicubic": Interpolati
                   "nearest": InterpolationMode.NEAREST}
 
 
-def data_config(model: nn.Module) -> Dict[str, Any]:
+def data_config(model: nn.Module) -> dict[str, Any]:
     """The evaluation data config (input size, crop, interpolation, mean/std) timm resolves for ``model``."""
     return resolve_model_data_config(model)
 
 
-def uint8_transform(config: Dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
+def uint8_transform(config: dict[str, Any]) -> Callable[[Image.Image], torch.Tensor]:
     """The evaluation transform's per-image stages, ending in a uint8 CHW tensor (timm's prefetcher mode)."""
     return create_transform(**config, is_training=False, use_prefetcher=True)
 
 
-def _scale_size(config: Dict[str, Any]) -> Tuple[int, int]:
+def _scale_size(config: dict[str, Any]) -> tuple[int, int]:
     crop_pct = config.get("crop_pct") or 0.875  # timm's DEFAULT_CROP_PCT
     return tuple(math.floor(x / crop_pct) for x in config["input_size"][1:])
 
 
-def check_tensor_support(config: Dict[str, Any]) -> None:
+def check_tensor_support(config: dict[str, Any]) -> None:
     """The tensor path mirrors timm's 'center' (square target) and 'squash' crops; others use the PIL path."""
     mode = config.get("crop_mode") or "center"
     if config.get("interpolation", "bilinear") not in _INTERPOLATION:
@@ -67,7 +76,7 @@ def check_tensor_support(config: Dict[str, Any]) -> None:
         raise ValueError(f"crop_mode {mode!r} has no tensor equivalent")
 
 
-def resize_crop(image: torch.Tensor, config: Dict[str, Any]) -> torch.Tensor:
+def resize_crop(image: torch.Tensor, config: dict[str, Any]) -> torch.Tensor:
     """One uint8 CHW image (any size, on any device) -> the model's input size, uint8, on the same device: resize
     (shorter edge to ``input_size / crop_pct``, or both edges for 'squash', antialiased like PIL), then centre
     crop to ``input_size``, as timm's evaluation transform does."""
@@ -79,8 +88,8 @@ def resize_crop(image: torch.Tensor, config: Dict[str, Any]) -> torch.Tensor:
                           list(config["input_size"][1:]))
 
 
-def resize_crop_normalize(images: Sequence[torch.Tensor], config: Dict[str, Any],
-                          normalize: Optional[Normalize] = None) -> torch.Tensor:
+def resize_crop_normalize(images: Sequence[torch.Tensor], config: dict[str, Any],
+                          normalize: Normalize | None = None) -> torch.Tensor:
     """uint8 CHW images (any sizes, on any device) -> one normalised float NCHW batch on the same device: each
     ``resize_crop``-ed, then scaled to [0, 1] and normalised (with ``normalize``'s constants when a pipeline made
     them once on the device)."""
@@ -89,7 +98,7 @@ def resize_crop_normalize(images: Sequence[torch.Tensor], config: Dict[str, Any]
 
 
 def _size_left_unchanged(transform: Callable[[Image.Image], torch.Tensor],
-                         config: Dict[str, Any]) -> Optional[Tuple[int, int]]:
+                         config: dict[str, Any]) -> tuple[int, int] | None:
     """(width, height) of the model's input when ``transform`` returns such an image's pixels untouched (a resize
     to the size it has and a crop to all of it), else None; tried once on a noise image, which any resampling
     would change."""
@@ -101,7 +110,7 @@ def _size_left_unchanged(transform: Callable[[Image.Image], torch.Tensor],
 class PilPipeline:
     """CPU pre-processing: decode, resize and crop each image in the thread pool; normalise per batch."""
 
-    def __init__(self, config: Dict[str, Any], device: torch.device):
+    def __init__(self, config: dict[str, Any], device: torch.device):
         self.config = config
         self.transform = uint8_transform(config)
         self.unchanged_size = _size_left_unchanged(self.transform, config)
@@ -113,7 +122,7 @@ class PilPipeline:
         return self.transform(decode_pil(payload))
 
     def collate(self, items: Sequence[torch.Tensor],
-                device: torch.device) -> Tuple[torch.Tensor, Dict[int, RequestError]]:
+                device: torch.device) -> tuple[torch.Tensor, dict[int, RequestError]]:
         """The input batch, and the items that could not be decoded (none here: ``prepare`` decoded them)."""
         return self.normalize(torch.stack(list(items)).to(device)), {}
 
@@ -128,31 +137,31 @@ class DevicePipeline:
     (a full-size decoded image would hold up to ``--max-pixels`` x 3 bytes each until its batch runs).
     """
 
-    def __init__(self, config: Dict[str, Any], device: torch.device):
+    def __init__(self, config: dict[str, Any], device: torch.device):
         check_tensor_support(config)
         self.config = config
         self.normalize = Normalize(config["mean"], config["std"], device)
         self.fallbacks = DecodeFallbacks()
 
-    def prepare(self, payload: ImagePayload, header: ImageHeader) -> Union[ImagePayload, torch.Tensor]:
+    def prepare(self, payload: ImagePayload, header: ImageHeader) -> ImagePayload | torch.Tensor:
         if header.format in JPEG_FORMATS and ("JPEG", header.mode) in TENSOR_DECODABLE:
             return payload
         return resize_crop(decode_uint8(payload, header), self.config)
 
-    def decode_on_device(self, items: Sequence[Union[ImagePayload, torch.Tensor]],
-                         device: torch.device) -> List[Union[torch.Tensor, RequestError]]:
+    def decode_on_device(self, items: Sequence[ImagePayload | torch.Tensor],
+                         device: torch.device) -> list[torch.Tensor | RequestError]:
         """The batch's decoding step, in the inference thread: the JPEGs ``prepare`` kept encoded are decoded on
         ``device`` in one call, then resized and cropped there; the other items (decoded in the pool) stay as they
         are. A file no decoder reads is its ``RequestError``, in its place."""
         jpeg_at = [i for i, item in enumerate(items) if isinstance(item, ImagePayload)]
-        images: List[Any] = list(items)
+        images: list[Any] = list(items)
         decoded_jpegs = decode_jpegs_on_device([items[i] for i in jpeg_at], device, self.fallbacks)
         for i, decoded in zip(jpeg_at, decoded_jpegs):
             images[i] = decoded if isinstance(decoded, RequestError) else resize_crop(decoded, self.config)
         return images
 
-    def collate(self, items: Sequence[Union[ImagePayload, torch.Tensor]],
-                device: torch.device) -> Tuple[Optional[torch.Tensor], Dict[int, RequestError]]:
+    def collate(self, items: Sequence[ImagePayload | torch.Tensor],
+                device: torch.device) -> tuple[torch.Tensor | None, dict[int, RequestError]]:
         """The input batch of the decodable items (in order; None if there are none) and the failed ones:
         ``decode_on_device``, then one normalised batch on ``device``."""
         images = self.decode_on_device(items, device)
@@ -161,10 +170,10 @@ class DevicePipeline:
         return (self.normalize(torch.stack(good)) if good else None), failed
 
 
-Pipeline = Union[PilPipeline, DevicePipeline]
+Pipeline = PilPipeline | DevicePipeline
 
 
-def create_pipeline(config: Dict[str, Any], device: torch.device) -> Pipeline:
+def create_pipeline(config: dict[str, Any], device: torch.device) -> Pipeline:
     """The device pipeline on CUDA when the model's crop has a tensor equivalent, else the PIL pipeline."""
     if device.type == "cuda":
         try:

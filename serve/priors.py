@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import Any
 
 import torch
 
@@ -24,10 +25,10 @@ __all__ = ["PriorSpec", "PRIOR_WORDS", "ESTIMATED", "DefaultPrior", "text_prior_
            "read_prior_setting", "resolve_prior", "default_prior", "OUTPUT_TRANSFORMS", "DEFAULT_OUTPUT_FUNCTION",
            "output_scores"]
 
-PriorSpec = Union[str, List[float]]  # "uniform", "train", "estimated" or class weights, before it meets a model
+PriorSpec = str | list[float]  # "uniform", "train", "estimated" or class weights, before it meets a model
 ESTIMATED = "estimated"  # the prior estimated from the stream's traffic: known only when the request's images are
 PRIOR_WORDS = ("uniform", "train", ESTIMATED)
-DefaultPrior = Union[torch.Tensor, str]  # a model's default: a probability vector, or ESTIMATED
+DefaultPrior = torch.Tensor | str  # a model's default: a probability vector, or ESTIMATED
 # a weight in text: plain decimals only (no sign, exponent, NaN or inf), short enough that any sum stays finite
 TEXT_NUMBER = r"[0-9]{1,15}(?:\.[0-9]{1,15})?"
 _WEIGHTS = "one non-negative number per class, in the model's label order"
@@ -75,7 +76,7 @@ def prior_from_text(text: str) -> PriorSpec:
     return [float(number) for number in re.findall(TEXT_NUMBER, text)]
 
 
-def read_prior_setting(value: str, models: Sequence[str]) -> Dict[str, PriorSpec]:
+def read_prior_setting(value: str, models: Sequence[str]) -> dict[str, PriorSpec]:
     """Each served model's default prior from ``--target-prior``: a word for every model, or a JSON file holding
     a list (every model) or a mapping from model id to a list or word (models it leaves out: uniform)."""
     if value in PRIOR_WORDS:
@@ -100,7 +101,7 @@ def read_prior_setting(value: str, models: Sequence[str]) -> Dict[str, PriorSpec
         raise ValueError(f"target_prior file {value}: {exc}") from None
 
 
-def resolve_prior(spec: PriorSpec, runner: Any) -> Optional[torch.Tensor]:
+def resolve_prior(spec: PriorSpec, runner: Any) -> torch.Tensor | None:
     """The probability vector ``spec`` names for ``runner``'s model (its ``num_classes``, ``train_prior``); a
     ``PriorError`` naming the fault otherwise. The uniform prior is no special case, so that it and a prior a hair
     off it give the same answers whatever the model's source prior. ``"estimated"`` names no fixed vector: it is
@@ -130,12 +131,12 @@ def default_prior(spec: PriorSpec, runner: Any) -> DefaultPrior:
         raise ValueError(f"--target-prior for {runner.model_id}: {exc}") from None
 
 
-OUTPUT_TRANSFORMS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+OUTPUT_TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "softmax": lambda logits: logits.softmax(dim=1), "sigmoid": torch.sigmoid, "none": lambda logits: logits}
 DEFAULT_OUTPUT_FUNCTION = "softmax"  # what a request that names no function_to_apply gets: probabilities
 
 
-def output_scores(rows: torch.Tensor, runner: Any, prior: Optional[torch.Tensor],
+def output_scores(rows: torch.Tensor, runner: Any, prior: torch.Tensor | None,
                   function: str = DEFAULT_OUTPUT_FUNCTION) -> torch.Tensor:
     """The scores an answer carries for calibrated-logit ``rows``: moved to the deployment's ``prior`` against
     the model's implied one (``runner.implied_prior``), then through the output ``function``. Every route's

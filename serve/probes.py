@@ -2,7 +2,6 @@
 ``/metrics`` (Prometheus). They need no API key and still answer while the server drains."""
 from __future__ import annotations
 
-
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 

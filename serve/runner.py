@@ -31,8 +31,10 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Callable, ContextManager, Dict, Iterator, List, Optional, Tuple
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -62,7 +64,7 @@ def resolve_optimization(optimize: str, device: torch.device) -> str:
     return optimize
 
 
-def inference_plan(streams: Optional[int], device: torch.device, optimization: str) -> Tuple[int, int]:
+def inference_plan(streams: int | None, device: torch.device, optimization: str) -> tuple[int, int]:
     """How many batches run at once, and the intra-op threads of each.
 
     Unless told otherwise: on CPU two streams share the cores PyTorch uses (traced models only; a compiled
@@ -84,7 +86,7 @@ def load_model(model_id: str) -> nn.Module:
         return timm.create_model(model_id, pretrained=True)
 
 
-def _model_prior(weights: Any, model: nn.Module, what: str) -> Optional[torch.Tensor]:
+def _model_prior(weights: Any, model: nn.Module, what: str) -> torch.Tensor | None:
     """``weights`` the model carries as a probability vector; a broken one stops the model from loading."""
     if weights is None:
         return None
@@ -94,14 +96,14 @@ def _model_prior(weights: Any, model: nn.Module, what: str) -> Optional[torch.Te
         raise ValueError(f"the model's {what} cannot be used: {exc}") from None
 
 
-def implied_prior_of(model: nn.Module) -> Optional[torch.Tensor]:
+def implied_prior_of(model: nn.Module) -> torch.Tensor | None:
     """The class prior a GCL model's calibrated scores imply (its ``implied_prior`` buffer); None for a plain
     classifier, whose scores count as balanced."""
     buffer = getattr(model, "implied_prior", None)
     return _model_prior(buffer.detach().cpu() if buffer is not None else None, model, "implied_prior")
 
 
-def train_prior_of(model: nn.Module) -> Optional[torch.Tensor]:
+def train_prior_of(model: nn.Module) -> torch.Tensor | None:
     """A GCL model's training class counts (its ``train_class_counts`` buffer), normalised; None when unknown."""
     counts = getattr(model, "train_class_counts", None)
     if counts is None or not bool(counts.any()):
@@ -109,7 +111,7 @@ def train_prior_of(model: nn.Module) -> Optional[torch.Tensor]:
     return _model_prior(counts.detach().cpu(), model, "train_class_counts")
 
 
-def batch_buckets(max_batch_size: int) -> List[int]:
+def batch_buckets(max_batch_size: int) -> list[int]:
     """Batch sizes a compiled model is specialised for: powers of two below the maximum, and the maximum."""
     buckets = [1 << i for i in range(max_batch_size.bit_length()) if (1 << i) < max_batch_size]
     return buckets + [max_batch_size]
@@ -174,9 +176,9 @@ class ModelRunner:
         self.pipeline: Pipeline = create_pipeline(self.config, device)
         self.buckets = batch_buckets(max_batch_size)
         self.runtime = resolve_runtime(execution.runtime, device, optimize, execution.precision)
-        self.graph_origin: Optional[str] = None
-        self.precision_speeds: Optional[Dict[str, float]] = None  # images/s per precision, when auto had a choice
-        self.device_error: Optional[str] = None  # set when the device fails for good (see _watching_device)
+        self.graph_origin: str | None = None
+        self.precision_speeds: dict[str, float] | None = None  # images/s per precision, when auto had a choice
+        self.device_error: str | None = None  # set when the device fails for good (see _watching_device)
         self._thread_state = threading.local()  # each inference thread's CUDA stream
         model = model.eval().to(device)
         if self.runtime != "torch":
@@ -220,7 +222,7 @@ class ModelRunner:
     def num_classes(self) -> int:
         return len(self.labels)
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         """What ``/models`` reports: classes, pre-processing and how the model runs."""
         return {
             "id": self.model_id, "num_classes": self.num_classes, "labels": self.labels,
@@ -271,7 +273,7 @@ class ModelRunner:
         """Per-image work done before queueing (decode + transform on CPU; almost nothing on GPU)."""
         return self.pipeline.prepare(payload, header)
 
-    def _own_stream(self) -> ContextManager:
+    def _own_stream(self) -> AbstractContextManager:
         """On CUDA, this inference thread's own stream, so that with ``--inference-streams 2`` one batch's decode,
         resize and copy-back overlap another's forward pass instead of queueing behind it on the default stream;
         nothing elsewhere. A new stream first waits for the default one (the weights were copied there)."""
@@ -304,7 +306,7 @@ class ModelRunner:
         with self._watching_device(), torch.inference_mode(), self._own_stream():
             yield
 
-    def decode_fallbacks(self) -> Dict[str, int]:
+    def decode_fallbacks(self) -> dict[str, int]:
         """How often GPU JPEG decoding fell back, by kind (``DecodeFallbacks``); empty on the CPU pipeline."""
         fallbacks = getattr(self.pipeline, "fallbacks", None)
         return fallbacks.counts() if fallbacks is not None else {}

@@ -25,8 +25,8 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -81,7 +81,7 @@ def resolve_runtime(runtime: str, device: torch.device, optimize: str = "auto", 
     return runtime
 
 
-def onnx_graph(model_id: str, model: nn.Module, workdir: Path, precision: str = "auto") -> Tuple[Path, str]:
+def onnx_graph(model_id: str, model: nn.Module, workdir: Path, precision: str = "auto") -> tuple[Path, str]:
     """The model's ONNX file and where it came from: the folder's or Hub repo's ``model.onnx`` (``model.int8.onnx``
     for int8; for a checkpoint shipped in the package, the int8 graph shipped beside it), else a fresh float32 export
     into ``workdir``; an int8 graph that is not there is refused with the fix."""
@@ -110,7 +110,7 @@ def onnx_graph(model_id: str, model: nn.Module, workdir: Path, precision: str = 
     return path, "exported at start-up"
 
 
-def _hub_file(repo: str, filename: str) -> Optional[Path]:
+def _hub_file(repo: str, filename: str) -> Path | None:
     """``filename`` of Hub repo ``ORG/NAME[@revision]`` (downloaded or cached); None when the repo has none."""
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError
@@ -146,8 +146,8 @@ class OpenVINOForward:
         return torch.from_numpy(np.array(request.get_output_tensor(0).data, dtype=np.float32))
 
 
-def choose_precision(candidates: Dict[str, Forward], batch: torch.Tensor,
-                     rounds: int = 3) -> Tuple[str, Dict[str, float]]:
+def choose_precision(candidates: dict[str, Forward], batch: torch.Tensor,
+                     rounds: int = 3) -> tuple[str, dict[str, float]]:
     """The precision to serve among ``candidates`` (``"f32"`` and a reduced one, each a compiled forward), and the
     images/s each reached on ``batch``.
 
@@ -155,7 +155,7 @@ def choose_precision(candidates: Dict[str, Forward], batch: torch.Tensor,
     then slows both alike) and the median call counts. The reduced precision wins only when at least
     ``MIN_SPEEDUP_FOR_BF16`` times as fast as float32.
     """
-    times: Dict[str, list] = {name: [] for name in candidates}
+    times: dict[str, list] = {name: [] for name in candidates}
     for forward in candidates.values():
         forward(batch)
     for _ in range(rounds):
@@ -202,7 +202,7 @@ class OnnxRuntimeForward:
 
 
 def create_onnx_forward(runtime: str, model_id: str, model: nn.Module, streams: int, threads: int, precision: str,
-                        batch: torch.Tensor) -> Tuple[Forward, str, Optional[Dict[str, float]]]:
+                        batch: torch.Tensor) -> tuple[Forward, str, dict[str, float] | None]:
     """The model's ONNX graph loaded into ``runtime``; also says where the graph came from, and, when ``auto``
     precision had a choice to make, the images/s each precision reached on ``batch`` (``choose_precision``)."""
     forward_cls = {"openvino": OpenVINOForward, "onnxruntime": OnnxRuntimeForward}[runtime]

@@ -8,7 +8,8 @@ shape) is in the descriptions, and answered 422/400.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
@@ -33,7 +34,7 @@ class LabelScore(BaseModel):
 
 class PredictResponse(BaseModel):
     model: str = Field(..., description="id of the model that answered")
-    predictions: List[List[LabelScore]] = Field(
+    predictions: list[list[LabelScore]] = Field(
         ..., description="per input image, in request order: the top_k labels sorted by score")
 
 
@@ -43,31 +44,31 @@ class ErrorResponse(BaseModel):
 
 class StatusResponse(BaseModel):
     status: str
-    models: List[str] = []
+    models: list[str] = []
 
 
 class ModelDescription(BaseModel):
     id: str
     num_classes: int
-    labels: List[str]
+    labels: list[str]
     logit_scale: float
     device: str
     runtime: str = Field(..., description="torch, openvino or onnxruntime")
     precision: str = Field(..., description="what the runtime computes in: f32, bf16 or int8")
-    precision_speeds: Optional[Dict[str, float]] = Field(
+    precision_speeds: dict[str, float] | None = Field(
         None, description="with --precision auto, when the runtime offered a reduced precision: the images/s each "
                           "precision reached on a full batch at start-up (bf16 serves only when at least 1.1x float32)")
-    graph: Optional[str] = Field(None, description="where an ONNX runtime's graph came from")
-    optimization: Optional[str] = Field(None, description="PyTorch runtime only: trace, eager or compile")
-    autocast: Optional[str]
+    graph: str | None = Field(None, description="where an ONNX runtime's graph came from")
+    optimization: str | None = Field(None, description="PyTorch runtime only: trace, eager or compile")
+    autocast: str | None
     inference_streams: int = Field(..., description="batches computed at once")
     threads_per_stream: int = Field(..., description="intra-op CPU threads of each stream")
-    preprocessing: Dict[str, Any]
-    implied_prior: Optional[List[float]] = Field(
+    preprocessing: dict[str, Any]
+    implied_prior: list[float] | None = Field(
         ..., description="the class prior the model's calibrated scores imply, which target_prior is measured "
                          "against (null: a plain classifier, taken as uniform)")
     has_train_class_counts: bool = Field(..., description="whether target_prior 'train' can be used for this model")
-    target_prior: Union[str, List[float]] = Field(..., description="the prior a request without target_prior gets "
+    target_prior: str | list[float] = Field(..., description="the prior a request without target_prior gets "
                                                                    "(--target-prior)")
 
 
@@ -90,21 +91,21 @@ class PriorStreamResponse(BaseModel):
     images: int = Field(..., description="images of traffic in the window")
     put_images: int = Field(..., description="window places a PUT prior still holds (it counts as a full window "
                                              "of images, replaced one by one by new traffic)")
-    estimated: List[float] = Field(..., description="the stream's estimated class prior, in label order: what "
+    estimated: list[float] = Field(..., description="the stream's estimated class prior, in label order: what "
                                                     "target_prior 'estimated' answers with")
-    source: List[float] = Field(..., description="the model's source prior, which the estimate is measured against")
+    source: list[float] = Field(..., description="the model's source prior, which the estimate is measured against")
     shift: PriorShift
 
 
 class PriorUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prior: List[float] = Field(..., description="one non-negative weight per class, in the model's label order, not "
+    prior: list[float] = Field(..., description="one non-negative weight per class, in the model's label order, not "
                                                 "all zero (normalised by the server)")
 
 
 class ModelsResponse(BaseModel):
-    default: Optional[str]
-    models: List[ModelDescription]
+    default: str | None
+    models: list[ModelDescription]
 
 
 _ERROR_TEXTS = {
@@ -126,11 +127,11 @@ PRIOR_ERRORS = {400: {"model": ErrorResponse, "description": "a PUT body that is
                                                              "off (--prior-window 0)"}, 503: ERRORS[503]}
 
 
-def _ref(component: str) -> Dict[str, str]:
+def _ref(component: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{component}"}
 
 
-def _text_field_schema(name: str) -> Dict[str, Any]:
+def _text_field_schema(name: str) -> dict[str, Any]:
     """A request parameter's schema as a form field or query parameter carries it: its JSON schema without the
     null (absent is the default), the prior's text encoding for ``target_prior``."""
     if name == "model":
@@ -147,7 +148,7 @@ _IMAGE_FILE = {"type": "string", "format": "binary",
                "description": "an image file (JPEG, PNG, WebP, BMP, GIF, TIFF); other bytes answer 422"}
 
 
-def predict_body(max_images: int) -> Dict[str, Any]:
+def predict_body(max_images: int) -> dict[str, Any]:
     """``openapi_extra`` of ``/predict``: every body form it reads, with the request limits."""
     return {
         "requestBody": {"required": True, "content": {
@@ -200,7 +201,7 @@ _PRIOR_TEXT = ("uniform (the scores as calibrated), train (the model's training 
                "non-negative weight per class in the model's label order, not all zero")
 
 
-def prior_schemas(counts: Sequence[int], train: bool, estimating: bool = True) -> Dict[str, Dict[str, Any]]:
+def prior_schemas(counts: Sequence[int], train: bool, estimating: bool = True) -> dict[str, dict[str, Any]]:
     """The schemas of ``target_prior`` as JSON carries it (``TargetPrior``) and as text (``TargetPriorText``, in a
     query string or form field), and of a prior's weights alone (``PriorWeights``, what a stream's PUT takes): a
     list holds as many weights as a served model has classes (``counts``; any number while the models load),
@@ -222,14 +223,14 @@ def prior_schemas(counts: Sequence[int], train: bool, estimating: bool = True) -
                                                                        "optionally in square brackets"}}
 
 
-def install_openapi(app: FastAPI, max_images: int, model_names: List[str], needs_key: bool,
+def install_openapi(app: FastAPI, max_images: int, model_names: list[str], needs_key: bool,
                     served: Callable[[], Sequence[Any]], estimating: bool = True) -> None:
     """OpenAPI with the bodies the routes read themselves and the schemas they write, with the request limits;
     ``{name}`` of the v2 routes is one of ``model_names``, and a server without an API key declares no security.
     ``served()`` are the loaded model runners, whose class counts and training counts bound ``target_prior``: none
     while the models load, and the document is kept only once they are known."""
 
-    def openapi() -> Dict[str, Any]:
+    def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             runners = served()
             schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)

@@ -6,7 +6,6 @@ model answers, its default prior, and the request defaults and limits, never the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Optional
 
 from .batching import BatchingEngine
 from .errors import RequestError
@@ -27,7 +26,7 @@ class ServedModel:
     images: BatchingEngine
     tensors: BatchingEngine
     default_prior: DefaultPrior
-    streams: Optional[PriorStreams] = None
+    streams: PriorStreams | None = None
 
 
 @dataclass
@@ -37,9 +36,9 @@ class ServedModels:
 
     max_images: int
     default_top_k: int
-    served: Dict[str, ServedModel] = field(default_factory=dict)
+    served: dict[str, ServedModel] = field(default_factory=dict)
 
-    def pick(self, model_id: Optional[str]) -> ServedModel:
+    def pick(self, model_id: str | None) -> ServedModel:
         """The model ``model_id`` names (the first loaded one when None); 404 names the loaded ones."""
         if model_id is None:
             return next(iter(self.served.values()))
@@ -48,5 +47,5 @@ class ServedModels:
                                     "(see GET /models)")
         return self.served[model_id]
 
-    def runners(self) -> Dict[str, ModelRunner]:
+    def runners(self) -> dict[str, ModelRunner]:
         return {model_id: model.runner for model_id, model in self.served.items()}

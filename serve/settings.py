@@ -6,7 +6,8 @@ values, and a bad value fails at start-up with a message naming the setting.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, List, Literal, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
@@ -23,7 +24,7 @@ class ServeSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    models: List[str] = Field(
+    models: list[str] = Field(
         default_factory=lambda: [DEFAULT_MODEL], min_length=1,
         description="zoo name, hf-hub:ORG/NAME or local-dir:PATH; repeat or list several to serve them side by side "
                     f"(the first is the default; default: {DEFAULT_MODEL})")
@@ -56,7 +57,7 @@ class ServeSettings(BaseModel):
     max_prior_streams: int = Field(
         64, ge=1, le=10_000, description="prior streams kept per model; a new one beyond drops the least recently "
                                          "used (memory: streams x window x classes x 8 bytes per model)")
-    api_key_env: Optional[str] = Field(
+    api_key_env: str | None = Field(
         "GCL_ZOO_API_KEY", description="environment variable holding the API key /predict requires; unset or empty "
                                        "variable: no key")
     optimize: Literal["auto", "eager", "trace", "compile"] = Field(
@@ -71,37 +72,37 @@ class ServeSettings(BaseModel):
                             "float32 at start-up, kept only when at least 1.1x faster; bf16 autocast on CUDA); "
                             "f32: float32 throughout; int8: the exported int8 graph (model.int8.onnx, gcl-zoo export "
                             "--int8-calibration) in OpenVINO or ONNX Runtime")
-    inference_streams: Optional[int] = Field(
+    inference_streams: int | None = Field(
         None, ge=1, description="batches computed at once, each on an equal share of the CPU cores, on CUDA each on "
                                 "its own CUDA stream (default: 2 on CPU, 1 with compile or on CUDA)")
     decode_workers: int = Field(default_factory=lambda: max(1, min(4, os.cpu_count() or 1)), ge=1,
                                 description="threads decoding images (default: the cores, up to 4)")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field("info", description="log verbosity")
-    _target_priors: Dict[str, PriorSpec] = PrivateAttr(default_factory=dict)  # per model, read from target_prior
+    _target_priors: dict[str, PriorSpec] = PrivateAttr(default_factory=dict)  # per model, read from target_prior
 
     @field_validator("models")
     @classmethod
-    def _distinct_models(cls, models: List[str]) -> List[str]:
+    def _distinct_models(cls, models: list[str]) -> list[str]:
         if len(set(models)) != len(models):
             raise ValueError(f"each model may be given once, got {models}")
         return models
 
     @model_validator(mode="after")
-    def _queue_holds_a_request(self) -> "ServeSettings":
+    def _queue_holds_a_request(self) -> ServeSettings:
         if self.max_queue < self.max_images:
             raise ValueError(f"max_queue ({self.max_queue}) must be at least max_images ({self.max_images}), "
                              "or a full-size request could never be queued")
         return self
 
     @model_validator(mode="after")
-    def _budget_holds_a_body(self) -> "ServeSettings":
+    def _budget_holds_a_body(self) -> ServeSettings:
         if self.max_inflight_mb < self.max_body_mb:
             raise ValueError(f"max_inflight_mb ({self.max_inflight_mb:g}) must be at least max_body_mb "
                              f"({self.max_body_mb:g}), or a full-size request could never be read")
         return self
 
     @model_validator(mode="after")
-    def _read_target_prior(self) -> "ServeSettings":
+    def _read_target_prior(self) -> ServeSettings:
         """Read a prior file once, at start-up, so a bad one stops the server before anything loads."""
         self._target_priors = read_prior_setting(self.target_prior, self.models)
         estimated = [model for model, spec in self._target_priors.items() if spec == ESTIMATED]
@@ -123,19 +124,19 @@ class ServeSettings(BaseModel):
         return int(self.max_inflight_mb * 1024 * 1024)
 
     @property
-    def api_key(self) -> Optional[str]:
+    def api_key(self) -> str | None:
         """The key clients must send, read from ``api_key_env`` at call time; None when unset (no auth)."""
         return (os.environ.get(self.api_key_env) or None) if self.api_key_env else None
 
     @classmethod
-    def from_sources(cls, flags: Mapping[str, Any], environ: Optional[Mapping[str, str]] = None) -> "ServeSettings":
+    def from_sources(cls, flags: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> ServeSettings:
         """Settings from ``GCL_ZOO_SERVE_<FIELD>`` variables, overridden by the ``flags`` that are not None.
 
         List fields read comma-separated values from the environment (``GCL_ZOO_SERVE_MODELS=a,b``).
         """
         environ = os.environ if environ is None else environ
         values: dict = {}
-        for name, field in cls.model_fields.items():
+        for name, _field in cls.model_fields.items():
             raw = environ.get(ENV_PREFIX + name.upper())
             if raw is not None:
                 values[name] = [v.strip() for v in raw.split(",") if v.strip()] if name == "models" else raw

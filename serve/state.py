@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Dict, Optional
 
 import torch
 
@@ -38,10 +38,10 @@ class ServerState:
     metrics: ServerMetrics
     models: ServedModels
     ready: bool = False
-    load_error: Optional[str] = None
-    decode_pool: Optional[ThreadPoolExecutor] = None
-    inference_pool: Optional[ThreadPoolExecutor] = None
-    inference: Dict[str, int] = field(default_factory=dict)  # inference_streams, threads_per_stream
+    load_error: str | None = None
+    decode_pool: ThreadPoolExecutor | None = None
+    inference_pool: ThreadPoolExecutor | None = None
+    inference: dict[str, int] = field(default_factory=dict)  # inference_streams, threads_per_stream
     in_flight: int = 0  # HTTP requests being answered (serve.limits.DrainMiddleware)
     draining: bool = False  # shutting down: /ready and new work answer 503 (serve.lifecycle)
 
@@ -75,7 +75,7 @@ def prior_streams(runner: ModelRunner, settings: ServeSettings) -> PriorStreams:
     return PriorStreams(settings.prior_window, settings.max_prior_streams, source, runner.source_images)
 
 
-async def load_models(state: ServerState, on_failure: Optional[Callable[[str], None]] = None) -> None:
+async def load_models(state: ServerState, on_failure: Callable[[str], None] | None = None) -> None:
     """Make the process-wide settings (``serve.startup``), start the inference threads, load, optimise and warm
     every model in them, then start a batching engine for each."""
     settings = state.settings

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from typing import Dict, Iterator, Optional, Tuple
+from collections.abc import Iterator
 
 import torch
 
@@ -98,8 +98,8 @@ class PriorStreams:
     """One model's streams, at most ``max_streams`` of ``window`` images each (least recently used dropped), and
     their estimates against the model's ``source`` prior (measured on ``source_images`` validation images)."""
 
-    def __init__(self, window: int, max_streams: int, source: torch.Tensor, source_images: Optional[int] = None,
-                 strength: float = DEFAULT_STRENGTH, test_level: Optional[float] = DEFAULT_TEST_LEVEL,
+    def __init__(self, window: int, max_streams: int, source: torch.Tensor, source_images: int | None = None,
+                 strength: float = DEFAULT_STRENGTH, test_level: float | None = DEFAULT_TEST_LEVEL,
                  max_iter: int = STEPS_PER_REQUEST, tol: float = TOLERANCE):
         self.window = window
         self.max_streams = max_streams
@@ -109,13 +109,13 @@ class PriorStreams:
         self.test_level = test_level
         self.max_iter, self.tol = max_iter, tol
         self.dropped = 0
-        self._streams: "OrderedDict[str, PriorStream]" = OrderedDict()
+        self._streams: OrderedDict[str, PriorStream] = OrderedDict()
 
     @property
     def enabled(self) -> bool:
         return self.window > 0
 
-    def get(self, name: str) -> Optional[PriorStream]:
+    def get(self, name: str) -> PriorStream | None:
         """The stream ``name``, or None when it was never used (or was dropped or deleted)."""
         return self._streams.get(name)
 
@@ -130,7 +130,7 @@ class PriorStreams:
         self._streams.move_to_end(name)
         return stream
 
-    def add(self, name: str, logits: torch.Tensor) -> Tuple[PriorStream, int]:
+    def add(self, name: str, logits: torch.Tensor) -> tuple[PriorStream, int]:
         """Add the images of calibrated ``logits`` (one row each) to stream ``name``: the stream and the window
         version an estimate must cover to include them."""
         stream = self._open(name)
@@ -143,7 +143,7 @@ class PriorStreams:
         await asyncio.sleep(0)  # the batch's other requests on this stream add their images first
         return self.refresh(stream, version).prior
 
-    def refresh(self, stream: PriorStream, version: Optional[int] = None, settle: bool = False) -> PriorEstimate:
+    def refresh(self, stream: PriorStream, version: int | None = None, settle: bool = False) -> PriorEstimate:
         """``stream``'s estimate, recomputed (``max_iter`` EM iterations from the previous one) when it predates
         window ``version`` (default: the current one); ``settle``: until EM converges."""
         stale = stream.estimated_at < (stream.version if version is None else version)
@@ -163,14 +163,14 @@ class PriorStreams:
         stream.set_prior(prior)
         return stream
 
-    def delete(self, name: str) -> Optional[PriorStream]:
+    def delete(self, name: str) -> PriorStream | None:
         """Forget stream ``name``; the stream as it was, or None when there was none."""
         return self._streams.pop(name, None)
 
-    def __iter__(self) -> Iterator[Tuple[str, PriorStream]]:
+    def __iter__(self) -> Iterator[tuple[str, PriorStream]]:
         return iter(list(self._streams.items()))
 
-    def gauges(self) -> Dict[str, Tuple[int, float]]:
+    def gauges(self) -> dict[str, tuple[int, float]]:
         """Per stream: images of traffic in its window and its estimate's total variation from the source."""
         return {name: (stream.images, total_variation(self.refresh(stream).prior, self.source))
                 for name, stream in self}

@@ -16,8 +16,8 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Tuple
 from urllib.parse import unquote
 
 import uvicorn
@@ -37,11 +37,11 @@ def git_blob_sha(data: bytes) -> str:
 class Repo:
     repo_id: str
     private: bool = False
-    refs: Dict[str, str] = field(default_factory=dict)  # branch or refs/pr/N -> commit oid
-    commits: Dict[str, Dict[str, bytes]] = field(default_factory=dict)  # commit oid -> {path: content}
-    pulls: List[dict] = field(default_factory=list)
+    refs: dict[str, str] = field(default_factory=dict)  # branch or refs/pr/N -> commit oid
+    commits: dict[str, dict[str, bytes]] = field(default_factory=dict)  # commit oid -> {path: content}
+    pulls: list[dict] = field(default_factory=list)
 
-    def commit(self, ref: str, files: Dict[str, bytes], summary: str) -> str:
+    def commit(self, ref: str, files: dict[str, bytes], summary: str) -> str:
         parent = self.refs.get(ref, "")
         digest = hashlib.sha1(parent.encode() + summary.encode() + str(len(self.commits)).encode())
         for path in sorted(files):
@@ -51,14 +51,14 @@ class Repo:
         self.refs[ref] = oid
         return oid
 
-    def resolve(self, revision: str) -> Optional[str]:
+    def resolve(self, revision: str) -> str | None:
         """Commit oid for a branch, PR ref or (full) commit oid; None when unknown."""
         if revision in self.refs:
             return self.refs[revision]
         return revision if revision in self.commits else None
 
 
-def _error(status: int, code: str, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status,
                         headers={"X-Error-Code": code, "X-Error-Message": message, **(headers or {})})
 
@@ -69,15 +69,15 @@ class HubServer:
     def __init__(self, tokens: Iterable[str] = ("hf_test",), user: str = "tester"):
         self.tokens = set(tokens)
         self.user = user
-        self.repos: Dict[str, Repo] = {}
-        self.requests: List[Tuple[str, str]] = []  # (method, path) of every request, for assertions
+        self.repos: dict[str, Repo] = {}
+        self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for assertions
         self.url = ""
         self.app = self._build_app()
-        self._server: Optional[uvicorn.Server] = None
-        self._thread: Optional[threading.Thread] = None
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------------------
-    def __enter__(self) -> "HubServer":
+    def __enter__(self) -> HubServer:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
@@ -99,7 +99,7 @@ class HubServer:
         self._thread.join(timeout=10)
 
     # -- helpers ---------------------------------------------------------------------------------------------
-    def files(self, repo_id: str, revision: str = "main") -> Dict[str, bytes]:
+    def files(self, repo_id: str, revision: str = "main") -> dict[str, bytes]:
         """The files of ``repo_id`` at ``revision`` (for assertions)."""
         repo = self.repos[repo_id]
         return repo.commits[repo.resolve(revision)]
@@ -108,7 +108,7 @@ class HubServer:
         auth = request.headers.get("authorization", "")
         return auth.startswith("Bearer ") and auth[len("Bearer "):] in self.tokens
 
-    def _repo(self, request: Request, repo_id: str) -> Optional[Repo]:
+    def _repo(self, request: Request, repo_id: str) -> Repo | None:
         """The repo if it exists and the caller may see it (private repos need a valid token)."""
         repo = self.repos.get(repo_id)
         if repo is None or (repo.private and not self._authorized(request)):
@@ -290,7 +290,7 @@ class HubServer:
 
         return app
 
-    def _open_pull(self, repo: Repo, base: str, title: str) -> Tuple[str, str]:
+    def _open_pull(self, repo: Repo, base: str, title: str) -> tuple[str, str]:
         repo.pulls.append({"title": title, "base": base})
         num = len(repo.pulls)
         return f"refs/pr/{num}", f"{self.url}/{repo.repo_id}/discussions/{num}"

@@ -2,8 +2,8 @@
 user's own data would look: ``train/<class>/*.jpg`` with a few dozen down to a handful of images, ``test/``."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, Sequence
 
 from serve_images import cifar_test_images, reencode
 
@@ -14,12 +14,12 @@ SIZES = ((48, 40), (64, 64), (40, 56), (72, 48))  # (width, height): no two neig
 
 
 def write_image_folder(root: Path, cifar10_zip: Path, counts: Sequence[int] = TRAIN_COUNTS,
-                       test_per_class: int = TEST_PER_CLASS, names: Sequence[str] = CLASSES) -> Dict[str, Path]:
+                       test_per_class: int = TEST_PER_CLASS, names: Sequence[str] = CLASSES) -> dict[str, Path]:
     """``root/train`` and ``root/test`` filled with JPEGs (``0001.jpg``, ...) of ``CLASSES``' photos, in class
     folders called ``names``; returns both folders by split name."""
     per_class = max(counts) + test_per_class
     images = cifar_test_images(cifar10_zip, per_class)  # every class interleaved, in label order
-    by_label: Dict[int, list] = {}
+    by_label: dict[int, list] = {}
     for _, data, label in images:
         by_label.setdefault(label, []).append(data)
     folders = {"train": root / "train", "test": root / "test"}

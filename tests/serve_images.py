@@ -5,8 +5,8 @@ import io
 import struct
 import zipfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Sequence, Tuple
 
 from PIL import Image
 
@@ -14,7 +14,7 @@ from gcl_zoo.data.labels import CIFAR10_CLASSES
 
 
 def cifar_test_images(zip_path: Path, per_class: int, start: int = 0,
-                      classes: Sequence[str] = CIFAR10_CLASSES) -> List[Tuple[str, bytes, int]]:
+                      classes: Sequence[str] = CIFAR10_CLASSES) -> list[tuple[str, bytes, int]]:
     """``per_class`` test images of every class as (name, original WebP bytes, label), classes interleaved."""
     with zipfile.ZipFile(zip_path) as archive:
         by_class = [[(f"test/{c}/{i:05d}.webp", label) for i in range(start, start + per_class)]
@@ -22,7 +22,7 @@ def cifar_test_images(zip_path: Path, per_class: int, start: int = 0,
         return [(name, archive.read(name), label) for group in zip(*by_class) for name, label in group]
 
 
-def reencode(data: bytes, fmt: str, size: Tuple[int, int] = None, **save_args) -> bytes:
+def reencode(data: bytes, fmt: str, size: tuple[int, int] = None, **save_args) -> bytes:
     """The image in ``data`` saved as ``fmt`` (JPEG, PNG, WEBP, PPM, ...), optionally resized first."""
     img = Image.open(io.BytesIO(data)).convert("RGB")
     if size is not None:

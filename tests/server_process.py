@@ -11,8 +11,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 import httpx
 
@@ -31,20 +31,20 @@ def free_port() -> int:
 class ServerProcess:
     """A ``gcl-zoo serve`` subprocess with ``args``; its output goes to a log file (``log()`` reads it)."""
 
-    def __init__(self, args: Sequence[str], env: Optional[Dict[str, str]] = None, ready_timeout_s: float = 180.0):
+    def __init__(self, args: Sequence[str], env: dict[str, str] | None = None, ready_timeout_s: float = 180.0):
         self.args = list(args)
         self.env = env or {}
         self.ready_timeout_s = ready_timeout_s
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self._log = tempfile.NamedTemporaryFile(prefix="gcl-serve-", suffix=".log", delete=False)
-        self.proc: Optional[subprocess.Popen] = None
+        self.proc: subprocess.Popen | None = None
 
-    def command(self) -> List[str]:
+    def command(self) -> list[str]:
         return [sys.executable, "-m", "gcl_zoo.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                 *self.args]
 
-    def start(self) -> "ServerProcess":
+    def start(self) -> ServerProcess:
         env = {**os.environ, **self.env}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SOURCE_ROOT), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env)
@@ -80,7 +80,7 @@ class ServerProcess:
         self._log.close()
         Path(self._log.name).unlink(missing_ok=True)
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -16,7 +16,6 @@ from safetensors.torch import save_file
 
 import gcl_zoo
 from gcl_zoo.models.backbone import sha256_of
-
 from image_folder import write_image_folder
 
 REPO = Path(__file__).resolve().parent.parent

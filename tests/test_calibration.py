@@ -7,12 +7,20 @@ import timm
 import torch
 
 import gcl_zoo  # noqa: F401
-from gcl_zoo.calibration import (BIAS_BOUND, SCALE_RANGE, calibrate_model, calibration_report,
-                                 expected_calibration_error, fit_calibration, fit_logit_scale, nll, validation_warning)
+from gcl_zoo.calibration import (
+    BIAS_BOUND,
+    SCALE_RANGE,
+    calibrate_model,
+    calibration_report,
+    expected_calibration_error,
+    fit_calibration,
+    fit_logit_scale,
+    nll,
+    validation_warning,
+)
 from gcl_zoo.models.gcl import GCLModel
 from gcl_zoo.models.weights import WEIGHTS_DIR
-from gcl_zoo.prior import (PriorError, adjust_logits, check_prior, estimate_prior, estimate_prior_em,
-                           implied_prior)
+from gcl_zoo.prior import PriorError, adjust_logits, check_prior, estimate_prior, estimate_prior_em, implied_prior
 
 
 def synthetic(n: int, classes: int, true_scale: float, seed: int) -> tuple:

@@ -10,11 +10,10 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
 import gcl_zoo  # noqa: F401
+from conftest import RUN_EVAL, RUN_INFO, RUN_RECIPE
 from gcl_zoo import hub
 from gcl_zoo.hub import InvalidModelFolder, export_run, push_folder, validate_folder
 from gcl_zoo.hub_cli import main as hub_cli
-
-from conftest import RUN_EVAL, RUN_INFO, RUN_RECIPE
 
 X = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 REPO = Path(__file__).resolve().parent.parent

@@ -17,7 +17,6 @@ from safetensors.torch import load_file
 
 import gcl_zoo  # noqa: F401
 from gcl_zoo.hub import export_run, push_folder
-
 from hub_client import fixed_input
 from hub_server import HubServer
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 from pathlib import Path
-from typing import Dict, List, Set
 
 ROOT = Path(__file__).resolve().parent.parent
 # the repository's packages, by the name their modules import them with
@@ -19,16 +18,16 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def project_modules() -> Dict[str, Path]:
+def project_modules() -> dict[str, Path]:
     return {module_name(path): path for folder in PACKAGES for path in (ROOT / folder).rglob("*.py")}
 
 
-def imported(name: str, path: Path, known: Set[str]) -> Set[str]:
+def imported(name: str, path: Path, known: set[str]) -> set[str]:
     """The project modules ``name`` imports (relative imports resolved; ``from package import module`` counts
     the module)."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     installed = {value: key for key, value in PACKAGES.items()}
-    found: Set[str] = set()
+    found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]
@@ -51,13 +50,13 @@ def imported(name: str, path: Path, known: Set[str]) -> Set[str]:
     return found
 
 
-def circles(graph: Dict[str, Set[str]]) -> List[List[str]]:
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
     """The strongly connected components with more than one module (Tarjan)."""
-    index: Dict[str, int] = {}
-    low: Dict[str, int] = {}
-    stack: List[str] = []
-    on_stack: Set[str] = set()
-    found: List[List[str]] = []
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
 
     def visit(node: str) -> None:
         index[node] = low[node] = len(index)
@@ -86,7 +85,7 @@ def circles(graph: Dict[str, Set[str]]) -> List[List[str]]:
     return found
 
 
-def import_graph() -> Dict[str, Set[str]]:
+def import_graph() -> dict[str, set[str]]:
     modules = project_modules()
     return {name: imported(name, path, set(modules)) for name, path in modules.items()}
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gcl_zoo import GCLLoss, LDAMLoss, LogitAdjustedLoss, FocalLoss, CrossEntropyLoss, BalancedSoftmaxLoss, cloud_sizes
+from gcl_zoo import BalancedSoftmaxLoss, CrossEntropyLoss, FocalLoss, GCLLoss, LDAMLoss, LogitAdjustedLoss, cloud_sizes
 from gcl_zoo.losses import drw_class_weights
 
 COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]

@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 from gcl_zoo_serve.image_files import collect_image_files
-
 from image_folder import write_image_folder
 from server_process import SOURCE_ROOT, ServerProcess
 

@@ -14,8 +14,8 @@ import torch
 from gcl_zoo.calibration import confidence_bins, ece_of_bins
 from gcl_zoo.data import CIFAR10_CLASSES, CIFAR100_CLASSES
 from gcl_zoo.models.weights import WEIGHTS_DIR
-from server_process import ServerProcess
 from serve_images import cifar_test_images
+from server_process import ServerProcess
 
 REQUEST_SIZE = 50
 

@@ -11,7 +11,6 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import Dict, List
 
 import httpx
 import pytest
@@ -25,8 +24,8 @@ from gcl_zoo.hub import save_model_folder
 from gcl_zoo.prior import adjust_logits, check_prior
 from serve.oip import protocol_name
 from serve.runner import inference_plan
-from server_process import ServerProcess
 from serve_images import cifar_test_images, png_header_only, reencode
+from server_process import ServerProcess
 
 API_KEY = "test-key-123"
 NO_KEY = {"GCL_ZOO_API_KEY": ""}  # the servers without a key must not pick one up from the environment
@@ -39,7 +38,7 @@ TRAIN_COUNTS = [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
 
 # ------------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory) -> Dict[str, Path]:
+def model_dirs(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
     torch.manual_seed(0)
     models = {name: timm.create_model(name) for name in ("gcl_resnet32_cifar10_lt", "gcl_resnet32_cifar100_lt")}
@@ -74,7 +73,7 @@ def http():
 
 
 @pytest.fixture(scope="module")
-def images(cifar10_zip) -> List[tuple]:
+def images(cifar10_zip) -> list[tuple]:
     return cifar_test_images(cifar10_zip, per_class=4)
 
 
@@ -86,7 +85,7 @@ def offline(model10_id):
     model = timm.create_model(model10_id, pretrained=True).eval()
     transform = create_transform(**resolve_model_data_config(model))
 
-    def probabilities(blobs: List[bytes], function: str = "softmax", prior=None) -> torch.Tensor:
+    def probabilities(blobs: list[bytes], function: str = "softmax", prior=None) -> torch.Tensor:
         with torch.no_grad():
             x = torch.stack([transform(Image.open(io.BytesIO(data)).convert("RGB")) for data in blobs])
             target = check_prior(prior if prior is not None else [1] * model.num_classes, model.num_classes)
@@ -119,8 +118,8 @@ def assert_matches_offline(answer: list, probs: torch.Tensor, labels) -> None:
         assert got["score"] == pytest.approx(want, abs=1e-5)
 
 
-def prior_answers(http: httpx.Client, url: str, blobs: List[bytes], prior, function: str = "softmax",
-                  headers: Dict[str, str] = None) -> Dict[str, List[list]]:
+def prior_answers(http: httpx.Client, url: str, blobs: list[bytes], prior, function: str = "softmax",
+                  headers: dict[str, str] = None) -> dict[str, list[list]]:
     """The top-10 answers for ``blobs`` with ``prior`` in each encoding /predict reads: the JSON body's parameters,
     a form field (weights separated by commas) and the query string (a JSON list's text)."""
     words = isinstance(prior, str)
@@ -134,7 +133,7 @@ def prior_answers(http: httpx.Client, url: str, blobs: List[bytes], prior, funct
     return {"json": as_json.json(), "form": as_form.json()["predictions"], "query": as_query.json()["predictions"]}
 
 
-def assert_all_match_offline(answers: Dict[str, List[list]], probs: torch.Tensor, labels) -> None:
+def assert_all_match_offline(answers: dict[str, list[list]], probs: torch.Tensor, labels) -> None:
     for encoding, answer in answers.items():
         assert len(answer) == len(probs), encoding
         for row, one in zip(probs, answer):
@@ -150,7 +149,7 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     raise AssertionError(f"no sample {name} {labels} in metrics")
 
 
-def batch_histogram(text: str) -> Dict[str, float]:
+def batch_histogram(text: str) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in re.finditer(r'gcl_serve_batch_size_bucket\{model="[^"]*cifar10_lt",'
                                                                 r'le="([^"]+)"\} (\S+)', text)}
 
@@ -397,7 +396,7 @@ def test_concurrent_clients_get_single_request_answers_in_batches(http, server, 
     alone = [http.post(f"{server.url}/predict", files=files(b)).json()["predictions"][0] for b in blobs]
     before = batch_histogram(http.get(f"{server.url}/metrics").text)
 
-    async def client(i: int, http: httpx.AsyncClient) -> List[list]:
+    async def client(i: int, http: httpx.AsyncClient) -> list[list]:
         answers = []
         for _ in range(10):
             response = await http.post(f"{server.url}/predict", files=files(blobs[i]))
@@ -405,7 +404,7 @@ def test_concurrent_clients_get_single_request_answers_in_batches(http, server, 
             answers.append(response.json()["predictions"][0])
         return answers
 
-    async def run_all() -> List[List[list]]:
+    async def run_all() -> list[list[list]]:
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=32)) as http:
             return await asyncio.gather(*(client(i, http) for i in range(32)))
 
@@ -586,7 +585,7 @@ def test_overload_answers_503_never_hangs_and_recovers(http, small_server, image
     body = [("files", (f"{i}.webp", data, "image/webp")) for i, (_, data, _) in enumerate(images[:8])]
     headers = {"X-API-Key": API_KEY}
 
-    async def burst() -> List[httpx.Response]:
+    async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=64)) as http:
             return await asyncio.gather(*(http.post(f"{small_server.url}/predict", files=body, headers=headers)
                                           for _ in range(64)))

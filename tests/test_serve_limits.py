@@ -10,7 +10,6 @@ import socket
 import threading
 import time
 from pathlib import Path
-from typing import List
 
 import httpx
 import numpy as np
@@ -73,7 +72,7 @@ def test_a_flood_of_maximal_uploads_holds_no_more_than_the_budget(model_id):
         sampler = threading.Thread(target=sample)
         sampler.start()
 
-        async def flood() -> List[httpx.Response]:
+        async def flood() -> list[httpx.Response]:
             async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=48)) as http:
                 return await asyncio.gather(*(http.post(f"{server.url}/predict", files=[("files", ("n.png", image,
                                                                                                     "image/png"))])
@@ -97,7 +96,7 @@ def test_a_flood_of_maximal_uploads_holds_no_more_than_the_budget(model_id):
         assert after.status_code == 200
 
 
-def _raw_exchange(port: int, chunks: List[bytes], pause_s: float, wait_s: float) -> (bytes, float):
+def _raw_exchange(port: int, chunks: list[bytes], pause_s: float, wait_s: float) -> (bytes, float):
     """Send ``chunks`` with ``pause_s`` between them (stopping if the server closes), then read the answer."""
     start = time.monotonic()
     with socket.create_connection(("127.0.0.1", port)) as sock:
@@ -117,7 +116,7 @@ def _raw_exchange(port: int, chunks: List[bytes], pause_s: float, wait_s: float)
                 if not data:
                     break
                 answer += data
-        except (socket.timeout, ConnectionResetError):
+        except (TimeoutError, ConnectionResetError):
             pass
     return answer, time.monotonic() - start
 

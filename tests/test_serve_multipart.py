@@ -3,7 +3,6 @@ real clients encode, the forms RFC 7578 allows beyond them, and a clear refusal 
 from __future__ import annotations
 
 import asyncio
-from typing import List, Tuple
 
 import httpx
 import pytest
@@ -15,10 +14,10 @@ from starlette.requests import Request
 from serve.multipart import FormError, FormPart, header_parameters, parse_form
 
 BINARY = bytes(range(256)) * 3 + b"\r\n--not-the-boundary\r\n\r\n" + b"\r\n-" * 5  # bytes that look like syntax
-Parts = List[Tuple[str, object, object, bytes]]
+Parts = list[tuple[str, object, object, bytes]]
 
 
-def encoded(files=None, data=None) -> Tuple[bytes, str]:
+def encoded(files=None, data=None) -> tuple[bytes, str]:
     """A body and its Content-Type exactly as httpx (the Hugging Face client's transport) sends them."""
     request = httpx.Request("POST", "http://x/predict", files=files, data=data)
     return request.read(), request.headers["content-type"]

@@ -14,9 +14,15 @@ from pydantic import ValidationError
 from gcl_zoo.prior import PriorError, adjust_logits, check_prior
 from serve.cli import main as serve_main
 from serve.errors import RequestError
-from serve.parsing import (PredictParameters, answer_options, body_over_query, payloads_from_form, payloads_from_json,
-                           query_parameters)
 from serve.multipart import FormPart
+from serve.parsing import (
+    PredictParameters,
+    answer_options,
+    body_over_query,
+    payloads_from_form,
+    payloads_from_json,
+    query_parameters,
+)
 from serve.priors import default_prior, output_scores, prior_from_json, prior_from_text, read_prior_setting
 from serve.runner import implied_prior_of, train_prior_of
 from serve.schemas import prior_schemas

@@ -23,13 +23,13 @@ import torch
 
 import gcl_zoo
 from gcl_zoo.hub import save_model_folder
+from gcl_zoo.onnx_export import STACK_TRACE_KEY, export_onnx
 from serve.decoding import ImagePayload, inspect_image
 from serve.pipeline import predict_batch
-from serve.runner import ModelRunner, Execution
-from gcl_zoo.onnx_export import STACK_TRACE_KEY, export_onnx
+from serve.runner import Execution, ModelRunner
 from serve.runtimes import MIN_SPEEDUP_FOR_BF16, OpenVINOForward, choose_precision, resolve_runtime
-from server_process import ServerProcess
 from serve_images import cifar_test_images
+from server_process import ServerProcess
 
 REPO = Path(__file__).resolve().parent.parent
 ZOO_NAME = "gcl_resnet32_cifar10_lt.ir100"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import math
-from typing import List
 
 import httpx
 import pytest
@@ -14,8 +13,8 @@ import torch
 
 from serve.settings import ServeSettings
 from serve.streams import PriorStreams
-from server_process import ServerProcess
 from serve_images import cifar_test_images
+from server_process import ServerProcess
 
 MODEL = "gcl_resnet32_cifar10_lt.ir100"
 KEY = "stream-key-7"
@@ -38,11 +37,11 @@ def http():
 
 
 @pytest.fixture(scope="module")
-def images(cifar10_zip) -> List[tuple]:
+def images(cifar10_zip) -> list[tuple]:
     return cifar_test_images(cifar10_zip, per_class=20, start=100)
 
 
-def predict(http, server, images, **parameters) -> List[List[float]]:
+def predict(http, server, images, **parameters) -> list[list[float]]:
     """The probabilities of every class per image (top_k = all), as ``/predict`` answers them."""
     body = {"inputs": [base64.b64encode(data).decode() for _, data, _ in images],
             "parameters": {"top_k": 10, **parameters}}
@@ -82,7 +81,7 @@ def test_one_streams_traffic_leaves_anothers_answers_alone(server, http, images)
 
 
 def test_concurrent_requests_on_one_stream_all_count(server, images):
-    async def run() -> List[int]:
+    async def run() -> list[int]:
         async with httpx.AsyncClient(timeout=120, headers=AUTH) as client:
             body = {"inputs": [base64.b64encode(data).decode() for _, data, _ in images[:8]],
                     "parameters": {"target_prior": "estimated", "prior_stream": "busy"}}

@@ -3,11 +3,11 @@ metrics."""
 from __future__ import annotations
 
 import asyncio
-from functools import partial
 import io
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import numpy as np
 import pytest
@@ -17,16 +17,23 @@ from PIL import Image
 from pydantic import ValidationError
 
 import gcl_zoo  # noqa: F401  (registers the zoo)
-from serve.batching import BatchingEngine
-from serve.decoding import (TENSOR_DECODABLE, ImageHeader, ImagePayload, decode_jpegs_on_device, decode_pil, decode_uint8,
-                            inspect_image)
-from serve.errors import RequestError
-from serve.parsing import check_top_k, decode_base64, payloads_from_json
-from serve.metrics import ServerMetrics
 from gcl_zoo.data.preprocessing import eval_transform
-from serve.preprocess import DevicePipeline, PilPipeline, data_config, resize_crop_normalize, uint8_transform
+from serve.batching import BatchingEngine
+from serve.decoding import (
+    TENSOR_DECODABLE,
+    ImageHeader,
+    ImagePayload,
+    decode_jpegs_on_device,
+    decode_pil,
+    decode_uint8,
+    inspect_image,
+)
+from serve.errors import RequestError
 from serve.headers import read_header
+from serve.metrics import ServerMetrics
+from serve.parsing import check_top_k, decode_base64, payloads_from_json
 from serve.pipeline import predict_batch
+from serve.preprocess import DevicePipeline, PilPipeline, data_config, resize_crop_normalize, uint8_transform
 from serve.runner import ModelRunner, batch_buckets, inference_plan, pads_to_buckets
 from serve.settings import ServeSettings
 from serve.startup import allow_graphs_per_bucket
@@ -430,3 +437,21 @@ def test_the_metrics_middleware_knows_every_route_template_once():
     scope = {"type": "http", "path": "/v2/models/some-model/infer", "method": "POST", "root_path": "", "headers": []}
     assert route_template(scope, routes) == "/v2/models/{name}/infer"
     assert route_template({**scope, "path": "/nowhere"}, routes) == "unmatched"
+
+
+def test_the_api_key_has_one_source_read_on_every_request(monkeypatch):
+    """The key comes from the settings' environment variable when a request is checked, not from a copy taken at
+    start-up: rotating the variable's value takes effect for the next request."""
+    from types import SimpleNamespace
+
+    from serve.dependencies import require_api_key
+
+    state = SimpleNamespace(settings=ServeSettings(api_key_env="ROTATED_KEY"))
+    monkeypatch.setenv("ROTATED_KEY", "first")
+    asyncio.run(require_api_key(state, None, "first"))
+    monkeypatch.setenv("ROTATED_KEY", "second")
+    with pytest.raises(RequestError, match="wrong API key"):
+        asyncio.run(require_api_key(state, None, "first"))
+    asyncio.run(require_api_key(state, None, "second"))
+    monkeypatch.delenv("ROTATED_KEY")
+    asyncio.run(require_api_key(state, None, None))  # no key configured: no check

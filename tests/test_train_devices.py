@@ -9,13 +9,13 @@ import torch
 import torch.distributed as dist
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from gcl_zoo.data import CIFAR_DATA_CFG
+from gcl_zoo.sampling import create_sampler
 from train import cli
 from train.batches import DeviceBatches
 from train.distributed import DistInfo
 from train.engine import RunOptions, Trainer, TrainingError
 from train.recipes import load_recipe
-from gcl_zoo.data import CIFAR_DATA_CFG
-from gcl_zoo.sampling import create_sampler
 from two_ranks import on_two_ranks
 
 TINY = {"max_per_class": 60, "imb_ratio": 10, "test_per_class": 20, "workers": 0, "model": "cifar_resnet20",

@@ -17,11 +17,10 @@ from safetensors.torch import load_file
 
 from gcl_zoo.data import CIFAR_DATA_CFG, CIFARLongTail
 from gcl_zoo.sampling import create_sampler
+from test_train import TINY, metrics
 from train.augment import mix, mixup_lambdas, pad_crop_flip
 from train.batches import DeviceBatches, LoaderBatches
 from train.data import train_transform
-
-from test_train import TINY, metrics
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -9,16 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import timm
-from timm.data import resolve_model_data_config
 from PIL import Image
+from timm.data import resolve_model_data_config
 
 from gcl_zoo.data import CIFAR10_CLASSES, CIFARLongTail, long_tail_counts, long_tail_positions, stratified_holdout
+from test_train import metrics, tiny_run
 from train.cli import main
 from train.data import STANDARD_LISTS, build_data
-from train.validation import SharedImagesError, validation_sizes
 from train.recipes import RecipeError, load_recipe
-
-from test_train import metrics, tiny_run
+from train.validation import SharedImagesError, validation_sizes
 
 
 def _hashes(images: np.ndarray) -> set:

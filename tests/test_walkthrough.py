@@ -23,7 +23,6 @@ from huggingface_hub import HfApi
 from safetensors.torch import save_file
 
 from gcl_zoo.models.backbone import sha256_of
-
 from hub_server import HubServer
 from image_folder import write_image_folder
 from server_process import free_port

@@ -56,7 +56,7 @@ def test_untagged_name_loads_the_shipped_ratio_100_weights(base, classes):
 CIFAR_ZIPS = {"gcl_resnet32_cifar10_lt": "cifar10_zip", "gcl_resnet32_cifar100_lt": "cifar100_zip"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def decoded_test_set(archive, num_classes: int):
     """The full test set as tensors, decoded once for every checkpoint of a data set."""
     return CIFARLongTail(archive, num_classes=num_classes, train=False).as_tensors()

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any, Callable, Dict
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -21,7 +22,7 @@ def _rank_main(rank: int, port: int, target: Callable[..., Any], args: tuple, re
         dist.destroy_process_group()
 
 
-def on_two_ranks(target: Callable[..., Any], *args: Any, timeout_s: float = 300) -> Dict[int, Any]:
+def on_two_ranks(target: Callable[..., Any], *args: Any, timeout_s: float = 300) -> dict[int, Any]:
     """``target(rank, *args)`` on ranks 0 and 1 (spawned: ``target`` must be a module-level function); each rank's
     return value, or the repr of what it raised."""
     import torch.multiprocessing as mp

@@ -6,14 +6,12 @@ the batch mixed with a random permutation of itself), shared by both pipelines.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 
-def pad_crop_flip(images: torch.Tensor, padding: int = 4, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def pad_crop_flip(images: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
     """Random crop (zero padding) and horizontal flip of a uint8 or float NCHW batch, all on its device."""
     n, _, h, w = images.shape
     device = images.device
@@ -36,7 +34,7 @@ def mixup_lambdas(alpha: float, steps: int, seed: int) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).beta(alpha, alpha, size=steps)).float()
 
 
-def mix(images: torch.Tensor, labels: torch.Tensor, lam: torch.Tensor) -> Tuple[torch.Tensor, tuple]:
+def mix(images: torch.Tensor, labels: torch.Tensor, lam: torch.Tensor) -> tuple[torch.Tensor, tuple]:
     """Mix a batch with a random permutation of itself; returns the images and the (y_a, y_b, lam) target."""
     perm = torch.randperm(images.shape[0], device=images.device)
     lam = lam.to(images.device, images.dtype)

@@ -5,7 +5,7 @@ same for both; the fast path only changes where decoding and augmentation happen
 """
 from __future__ import annotations
 
-from typing import Dict, Iterator, Optional, Tuple
+from collections.abc import Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -15,7 +15,7 @@ from gcl_zoo.sampling import LongTailSampler
 
 from .augment import pad_crop_flip
 
-Batch = Tuple[torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class LoaderBatches:
@@ -41,7 +41,7 @@ class DeviceBatches:
     """The whole uint8 data set on the device; each batch is gathered, cropped, flipped and normalised there."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, sampler: LongTailSampler, batch_size: int,
-                 device: torch.device, data_cfg: Dict, drop_last: bool = False, augment: bool = True):
+                 device: torch.device, data_cfg: dict, drop_last: bool = False, augment: bool = True):
         self.images = images.to(device)
         self.labels = labels.to(device)
         self.sampler = sampler
@@ -65,8 +65,8 @@ class DeviceBatches:
             yield self.normalize(images), self.labels[idx]
 
 
-def test_batches(images: Optional[torch.Tensor], labels: Optional[torch.Tensor], dataset: Dataset,
-                 batch_size: int, device: torch.device, data_cfg: Dict, workers: int, rank: int, world: int):
+def test_batches(images: torch.Tensor | None, labels: torch.Tensor | None, dataset: Dataset,
+                 batch_size: int, device: torch.device, data_cfg: dict, workers: int, rank: int, world: int):
     """This rank's share (``rank::world``) of the test set, in order, without augmentation."""
     if images is not None:
         normalize = Normalize(data_cfg["mean"], data_cfg["std"], device)

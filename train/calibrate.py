@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import timm
 import torch
-from timm.data import resolve_model_data_config
 import yaml
+from timm.data import resolve_model_data_config
 
 import gcl_zoo  # noqa: F401  (registers the architectures)
 from gcl_zoo.calibration import calibrate_model
@@ -33,7 +33,7 @@ from .recipes import RecipeError, validate
 __all__ = ["folder_recipe", "load_folder_model", "validation_logits", "calibrate_folder", "main"]
 
 
-def folder_recipe(folder: Path, data_root: Optional[str] = None, workers: int = 2) -> Dict[str, Any]:
+def folder_recipe(folder: Path, data_root: str | None = None, workers: int = 2) -> dict[str, Any]:
     """The resolved recipe a run (``recipe.yaml``) or exported folder (``train_hparams.yaml``) was trained with,
     set up to read held-out data only (no read-ahead of the training set) from ``data_root`` if given."""
     recipe_file = next((folder / name for name in (RUN_RECIPE_NAME, RECIPE_NAME) if (folder / name).is_file()), None)
@@ -56,7 +56,7 @@ def load_folder_model(folder: Path) -> torch.nn.Module:
     return timm.create_model(f"local-dir:{folder}", pretrained=True)
 
 
-def validation_logits(model: torch.nn.Module, recipe: Dict[str, Any], device: torch.device,
+def validation_logits(model: torch.nn.Module, recipe: dict[str, Any], device: torch.device,
                       workers: int = 2) -> tuple:
     """The model's raw logits and the labels of the recipe's validation split, and the data bundle."""
     bundle: DataBundle = build_data(recipe, resolve_model_data_config(model))
@@ -67,8 +67,8 @@ def validation_logits(model: torch.nn.Module, recipe: Dict[str, Any], device: to
     return out["logits"], out["targets"], bundle
 
 
-def calibrate_folder(folder: Path, data_root: Optional[str] = None, device: str = "auto",
-                     workers: int = 2) -> Dict[str, Any]:
+def calibrate_folder(folder: Path, data_root: str | None = None, device: str = "auto",
+                     workers: int = 2) -> dict[str, Any]:
     """Recalibrate the model in ``folder`` in place; returns its new ``calibration`` record."""
     recipe = folder_recipe(folder, data_root, workers)
     model = load_folder_model(folder)
@@ -90,7 +90,7 @@ def calibrate_folder(folder: Path, data_root: Optional[str] = None, device: str 
     return record
 
 
-def main(argv: Optional[List[str]] = None, command: str = "calibrate") -> int:
+def main(argv: list[str] | None = None, command: str = "calibrate") -> int:
     parser = argparse.ArgumentParser(prog=f"gcl-zoo {command}", description=__doc__.splitlines()[0])
     parser.add_argument("folder", type=Path, help="training run folder or exported model folder")
     parser.add_argument("--data-root", help="read the validation images from here instead of the recipe's root")

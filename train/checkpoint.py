@@ -11,7 +11,7 @@ import random
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from gcl_zoo.files import replace_file
 from .distributed import gather_objects
 
 
-def rng_state() -> Dict[str, Any]:
+def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     return {
         "python": random.getstate(),
@@ -31,7 +31,7 @@ def rng_state() -> Dict[str, Any]:
     }
 
 
-def rng_states_of_all_ranks() -> List[Dict[str, Any]]:
+def rng_states_of_all_ranks() -> list[dict[str, Any]]:
     """Every rank's generator states, in rank order, on every rank (one entry without a process group).
 
     Each state travels serialised: tensors inside gathered Python objects do not survive the gather.
@@ -41,7 +41,7 @@ def rng_states_of_all_ranks() -> List[Dict[str, Any]]:
     return [torch.load(io.BytesIO(blob), weights_only=True) for blob in gather_objects(buffer.getvalue())]
 
 
-def set_rng_state(state: Dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     python = state["python"]
     random.setstate((python[0], tuple(python[1]), python[2]))
     kind, keys, *rest = state["numpy"]
@@ -51,7 +51,7 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_torch_save(obj: Any, path: Union[str, Path]) -> None:
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -66,7 +66,7 @@ def atomic_torch_save(obj: Any, path: Union[str, Path]) -> None:
         raise
 
 
-def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no training checkpoint at {path}; nothing to resume (start the run without --resume)")
@@ -76,7 +76,7 @@ def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
         raise ValueError(f"cannot read training checkpoint {path}: {exc}") from exc
 
 
-def check_writable(folder: Union[str, Path], needed_bytes: int) -> None:
+def check_writable(folder: str | Path, needed_bytes: int) -> None:
     """Fail before training if the output folder cannot be written or the disk is too full."""
     folder = Path(folder)
     try:

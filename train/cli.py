@@ -12,7 +12,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -37,7 +37,7 @@ RUNTIME_KEYS = ("stage", "device", "seed", "deterministic", "fast", "compile", "
                 "stage1_checkpoint", "tensorboard", "no_test")
 
 
-def main(argv: Optional[List[str]] = None, command: str = "train") -> int:
+def main(argv: list[str] | None = None, command: str = "train") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
@@ -52,7 +52,7 @@ def main(argv: Optional[List[str]] = None, command: str = "train") -> int:
     return 0
 
 
-def run(args: argparse.Namespace, argv: List[str]) -> Dict[str, Any]:
+def run(args: argparse.Namespace, argv: list[str]) -> dict[str, Any]:
     """One run: set the process up, build the trainer, train, and write the run folder's records."""
     recipe, runtime, folder, state = prepare_run(args)
     created = not folder.path.exists()
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace, argv: List[str]) -> Dict[str, Any]:
         raise
 
 
-def create_trainer(recipe: Dict[str, Any], options: RunOptions, dist_info: DistInfo) -> Trainer:
+def create_trainer(recipe: dict[str, Any], options: RunOptions, dist_info: DistInfo) -> Trainer:
     """The trainer, seeded: every rank builds the same initial weights from ``options.seed``, then each rank other
     than 0 draws its own crops, flips, mixup pairs and noise (rank 0 continues a one-process run's stream)."""
     torch.manual_seed(options.seed)
@@ -119,7 +119,7 @@ def create_trainer(recipe: Dict[str, Any], options: RunOptions, dist_info: DistI
     return trainer
 
 
-def start_process(device_name: str, deterministic: bool) -> Tuple[torch.device, DistInfo]:
+def start_process(device_name: str, deterministic: bool) -> tuple[torch.device, DistInfo]:
     """The process-wide state a run needs, set in this one place: the device, the torchrun group, and
     deterministic kernels (``--deterministic``) or cuDNN's autotuner."""
     device, dist_info = setup_process(device_name)
@@ -127,7 +127,7 @@ def start_process(device_name: str, deterministic: bool) -> Tuple[torch.device, 
     return device, dist_info
 
 
-def setup_process(device_name: str) -> Tuple[torch.device, DistInfo]:
+def setup_process(device_name: str) -> tuple[torch.device, DistInfo]:
     """This process's device, then its place in the torchrun group: the device first, because NCCL binds to it."""
     device = resolve_device(device_name, group_local_rank())
     return device, init_distributed(device)
@@ -142,8 +142,8 @@ def set_determinism(enabled: bool) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def prepare_run(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, Any], RunFolder,
-                                                   Optional[Dict[str, Any]]]:
+def prepare_run(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any], RunFolder,
+                                                   dict[str, Any] | None]:
     """Resolve (recipe, runtime options, run folder, resume state) from the command line or a run folder."""
     if args.resume:
         folder = RunFolder(args.resume)
@@ -165,7 +165,7 @@ def prepare_run(args: argparse.Namespace) -> Tuple[Dict[str, Any], Dict[str, Any
     return recipe, runtime, RunFolder(args.out), None
 
 
-def check_output_folder(folder: RunFolder, recipe: Dict[str, Any], dist_info: DistInfo) -> None:
+def check_output_folder(folder: RunFolder, recipe: dict[str, Any], dist_info: DistInfo) -> None:
     """Refuse, on every rank, an output folder rank 0 cannot write or whose disk is too full."""
     error = ""
     if dist_info.is_main:
@@ -178,7 +178,7 @@ def check_output_folder(folder: RunFolder, recipe: Dict[str, Any], dist_info: Di
         raise OSError(error)
 
 
-def estimate_checkpoint_bytes(recipe: Dict[str, Any]) -> int:
+def estimate_checkpoint_bytes(recipe: dict[str, Any]) -> int:
     """A generous bound for checkpoint + model files: ResNet-152 is ~240 MB in float32, x3 with SGD state."""
     small = is_small_image_data(recipe) and recipe["model"].startswith("cifar_")
     return (16 if small else 1024) * 2**20

@@ -15,14 +15,21 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 from timm.data import create_transform
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
-from gcl_zoo.data import (CIFAR10_CLASSES, CIFAR100_CLASSES, CIFAR_DATA_CFG, CIFARLongTail, ImageFolderLT,
-                          ListFileDataset, stratified_holdout)
+from gcl_zoo.data import (
+    CIFAR10_CLASSES,
+    CIFAR100_CLASSES,
+    CIFAR_DATA_CFG,
+    CIFARLongTail,
+    ImageFolderLT,
+    ListFileDataset,
+    stratified_holdout,
+)
 from gcl_zoo.data.preprocessing import eval_transform
 
 from .validation import refuse_shared_images
@@ -38,7 +45,7 @@ STANDARD_LISTS = {  # the published split lists, under $GCL_ZOO_DATA/lt_splits
 NUM_CLASSES = {"cifar10_lt": 10, "cifar100_lt": 100, "imagenet_lt": 1000, "places_lt": 365, "inat18": 8142}
 
 
-def data_home() -> Optional[Path]:
+def data_home() -> Path | None:
     """``$GCL_ZOO_DATA``: where default data roots and split lists are looked up."""
     value = os.environ.get("GCL_ZOO_DATA")
     return Path(value) if value else None
@@ -53,7 +60,7 @@ def _default_path(recipe_field: str, relative: str) -> Path:
     return home / relative
 
 
-def is_small_image_data(recipe: Dict[str, Any]) -> bool:
+def is_small_image_data(recipe: dict[str, Any]) -> bool:
     """CIFAR-size data: decoded once, it fits on the training device."""
     return recipe["dataset"] in ("cifar10_lt", "cifar100_lt")
 
@@ -66,25 +73,25 @@ class DataBundle:
     val: Dataset
     test: Dataset
     num_classes: int
-    classes: Tuple[str, ...]
+    classes: tuple[str, ...]
     cls_num_list: list
-    data_cfg: Dict[str, Any]
+    data_cfg: dict[str, Any]
     val_source: str
 
-    def validation_summary(self) -> Dict[str, Any]:
+    def validation_summary(self) -> dict[str, Any]:
         """What run.json states about the validation split: its source and how its images spread over classes."""
         counts = list(self.val.cls_num_list)
         return {"source": self.val_source, "images": sum(counts), "classes_with_none": sum(n == 0 for n in counts),
                 "per_class_min": min(counts), "per_class_max": max(counts)}
 
 
-def large_data_cfg(recipe: Dict[str, Any], data_cfg: Dict[str, Any]) -> Dict[str, Any]:
+def large_data_cfg(recipe: dict[str, Any], data_cfg: dict[str, Any]) -> dict[str, Any]:
     """A model's evaluation data config (``timm.data.resolve_model_data_config``, or the backbone's from
     ``train.parts.backbone_data_config``) at the recipe's ``img_size``."""
     return {**data_cfg, "input_size": (3, recipe["img_size"], recipe["img_size"])}
 
 
-def train_transform(recipe: Dict[str, Any], data_cfg: Dict[str, Any]):
+def train_transform(recipe: dict[str, Any], data_cfg: dict[str, Any]):
     """The authors' augmentation: CIFAR pad-4 crop + flip; large images: random-resized crop + flip (timm)."""
     if is_small_image_data(recipe):
         return T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
@@ -93,14 +100,14 @@ def train_transform(recipe: Dict[str, Any], data_cfg: Dict[str, Any]):
                             mean=data_cfg["mean"], std=data_cfg["std"], hflip=0.5, color_jitter=None)
 
 
-def _cifar_root(recipe: Dict[str, Any]) -> Path:
+def _cifar_root(recipe: dict[str, Any]) -> Path:
     if recipe["data_root"]:
         return Path(recipe["data_root"])
     relative = "cifar10/cifar10.zip" if recipe["dataset"] == "cifar10_lt" else "cifar100/cifar100.zip"
     return _default_path("data_root", relative)
 
 
-def screen_images(train: Any, held_out: Dict[str, Any], policy: str, workers: int) -> None:
+def screen_images(train: Any, held_out: dict[str, Any], policy: str, workers: int) -> None:
     """Read every image once before training (``bad_images``: ``fail`` lists every unreadable file and stops;
     ``skip`` leaves bad training images out and says how many; ``unchecked`` reads nothing ahead).
     ``held_out`` (validation and test sets by name) is never thinned: models are chosen and calibrated on all of the
@@ -125,7 +132,7 @@ def screen_images(train: Any, held_out: Dict[str, Any], policy: str, workers: in
                     + (" ..." if len(bad_train) > 5 else ""))
 
 
-def carve_validation(train: Any, recipe: Dict[str, Any], transform) -> Tuple[Any, Any, str]:
+def carve_validation(train: Any, recipe: dict[str, Any], transform) -> tuple[Any, Any, str]:
     """Split a seeded, stratified validation share off the training images: (training rest, validation, source)."""
     fraction, floor, seed = recipe["val_fraction"], recipe["val_min_train"], recipe["val_seed"]
     held = stratified_holdout(train.targets, train.num_classes, fraction, floor, seed)
@@ -136,7 +143,7 @@ def carve_validation(train: Any, recipe: Dict[str, Any], transform) -> Tuple[Any
     return train.subset(rest, train.transform), train.subset(held, transform), source
 
 
-def _cifar_data(recipe: Dict[str, Any]) -> DataBundle:
+def _cifar_data(recipe: dict[str, Any]) -> DataBundle:
     """CIFAR-LT: validation from the training images the long-tailed subset leaves unused."""
     num_classes = NUM_CLASSES[recipe["dataset"]]
     root = _cifar_root(recipe)
@@ -154,7 +161,7 @@ def _cifar_data(recipe: Dict[str, Any]) -> DataBundle:
     return DataBundle(train, val, test, num_classes, classes, train.cls_num_list, data_cfg, source)
 
 
-def _folder_splits(recipe: Dict[str, Any], data_cfg: Dict[str, Any]) -> List[Optional[ImageFolderLT]]:
+def _folder_splits(recipe: dict[str, Any], data_cfg: dict[str, Any]) -> list[ImageFolderLT | None]:
     """ImageFolders: training, validation (``val_dir``; None: to be carved) and test."""
     if not recipe["train_dir"] or not recipe["test_dir"]:
         raise FileNotFoundError("dataset 'imagefolder' needs --train-dir and --test-dir (folders or .zip files)")
@@ -168,7 +175,7 @@ def _folder_splits(recipe: Dict[str, Any], data_cfg: Dict[str, Any]) -> List[Opt
     return [train, val, test]
 
 
-def _list_path(recipe: Dict[str, Any], split: str) -> Optional[Path]:
+def _list_path(recipe: dict[str, Any], split: str) -> Path | None:
     """The recipe's ``<split>_list``, else the data set's published one (None: neither)."""
     field = f"{split}_list"
     if recipe[field]:
@@ -177,7 +184,7 @@ def _list_path(recipe: Dict[str, Any], split: str) -> Optional[Path]:
     return _default_path(field, f"lt_splits/{name}") if name else None
 
 
-def _list_splits(recipe: Dict[str, Any], data_cfg: Dict[str, Any]) -> List[Optional[ListFileDataset]]:
+def _list_splits(recipe: dict[str, Any], data_cfg: dict[str, Any]) -> list[ListFileDataset | None]:
     """List files: training, validation (None: to be carved) and test."""
     kind = recipe["dataset"]
     train_list, val_list, test_list = (_list_path(recipe, split) for split in ("train", "val", "test"))
@@ -195,7 +202,7 @@ def _list_splits(recipe: Dict[str, Any], data_cfg: Dict[str, Any]) -> List[Optio
     return [train, *held_out]
 
 
-def build_data(recipe: Dict[str, Any], data_cfg: Optional[Dict[str, Any]] = None) -> DataBundle:
+def build_data(recipe: dict[str, Any], data_cfg: dict[str, Any] | None = None) -> DataBundle:
     """Training, validation and test sets for a recipe, with transforms set for the DataLoader path. Images other
     than CIFAR's are preprocessed as ``data_cfg`` says: the model's evaluation data config (a trained model's, or
     the recipe's backbone's), which they need; CIFAR's preprocessing is its own."""

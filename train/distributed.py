@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -29,7 +29,7 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def group_local_rank() -> Optional[int]:
+def group_local_rank() -> int | None:
     """``local_rank()`` in a torchrun group of several processes; None for a process on its own."""
     return local_rank() if int(os.environ.get("WORLD_SIZE", "1")) > 1 else None
 
@@ -62,16 +62,16 @@ def gather_cat(tensor: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's tensor (sizes may differ) in rank order, on every rank."""
     if not dist.is_initialized():
         return tensor
-    parts: List = [None] * dist.get_world_size()
+    parts: list = [None] * dist.get_world_size()
     dist.all_gather_object(parts, tensor.cpu())
     return torch.cat(parts)
 
 
-def gather_objects(obj: Any) -> List[Any]:
+def gather_objects(obj: Any) -> list[Any]:
     """Every rank's ``obj`` (picklable), in rank order, on every rank; ``[obj]`` without a process group."""
     if not dist.is_initialized():
         return [obj]
-    parts: List[Any] = [None] * dist.get_world_size()
+    parts: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(parts, obj)
     return parts
 

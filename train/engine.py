@@ -14,22 +14,22 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any
 
 import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from gcl_zoo.devices import autocast_for
 from gcl_zoo.calibration import calibrate_model, nll
+from gcl_zoo.devices import autocast_for
 from gcl_zoo.heads import prepare_retraining
 from gcl_zoo.hub import save_model_folder
 from gcl_zoo.losses import drw_class_weights
 from gcl_zoo.metrics import accuracy_report
 from gcl_zoo.models.gcl import calibrated_logits, raw_logits_module
 
-from .augment import mix, mixup_lambdas
 from . import parts
+from .augment import mix, mixup_lambdas
 from .checkpoint import atomic_torch_save, rng_states_of_all_ranks, set_rng_state
 from .data import build_data, is_small_image_data
 from .distributed import DistInfo, all_reduce_sum, barrier, broadcast_buffers, gather_objects
@@ -59,14 +59,14 @@ class _StoppedAt(Exception):
 @dataclass
 class RunOptions:
     out: Path
-    stages: List[int] = field(default_factory=lambda: [1, 2])
+    stages: list[int] = field(default_factory=lambda: [1, 2])
     device: torch.device = torch.device("cpu")
     seed: int = 0
     fast: bool = False
     compile: bool = False
     amp: bool = False
     channels_last: bool = False
-    stage1_checkpoint: Optional[Path] = None
+    stage1_checkpoint: Path | None = None
     progress: bool = True
     tensorboard: bool = False
     read_test: bool = True  # False for tuning runs: they are judged on the validation split, the test set unread
@@ -108,7 +108,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 class Trainer:
     """Runs the stages of one recipe in one run folder (resumable)."""
 
-    def __init__(self, recipe: Dict[str, Any], options: RunOptions, dist_info: DistInfo):
+    def __init__(self, recipe: dict[str, Any], options: RunOptions, dist_info: DistInfo):
         """The data, and the model built from the current random state (seed it first: the same initial weights on
         every rank)."""
         self.recipe = recipe
@@ -126,19 +126,19 @@ class Trainer:
             raise TrainingError("a run that leaves the test set unread (--no-test) is judged on the validation "
                                 "split, and this data has none; give it one (see the recipe's val_* fields)")
         self.final_split = "test" if options.read_test else "val"
-        self.final_report: Optional[Dict[str, Any]] = None  # the last stage's final-epoch report, with confusion
+        self.final_report: dict[str, Any] | None = None  # the last stage's final-epoch report, with confusion
         self.fast = options.fast and is_small_image_data(recipe)
-        self.resident: Dict[str, Tuple[torch.Tensor, torch.Tensor]] = {}  # held-out splits on the device
+        self.resident: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # held-out splits on the device
         if self.fast:
             self.train_images, self.train_labels = self.data.train.as_tensors()
             for split in dict.fromkeys(("val", self.final_split)):
                 images, labels = getattr(self.data, split).as_tensors()
                 self.resident[split] = images.to(self.device), labels.to(self.device)
-        self.history: List[Dict[str, Any]] = []
-        self.stop: Optional[StopSignal] = None  # during run(): a SIGTERM stops the run at a step boundary
+        self.history: list[dict[str, Any]] = []
+        self.stop: StopSignal | None = None  # during run(): a SIGTERM stops the run at a step boundary
         self.writer = self._tensorboard() if options.tensorboard and dist_info.is_main else None
 
-    def run(self, resume: Optional[Dict[str, Any]] = None, stop: Optional[StopSignal] = None) -> Dict[str, Any]:
+    def run(self, resume: dict[str, Any] | None = None, stop: StopSignal | None = None) -> dict[str, Any]:
         """Run the stages, from ``resume`` (a checkpoint) when given, stopping cleanly at a step boundary when
         ``stop`` is agreed; returns the final-epoch report."""
         self.stop = stop
@@ -147,7 +147,7 @@ class Trainer:
         finally:
             self.stop = None
 
-    def _run_stages(self, resume: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    def _run_stages(self, resume: dict[str, Any] | None) -> dict[str, Any]:
         stages = self.opt.stages
         first, have_stage1 = stages[0], False
         if resume is not None:
@@ -169,7 +169,7 @@ class Trainer:
         return self.final_report
 
     # ---- one stage -----------------------------------------------------------------------------------------------
-    def run_stage(self, stage: int, state: Optional[Dict[str, Any]] = None) -> None:
+    def run_stage(self, stage: int, state: dict[str, Any] | None = None) -> None:
         """The stage's epochs, from ``state`` (its checkpoint) when resumed."""
         section = self.section(stage)
         model = self.prepare_stage(stage)
@@ -206,7 +206,7 @@ class Trainer:
             self.finish_epoch(stage, epoch, {"loss": mean_loss, "lr": lr, "seconds": seconds}, optimizer, sampler)
 
     def train_epoch(self, net: Forward, loss_fn: nn.Module, optimizer, batches, stage: int, epoch: int,
-                    mid_epoch: Optional[Dict[str, Any]] = None) -> float:
+                    mid_epoch: dict[str, Any] | None = None) -> float:
         """One epoch; the loss stays on the device and is read once, after the last step (no per-step host sync).
 
         ``mid_epoch``: a checkpoint written when a stop was requested inside this epoch; its steps are skipped
@@ -250,7 +250,7 @@ class Trainer:
         summed = self._check_finite(total, steps, first_bad, stage, epoch)
         return float(summed[0] / summed[1].clamp_min(1))
 
-    def finish_epoch(self, stage: int, epoch: int, stats: Dict[str, Any], optimizer, sampler) -> None:
+    def finish_epoch(self, stage: int, epoch: int, stats: dict[str, Any], optimizer, sampler) -> None:
         """Evaluate when due (the validation split every ``eval_every`` epochs and at the stage's last, unless it is
         empty; the test set at the stage's last epoch only, and never in a ``--no-test`` run), checkpoint
         atomically, then log (rank 0 writes).
@@ -285,7 +285,7 @@ class Trainer:
         barrier()
 
     # ---- the stage's parts ---------------------------------------------------------------------------------------
-    def section(self, stage: int) -> Dict[str, Any]:
+    def section(self, stage: int) -> dict[str, Any]:
         return self.recipe if stage == 1 else self.recipe["stage2"]
 
     def stage_parts(self, stage: int, model: nn.Module) -> StageParts:
@@ -315,7 +315,7 @@ class Trainer:
         if stage == 2:
             self.model.backbone.eval()  # BatchNorm keeps its stage-1 statistics
 
-    def wrap(self, model: nn.Module) -> "Forward":
+    def wrap(self, model: nn.Module) -> Forward:
         """The model's raw logits (what the loss trains on, before the calibrated scale), with DDP around them when
         distributed, and a compiled twin with ``--compile``."""
         eager = raw_logits_module(model)
@@ -328,11 +328,11 @@ class Trainer:
         return autocast_for(self.device, torch.bfloat16 if self.opt.amp else None)
 
     # ---- evaluation, checkpoints, results ------------------------------------------------------------------------
-    def evaluate(self, model: nn.Module, split: str = "test", with_confusion: bool = False) -> Dict[str, Any]:
+    def evaluate(self, model: nn.Module, split: str = "test", with_confusion: bool = False) -> dict[str, Any]:
         pred = self.predict(model, split)
         return accuracy_report(pred["logits"], pred["targets"], self.data.cls_num_list, with_confusion=with_confusion)
 
-    def validation_metrics(self, model: nn.Module) -> Dict[str, Any]:
+    def validation_metrics(self, model: nn.Module) -> dict[str, Any]:
         """``val_top1``, ``val_many``, ``val_medium``, ``val_few`` and ``val_nll`` (mean cross-entropy of the scaled
         logits): what choosing, tuning and calibrating read, so the test set is not read for them."""
         pred = self.predict(model, "val")
@@ -341,7 +341,7 @@ class Trainer:
         metrics["val_nll"] = nll(calibrated_logits(unwrap(model), pred["logits"]), pred["targets"])
         return metrics
 
-    def predict(self, model: nn.Module, split: str = "test", with_embeddings: bool = False) -> Dict[str, torch.Tensor]:
+    def predict(self, model: nn.Module, split: str = "test", with_embeddings: bool = False) -> dict[str, torch.Tensor]:
         return predict(unwrap(model), self.data, self.device, self.dist, amp=self.opt.amp,
                        channels_last=self.opt.channels_last, workers=self.recipe["workers"],
                        resident=self.resident.get(split), with_embeddings=with_embeddings, split=split)
@@ -371,7 +371,7 @@ class Trainer:
         if self.dist.is_main:
             save_model_folder(model, self.folder.path, extra_config=extra)
 
-    def calibrate(self, model: nn.Module) -> Dict[str, Any]:
+    def calibrate(self, model: nn.Module) -> dict[str, Any]:
         """Fit the logit scale and measure the implied prior on the validation split (``gcl_zoo.calibration``)."""
         pred = self.predict(model, "val")
         return calibrate_model(model, pred["logits"], pred["targets"],

@@ -12,7 +12,7 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import torch
 from timm.data import resolve_model_data_config
@@ -30,8 +30,7 @@ from .predict import predict
 from .recipes import RecipeError
 
 
-
-def plot_per_class(report: Dict[str, Any], cls_num_list: List[int], classes, path: Path) -> None:
+def plot_per_class(report: dict[str, Any], cls_num_list: list[int], classes, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,7 +54,7 @@ def plot_per_class(report: Dict[str, Any], cls_num_list: List[int], classes, pat
     plt.close(fig)
 
 
-def plot_tsne(embeddings: torch.Tensor, targets: torch.Tensor, cls_num_list: List[int], classes, path: Path,
+def plot_tsne(embeddings: torch.Tensor, targets: torch.Tensor, cls_num_list: list[int], classes, path: Path,
               samples: int, seed: int = 0) -> None:
     import matplotlib
 
@@ -87,7 +86,7 @@ def plot_tsne(embeddings: torch.Tensor, targets: torch.Tensor, cls_num_list: Lis
 
 
 def test_calibration(model: torch.nn.Module, raw: torch.Tensor, targets: torch.Tensor,
-                     config: Dict[str, Any]) -> Dict[str, Any]:
+                     config: dict[str, Any]) -> dict[str, Any]:
     """ECE, NLL and reliability bins on the test set with the scale training ended with (``before``) and with the
     model's calibration (``after``: scale, class scales and biases; the same when the model was never
     calibrated)."""
@@ -98,7 +97,7 @@ def test_calibration(model: torch.nn.Module, raw: torch.Tensor, targets: torch.T
                    "bins": reliability_bins(logits, targets)} for name, (scale, logits) in scored.items()}
 
 
-def plot_reliability(calibration: Dict[str, Any], path: Path) -> None:
+def plot_reliability(calibration: dict[str, Any], path: Path) -> None:
     """Reliability diagram: accuracy against confidence per bin, before and after calibration (the diagonal is a
     calibrated model)."""
     import matplotlib
@@ -123,8 +122,8 @@ def plot_reliability(calibration: Dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def evaluate_run(run: Path, data_root: Optional[str] = None, device: str = "auto", tsne_samples: int = 2000,
-                 workers: int = 2) -> Dict[str, Any]:
+def evaluate_run(run: Path, data_root: str | None = None, device: str = "auto", tsne_samples: int = 2000,
+                 workers: int = 2) -> dict[str, Any]:
     """Evaluate ``run``'s final model on the test set; write eval.json, per_class_accuracy.png, reliability.png and
     tsne.png into it."""
     recipe = folder_recipe(run, data_root, workers)
@@ -149,7 +148,7 @@ def evaluate_run(run: Path, data_root: Optional[str] = None, device: str = "auto
     return report
 
 
-def main(argv: Optional[List[str]] = None, command: str = "eval") -> int:
+def main(argv: list[str] | None = None, command: str = "eval") -> int:
     parser = argparse.ArgumentParser(prog="gcl-zoo eval", description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="training run folder")
     parser.add_argument("--data-root", help="evaluate on data at this root instead of the recipe's")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Union
 
 import torch.nn as nn
 
@@ -14,7 +13,7 @@ from .errors import TrainingError
 __all__ = ["load_stage1"]
 
 
-def load_stage1(model: nn.Module, folder: Union[str, Path], backbone: str, num_classes: int) -> None:
+def load_stage1(model: nn.Module, folder: str | Path, backbone: str, num_classes: int) -> None:
     """Start stage 2 from a stage-1 model folder (or its ``model.safetensors``); refuse a missing or mismatched one
     with a clear message."""
     folder = Path(folder)

@@ -2,7 +2,7 @@
 loss and the optimizer. ``Trainer`` (train/engine.py) assembles them and runs the loop."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -21,7 +21,7 @@ from .data import DataBundle
 __all__ = ["build_model", "backbone_data_config", "describe_model", "stage_sampler", "stage_batches", "stage_loss", "stage_optimizer"]
 
 
-def build_model(recipe: Dict[str, Any], num_classes: int, pretrained_backbone: Optional[bool] = None) -> nn.Module:
+def build_model(recipe: dict[str, Any], num_classes: int, pretrained_backbone: bool | None = None) -> nn.Module:
     """The generic GCL wrapper around the recipe's backbone (architecture ``gcl_timm`` in config.json), its backbone
     from the recipe's ``pretrained_path`` or pretrained weights unless ``pretrained_backbone=False``."""
     pretrained = recipe["pretrained_backbone"] if pretrained_backbone is None else pretrained_backbone
@@ -30,7 +30,7 @@ def build_model(recipe: Dict[str, Any], num_classes: int, pretrained_backbone: O
                             head=recipe["head"], logit_scale=recipe["s"] if recipe["head"] == "cosine" else 1.0)
 
 
-def backbone_data_config(recipe: Dict[str, Any]) -> Dict[str, Any]:
+def backbone_data_config(recipe: dict[str, Any]) -> dict[str, Any]:
     """The evaluation data config of the recipe's backbone, answered from timm's registry (its pretrained config,
     as a GCL wrapper inherits it), so the data can be built before, and without, any model."""
     import gcl_zoo  # noqa: F401  (registers the CIFAR backbones)
@@ -48,16 +48,16 @@ def describe_model(model: nn.Module, bundle: DataBundle) -> None:
     model.train_class_counts.copy_(torch.as_tensor(bundle.cls_num_list))
 
 
-def stage_sampler(section: Dict[str, Any], targets, seed: int, stage: int):
+def stage_sampler(section: dict[str, Any], targets, seed: int, stage: int):
     """The stage's sampler, seeded per stage so stage 2 does not replay stage 1's order."""
-    kwargs: Dict[str, Any] = {"seed": seed + 1000 * stage}
+    kwargs: dict[str, Any] = {"seed": seed + 1000 * stage}
     if section["sampler"] == "cben":
         kwargs.update(a=section["cben_a"], b=section["cben_b"])
     return create_sampler(section["sampler"], targets, **kwargs)
 
 
-def stage_batches(section: Dict[str, Any], data: DataBundle, sampler, device: torch.device, workers: int,
-                  resident: Optional[Tuple[torch.Tensor, torch.Tensor]] = None):
+def stage_batches(section: dict[str, Any], data: DataBundle, sampler, device: torch.device, workers: int,
+                  resident: tuple[torch.Tensor, torch.Tensor] | None = None):
     """Device-resident batches (the fast path) when ``resident`` holds the decoded images and labels, else a
     DataLoader."""
     batch, drop_last = section["batch_size"], section["drop_last"]
@@ -66,9 +66,9 @@ def stage_batches(section: Dict[str, Any], data: DataBundle, sampler, device: to
     return LoaderBatches(data.train, sampler, batch, device, workers, drop_last=drop_last)
 
 
-def stage_loss(section: Dict[str, Any], cloud: str, cls_num_list, device: torch.device) -> nn.Module:
+def stage_loss(section: dict[str, Any], cloud: str, cls_num_list, device: torch.device) -> nn.Module:
     name = section["loss"]
-    kwargs: Dict[str, Any] = {"s": section["s"]}
+    kwargs: dict[str, Any] = {"s": section["s"]}
     if name == "gcl":
         kwargs.update(m=section["m"], noise_mul=section["noise_mul"], gamma=section["gamma"], cloud=cloud)
     elif name == "focal":
@@ -78,7 +78,7 @@ def stage_loss(section: Dict[str, Any], cloud: str, cls_num_list, device: torch.
     return create_loss(name, cls_num_list, **kwargs).to(device)
 
 
-def stage_optimizer(model: nn.Module, section: Dict[str, Any], device: torch.device):
+def stage_optimizer(model: nn.Module, section: dict[str, Any], device: torch.device):
     """The optimizer over the trainable parameters (fused SGD on CUDA)."""
     params = [p for p in model.parameters() if p.requires_grad]
     extra = {"fused": True} if device.type == "cuda" and section["opt"] in ("sgd", "momentum") else {}

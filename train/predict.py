@@ -1,8 +1,6 @@
 """Predictions on a held-out split (logits, labels, embeddings), sharded over DDP ranks and gathered back in order."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
-
 import torch
 import torch.nn as nn
 
@@ -16,8 +14,8 @@ from .distributed import DistInfo, gather_cat
 @torch.no_grad()
 def predict(model: nn.Module, data: DataBundle, device: torch.device, dist: DistInfo = DistInfo(), amp: bool = False,
             channels_last: bool = False, workers: int = 0,
-            resident: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-            with_embeddings: bool = False, batch_size: int = 512, split: str = "test") -> Dict[str, torch.Tensor]:
+            resident: tuple[torch.Tensor, torch.Tensor] | None = None,
+            with_embeddings: bool = False, batch_size: int = 512, split: str = "test") -> dict[str, torch.Tensor]:
     """Raw logits (float32; ``forward_raw``, before the calibrated scale) and labels of the whole ``split`` ("val" or
     "test"), on the CPU in the split's order; pooled features if asked.
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import signal
 from types import FrameType
-from typing import Optional
 
 import torch
 
@@ -34,10 +33,10 @@ class StopSignal:
         self.received = False
         self._previous = None
 
-    def _handle(self, signum: int, frame: Optional[FrameType]) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.received = True
 
-    def __enter__(self) -> "StopSignal":
+    def __enter__(self) -> StopSignal:
         self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
 

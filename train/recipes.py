@@ -8,9 +8,10 @@ values of the wrong type are errors that name the field.
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import yaml
 
@@ -28,7 +29,7 @@ SCHEDULES = ("step", "cosine", "constant")
 class Field:
     type: type
     help: str
-    choices: Optional[Tuple[str, ...]] = None
+    choices: tuple[str, ...] | None = None
     nullable: bool = False
     is_list: bool = False
 
@@ -53,7 +54,7 @@ _OPTIM_FIELDS = {
     "gamma": Field(float, "focal factor exponent"),
 }
 
-FIELDS: Dict[str, Field] = {
+FIELDS: dict[str, Field] = {
     "dataset": Field(str, "data set kind", DATASETS),
     "data_root": Field(str, "image folder or zip (CIFAR: torchvision root or ImageFolder)", nullable=True),
     "train_list": Field(str, "list file of training images (path label)", nullable=True),
@@ -97,7 +98,7 @@ FIELDS: Dict[str, Field] = {
                              "(unchecked)", ("fail", "skip", "unchecked")),
 }
 
-STAGE2_FIELDS: Dict[str, Field] = {
+STAGE2_FIELDS: dict[str, Field] = {
     **_OPTIM_FIELDS,
     "cben_a": Field(float, "CBEN a"),
     "cben_b": Field(float, "CBEN b"),
@@ -118,11 +119,11 @@ class RecipeError(ValueError):
     """A recipe file or override that cannot be used as it is."""
 
 
-def available_recipes() -> List[str]:
+def available_recipes() -> list[str]:
     return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
 
 
-def recipe_path(name_or_path: Union[str, Path]) -> Path:
+def recipe_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         return path
@@ -169,7 +170,7 @@ def _coerce(name: str, spec: Field, value: Any) -> Any:
     return value
 
 
-def _validate_section(raw: Dict[str, Any], fields: Dict[str, Field], defaults: Dict[str, Any], where: str) -> Dict:
+def _validate_section(raw: dict[str, Any], fields: dict[str, Field], defaults: dict[str, Any], where: str) -> dict:
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         raise RecipeError(f"unknown {where} field(s) {', '.join(map(repr, unknown))}; valid fields: "
@@ -181,7 +182,7 @@ def _validate_section(raw: Dict[str, Any], fields: Dict[str, Field], defaults: D
     return {k: _coerce(f"{where}.{k}" if where == "stage2" else k, fields[k], merged[k]) for k in fields}
 
 
-def validate(raw: Dict[str, Any]) -> Dict[str, Any]:
+def validate(raw: dict[str, Any]) -> dict[str, Any]:
     """Check every field's name, type and choice; fill optional fields with defaults."""
     if not isinstance(raw, dict):
         raise RecipeError("a recipe must be a YAML mapping of field: value")
@@ -206,7 +207,7 @@ def validate(raw: Dict[str, Any]) -> Dict[str, Any]:
     return recipe
 
 
-def _validate_validation_fields(recipe: Dict[str, Any]) -> None:
+def _validate_validation_fields(recipe: dict[str, Any]) -> None:
     """A validation carve must leave every class some training images; a CIFAR split cannot be negative."""
     if not 0 <= recipe["val_fraction"] < 1:
         raise RecipeError(f"recipe field 'val_fraction' must be in [0, 1) (0: no carve), got {recipe['val_fraction']}")
@@ -216,7 +217,7 @@ def _validate_validation_fields(recipe: Dict[str, Any]) -> None:
         raise RecipeError("recipe field 'val_per_class' must be >= 0 (0: no validation split)")
 
 
-def load_recipe(name_or_path: Union[str, Path], overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Load a recipe by name or path, apply ``{"field": value, "stage2.field": value}`` overrides, validate."""
     path = recipe_path(name_or_path)
     try:
@@ -229,7 +230,7 @@ def load_recipe(name_or_path: Union[str, Path], overrides: Optional[Dict[str, An
     return recipe
 
 
-def apply_overrides(raw: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str, Any]:
+def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     raw = copy.deepcopy(raw)
     for key, value in overrides.items():
         if key.startswith("stage2."):
@@ -239,7 +240,7 @@ def apply_overrides(raw: Dict[str, Any], overrides: Dict[str, Any]) -> Dict[str,
     return raw
 
 
-def add_override_flags(parser, sections: Sequence[Tuple[str, Dict[str, Field]]] = (("", FIELDS), ("stage2.", STAGE2_FIELDS))) -> None:
+def add_override_flags(parser, sections: Sequence[tuple[str, dict[str, Field]]] = (("", FIELDS), ("stage2.", STAGE2_FIELDS))) -> None:
     """One ``--field`` flag per recipe field (``--stage2.field`` for stage 2); values are parsed by ``validate``."""
     group = parser.add_argument_group("recipe overrides (every recipe field; unset flags keep the recipe's value)")
     for prefix, fields in sections:
@@ -254,7 +255,7 @@ def add_override_flags(parser, sections: Sequence[Tuple[str, Dict[str, Field]]] 
             group.add_argument(*flags, **kwargs)
 
 
-def overrides_from_args(args) -> Dict[str, Any]:
+def overrides_from_args(args) -> dict[str, Any]:
     """The override flags the user actually set; 'null'/'none' sets a nullable field to null."""
     out = {}
     for prefix, fields in (("", FIELDS), ("stage2.", STAGE2_FIELDS)):
@@ -268,5 +269,5 @@ def overrides_from_args(args) -> Dict[str, Any]:
     return out
 
 
-def dump_recipe(recipe: Dict[str, Any], path: Union[str, Path]) -> None:
+def dump_recipe(recipe: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(yaml.safe_dump(recipe, sort_keys=False))

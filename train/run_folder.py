@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Dict, Iterable, Union
+from typing import Any
 
 from gcl_zoo.folders import EVAL_NAME, RUN_INFO_NAME, RUN_RECIPE_NAME
 
@@ -41,7 +42,7 @@ def _now() -> str:
 class RunFolder:
     """The files of one run folder (``path``), by name."""
 
-    def __init__(self, path: Union[str, Path]):
+    def __init__(self, path: str | Path):
         self.path = Path(path)
         self.run_file = self.path / RUN_INFO_NAME
         self.recipe_file = self.path / RUN_RECIPE_NAME
@@ -59,34 +60,34 @@ class RunFolder:
         return self.run_file.is_file() and self.recipe_file.is_file()
 
     # ---- run.json and recipe.yaml ----------------------------------------------------------------------------
-    def start(self, recipe: Dict[str, Any], info: Dict[str, Any]) -> None:
+    def start(self, recipe: dict[str, Any], info: dict[str, Any]) -> None:
         """Write the resolved recipe and run.json (stamped "started")."""
         from .recipes import dump_recipe
 
         dump_recipe(recipe, self.recipe_file)
         self.write_info({**info, "started": _now()})
 
-    def read_recipe(self) -> Dict[str, Any]:
+    def read_recipe(self) -> dict[str, Any]:
         import yaml
 
         return yaml.safe_load(self.recipe_file.read_text())
 
-    def read_info(self) -> Dict[str, Any]:
+    def read_info(self) -> dict[str, Any]:
         return json.loads(self.run_file.read_text())
 
-    def write_info(self, info: Dict[str, Any]) -> None:
+    def write_info(self, info: dict[str, Any]) -> None:
         self.run_file.write_text(json.dumps(info, indent=2))
 
-    def finish(self, report: Dict[str, Any]) -> None:
+    def finish(self, report: dict[str, Any]) -> None:
         """Write eval.json and stamp run.json "finished"."""
         self.eval_file.write_text(json.dumps(report, indent=2))
         self.write_info({**self.read_info(), "finished": _now()})
 
     # ---- metrics.jsonl ---------------------------------------------------------------------------------------
-    def append_metrics(self, record: Dict[str, Any]) -> None:
+    def append_metrics(self, record: dict[str, Any]) -> None:
         with self.metrics_file.open("a") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def rewrite_metrics(self, history: Iterable[Dict[str, Any]]) -> None:
+    def rewrite_metrics(self, history: Iterable[dict[str, Any]]) -> None:
         """After a crash, metrics.jsonl holds exactly the epochs the checkpoint holds."""
         self.metrics_file.write_text("".join(json.dumps(r) + "\n" for r in history))

@@ -7,10 +7,9 @@ shifted between releases; these few lines give the same numbers on every version
 from __future__ import annotations
 
 import math
-from typing import Dict
 
 
-def lr_at(section: Dict, epoch: int) -> float:
+def lr_at(section: dict, epoch: int) -> float:
     """Learning rate for 0-based ``epoch`` of a recipe section (stage 1 or stage 2)."""
     base, warmup = section["lr"], section.get("warmup_epochs", 0)
     if epoch < warmup:

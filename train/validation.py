@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any
 
 from tqdm import tqdm
 
@@ -23,13 +24,13 @@ class SharedImagesError(ValueError):
     """The validation split shares images with the training or test split."""
 
 
-def _locations(part: Any) -> Dict[str, str]:
+def _locations(part: Any) -> dict[str, str]:
     """Each image's full location (its source's root and relative path, resolved) -> its relative path."""
     root = part.source.root.resolve()
     return {(f"{root}:{rel}" if part.source.is_zip else os.path.normpath(root / rel)): rel for rel, _ in part.samples}
 
 
-def _hashes(part: Any, what: str, progress: bool) -> Dict[str, str]:
+def _hashes(part: Any, what: str, progress: bool) -> dict[str, str]:
     """sha256 of each image's bytes -> its relative path (read in threads, with a progress bar)."""
     paths = [rel for rel, _ in part.samples]
     with ThreadPoolExecutor(8) as pool:
@@ -44,7 +45,7 @@ def _named(part: Any, rels: Sequence[str], limit: int = 3) -> str:
     return shown + (f" and {len(rels) - limit} more" if len(rels) > limit else "")
 
 
-def refuse_shared_images(val: Any, others: Dict[str, Any], given_as: str, by_content: bool = True,
+def refuse_shared_images(val: Any, others: dict[str, Any], given_as: str, by_content: bool = True,
                          progress: bool = True) -> None:
     """Raise ``SharedImagesError`` naming the first shared files when ``val`` (given as ``given_as``) holds an
     image of any of ``others`` ({"training": train, "test": test}): by path, and with ``by_content`` by the
@@ -70,7 +71,7 @@ def refuse_shared_images(val: Any, others: Dict[str, Any], given_as: str, by_con
                 "split is carved from the training images")
 
 
-def validation_sizes(per_class: List[int], classes: Sequence[str]) -> Tuple[str, Optional[str]]:
+def validation_sizes(per_class: list[int], classes: Sequence[str]) -> tuple[str, str | None]:
     """What is said at the start of training: the validation split's size per class, and a warning (None when it
     is big enough) when it is too small for the calibration to mean much."""
     if len(per_class) <= 20:

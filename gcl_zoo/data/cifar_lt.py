@@ -12,15 +12,15 @@ image's position within its class in the original order. All images are decoded 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from .labels import CIFAR100_CLASSES, CIFAR10_CLASSES
+from .labels import CIFAR10_CLASSES, CIFAR100_CLASSES
 from .sources import IMAGE_EXTENSIONS, ImageSource, decode_rgb_tensor, open_source
 
 __all__ = ["long_tail_counts", "long_tail_positions", "validation_positions", "CIFARLongTail", "PROFILES", "SPLITS",
@@ -34,7 +34,7 @@ SUBSET_MANIFEST = "class_sizes.json"  # in a packed subset archive: {"train": [.
 _TORCHVISION_DIRS = {10: "cifar-10-batches-py", 100: "cifar-100-python"}
 
 
-def long_tail_counts(n_max: int, num_classes: int, imb_ratio: float, profile: str = "exp") -> List[int]:
+def long_tail_counts(n_max: int, num_classes: int, imb_ratio: float, profile: str = "exp") -> list[int]:
     """Images kept per class for an imbalance ratio ``n_max / n_min`` (ratio 1 keeps everything)."""
     if imb_ratio < 1:
         raise ValueError(f"imbalance ratio must be >= 1 (n_max / n_min), got {imb_ratio}")
@@ -48,7 +48,7 @@ def long_tail_counts(n_max: int, num_classes: int, imb_ratio: float, profile: st
     raise ValueError(f"unknown imbalance profile {profile!r}; choose one of {', '.join(PROFILES)}")
 
 
-def _shuffled_orders(class_sizes: Sequence[int], counts: Sequence[int], seed: int) -> List[np.ndarray]:
+def _shuffled_orders(class_sizes: Sequence[int], counts: Sequence[int], seed: int) -> list[np.ndarray]:
     """Per class, its positions in the recipe's seeded order (one RandomState, classes in label order)."""
     rng = np.random.RandomState(seed)
     orders = []
@@ -61,13 +61,13 @@ def _shuffled_orders(class_sizes: Sequence[int], counts: Sequence[int], seed: in
     return orders
 
 
-def long_tail_positions(class_sizes: Sequence[int], counts: Sequence[int], seed: int = 0) -> List[np.ndarray]:
+def long_tail_positions(class_sizes: Sequence[int], counts: Sequence[int], seed: int = 0) -> list[np.ndarray]:
     """Per class, the positions (within the class, original order) that the seeded recipe keeps."""
     return [order[:n] for order, n in zip(_shuffled_orders(class_sizes, counts, seed), counts)]
 
 
 def validation_positions(class_sizes: Sequence[int], counts: Sequence[int], seed: int = 0,
-                         per_class: int = 500) -> List[np.ndarray]:
+                         per_class: int = 500) -> list[np.ndarray]:
     """Per class, the validation positions: the last ``per_class`` of the seeded order, never one of the first
     ``counts[c]`` that the training subset keeps (a class with fewer unused images gives all of them)."""
     if per_class < 0:
@@ -76,7 +76,7 @@ def validation_positions(class_sizes: Sequence[int], counts: Sequence[int], seed
     return [order[len(order) - min(per_class, len(order) - n):] for order, n in zip(orders, counts)]
 
 
-def _class_names(num_classes: int) -> Tuple[str, ...]:
+def _class_names(num_classes: int) -> tuple[str, ...]:
     if num_classes == 10:
         return CIFAR10_CLASSES
     if num_classes == 100:
@@ -84,7 +84,7 @@ def _class_names(num_classes: int) -> Tuple[str, ...]:
     raise ValueError(f"CIFAR has 10 or 100 classes, not {num_classes}")
 
 
-def _read_torchvision(root: Path, num_classes: int, train: bool) -> Tuple[np.ndarray, np.ndarray]:
+def _read_torchvision(root: Path, num_classes: int, train: bool) -> tuple[np.ndarray, np.ndarray]:
     from torchvision.datasets import CIFAR10, CIFAR100
 
     cls = CIFAR10 if num_classes == 10 else CIFAR100
@@ -92,7 +92,7 @@ def _read_torchvision(root: Path, num_classes: int, train: bool) -> Tuple[np.nda
     return np.asarray(ds.data), np.asarray(ds.targets, dtype=np.int64)
 
 
-def _resolve_split(split: Optional[str], train: Optional[bool]) -> str:
+def _resolve_split(split: str | None, train: bool | None) -> str:
     if split is None:
         return "test" if train is False else "train"
     if split not in SPLITS:
@@ -113,10 +113,10 @@ class CIFARLongTail(Dataset):
     archive split: the identity of the image).
     """
 
-    def __init__(self, root: Union[str, Path], num_classes: int = 10, train: Optional[bool] = None,
-                 imb_ratio: float = 100, profile: str = "exp", seed: int = 0, transform: Optional[Callable] = None,
-                 max_per_class: Optional[int] = None, split: Optional[str] = None,
-                 val_per_class: Optional[int] = None):
+    def __init__(self, root: str | Path, num_classes: int = 10, train: bool | None = None,
+                 imb_ratio: float = 100, profile: str = "exp", seed: int = 0, transform: Callable | None = None,
+                 max_per_class: int | None = None, split: str | None = None,
+                 val_per_class: int | None = None):
         self.classes = _class_names(num_classes)
         self.transform = transform
         self.split = _resolve_split(split, train)
@@ -134,7 +134,7 @@ class CIFARLongTail(Dataset):
         self.positions = np.concatenate(keep).astype(np.int64)
         self.cls_num_list = [len(k) for k in keep]
 
-    def _positions(self, sizes: List[int], n_max: int, imb_ratio: float, profile: str, seed: int) -> List[np.ndarray]:
+    def _positions(self, sizes: list[int], n_max: int, imb_ratio: float, profile: str, seed: int) -> list[np.ndarray]:
         """Per class, the positions this split takes."""
         if self.split == "test":
             return [np.arange(min(size, n_max)) for size in sizes]
@@ -189,7 +189,7 @@ class CIFARLongTail(Dataset):
         return self._decode(self.source, names)
 
     @staticmethod
-    def _decode(source: ImageSource, names: List[str]) -> np.ndarray:
+    def _decode(source: ImageSource, names: list[str]) -> np.ndarray:
         if not names:
             return np.zeros((0, 32, 32, 3), dtype=np.uint8)
         images = [decode_rgb_tensor(source.read_bytes(n), source.describe(n)) for n in names]
@@ -207,11 +207,11 @@ class CIFARLongTail(Dataset):
             image = self.transform(image)
         return image, self.targets[index]
 
-    def as_tensors(self) -> Tuple[torch.Tensor, torch.Tensor]:
+    def as_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All images as one uint8 NCHW tensor and the labels, for device-resident training."""
         return torch.from_numpy(self.data).permute(0, 3, 1, 2).contiguous(), torch.as_tensor(self.targets)
 
 
-def _position_key(name: str) -> Tuple[int, str]:
+def _position_key(name: str) -> tuple[int, str]:
     stem = Path(name).stem
     return (int(stem), name) if stem.isdigit() else (1 << 62, name)

@@ -8,7 +8,7 @@ with torchvision's nvJPEG: TorchCodec's wheels on PyPI are CPU builds.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional, Tuple
+from collections.abc import Callable
 
 import torch
 
@@ -18,7 +18,7 @@ Decoder = Callable[[bytes], torch.Tensor]
 
 
 @functools.lru_cache(maxsize=1)
-def _decoder() -> Tuple[str, Decoder]:
+def _decoder() -> tuple[str, Decoder]:
     """The library's name and its decode call, chosen on first use (``import gcl_zoo`` does not load TorchCodec)."""
     try:
         from torchcodec.decoders import decode_image
@@ -37,7 +37,7 @@ def backend() -> str:
     return _decoder()[0]
 
 
-def decode_rgb(data: bytes) -> Optional[torch.Tensor]:
+def decode_rgb(data: bytes) -> torch.Tensor | None:
     """Image bytes as a uint8 CHW RGB tensor (faster than Pillow for small images); None where the
     decoder gives no such tensor (a format it does not read, a corrupt file, 16-bit samples, an animation)."""
     try:

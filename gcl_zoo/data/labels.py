@@ -1,12 +1,12 @@
 """Label names and preprocessing of the data sets the zoo knows (one place for each fact)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any
 
 # CIFAR's data config, in timm's pretrained_cfg keys: what the CIFAR ResNets, the CIFAR zoo entries and the trainer's
 # CIFAR data all use. The normalisation is the GCL/LDAM recipe's (the std differs from the per-pixel std of the train
 # set on purpose: it is the figure the published recipes use, and the zoo's weights were trained with it).
-CIFAR_DATA_CFG: Dict[str, Any] = {
+CIFAR_DATA_CFG: dict[str, Any] = {
     "input_size": (3, 32, 32), "interpolation": "bilinear", "crop_pct": 1.0, "crop_mode": "center",
     "mean": (0.4914, 0.4822, 0.4465), "std": (0.2023, 0.1994, 0.2010),
 }
@@ -24,7 +24,7 @@ willow_tree wolf woman worm
 """.split())
 
 
-def imagenet_label_names() -> Optional[Tuple[str, ...]]:
+def imagenet_label_names() -> tuple[str, ...] | None:
     """ImageNet-1k class descriptions in label order, from timm's bundled metadata (None if unavailable)."""
     try:
         from timm.data import ImageNetInfo

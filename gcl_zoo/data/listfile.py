@@ -8,9 +8,9 @@ Where no validation images are published, ``stratified_holdout`` carves them fro
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -21,7 +21,7 @@ from .sources import IMAGE_EXTENSIONS, ImageSource, open_source
 __all__ = ["read_list_file", "stratified_holdout", "ListFileDataset", "ImageFolderLT"]
 
 
-def read_list_file(list_file: Union[str, Path]) -> List[Tuple[str, int]]:
+def read_list_file(list_file: str | Path) -> list[tuple[str, int]]:
     """Parse ``path label`` lines; a malformed line raises ``ValueError`` naming the file and line."""
     list_file = Path(list_file)
     if not list_file.is_file():
@@ -44,13 +44,13 @@ def read_list_file(list_file: Union[str, Path]) -> List[Tuple[str, int]]:
 
 
 def stratified_holdout(targets: Sequence[int], num_classes: int, fraction: float, min_train: int,
-                       seed: int = 0) -> List[int]:
+                       seed: int = 0) -> list[int]:
     """Indices of a seeded, stratified held-out share: ``round(fraction * n_c)`` random images of each class, but
     never so many that the class keeps fewer than ``min_train`` (classes that small give none). The same seed gives
     the same share; the indices come back sorted."""
     if not 0 <= fraction < 1:
         raise ValueError(f"the held-out fraction must be in [0, 1), got {fraction}")
-    by_class: List[List[int]] = [[] for _ in range(num_classes)]
+    by_class: list[list[int]] = [[] for _ in range(num_classes)]
     for index, label in enumerate(targets):
         by_class[label].append(index)
     rng = np.random.RandomState(seed)
@@ -61,7 +61,7 @@ def stratified_holdout(targets: Sequence[int], num_classes: int, fraction: float
     return sorted(held)
 
 
-def _class_names(samples: Sequence[Tuple[str, int]], num_classes: int) -> Tuple[str, ...]:
+def _class_names(samples: Sequence[tuple[str, int]], num_classes: int) -> tuple[str, ...]:
     folders = {}
     for path, label in samples:
         parent = path.rsplit("/", 2)[-2] if "/" in path else ""
@@ -73,8 +73,8 @@ def _class_names(samples: Sequence[Tuple[str, int]], num_classes: int) -> Tuple[
 class _LabelledImages(Dataset):
     """Shared behaviour: (image, label) pairs read from an ``ImageSource``, class counts and names."""
 
-    def __init__(self, source: ImageSource, samples: List[Tuple[str, int]], num_classes: Optional[int],
-                 classes: Optional[Sequence[str]], transform: Optional[Callable]):
+    def __init__(self, source: ImageSource, samples: list[tuple[str, int]], num_classes: int | None,
+                 classes: Sequence[str] | None, transform: Callable | None):
         self.source = source
         labels = [label for _, label in samples]
         self.num_classes = num_classes if num_classes is not None else max(labels) + 1
@@ -84,7 +84,7 @@ class _LabelledImages(Dataset):
         self.classes = tuple(classes) if classes is not None else _class_names(samples, self.num_classes)
         self.transform = transform
 
-    def _set_samples(self, samples: List[Tuple[str, int]]) -> None:
+    def _set_samples(self, samples: list[tuple[str, int]]) -> None:
         """Take ``samples`` as the images; the labels and class counts follow them."""
         self.samples = samples
         self.targets = [label for _, label in samples]
@@ -102,13 +102,13 @@ class _LabelledImages(Dataset):
             image = self.transform(image)
         return image, label
 
-    def unreadable_images(self, workers: int = 8, progress: bool = True) -> List[Tuple[str, str]]:
+    def unreadable_images(self, workers: int = 8, progress: bool = True) -> list[tuple[str, str]]:
         """Every image that is missing or cannot be decoded, with the reason, in list order.
 
         Reads and decodes each file once (in threads), so a data set with many bad files is fixed in one go
         rather than one crash at a time mid-epoch.
         """
-        def problem(path: str) -> Optional[Tuple[str, str]]:
+        def problem(path: str) -> tuple[str, str] | None:
             try:
                 self.source.load(path)
                 return None
@@ -126,7 +126,7 @@ class _LabelledImages(Dataset):
         gone = set(paths)
         self._set_samples([(path, label) for path, label in self.samples if path not in gone])
 
-    def subset(self, indices: Sequence[int], transform: Optional[Callable]) -> "_LabelledImages":
+    def subset(self, indices: Sequence[int], transform: Callable | None) -> _LabelledImages:
         """The images at ``indices`` as a data set of their own (same source, classes and class count), for
         splitting one list or folder into training and held-out parts."""
         part = copy.copy(self)
@@ -138,8 +138,8 @@ class _LabelledImages(Dataset):
 class ListFileDataset(_LabelledImages):
     """Images listed in a ``path label`` file, under ``root`` (folder or zip)."""
 
-    def __init__(self, root: Union[str, Path], list_file: Union[str, Path], transform: Optional[Callable] = None,
-                 num_classes: Optional[int] = None, classes: Optional[Sequence[str]] = None):
+    def __init__(self, root: str | Path, list_file: str | Path, transform: Callable | None = None,
+                 num_classes: int | None = None, classes: Sequence[str] | None = None):
         self.list_file = Path(list_file)
         super().__init__(open_source(root), read_list_file(list_file), num_classes, classes, transform)
 
@@ -147,7 +147,7 @@ class ListFileDataset(_LabelledImages):
 class ImageFolderLT(_LabelledImages):
     """``root/<class>/<image>`` (folder or zip), classes in sorted order as torchvision's ImageFolder."""
 
-    def __init__(self, root: Union[str, Path], transform: Optional[Callable] = None):
+    def __init__(self, root: str | Path, transform: Callable | None = None):
         source = open_source(root)
         files = [n for n in source.names() if n.lower().endswith(IMAGE_EXTENSIONS) and n.count("/") == 1]
         if not files:

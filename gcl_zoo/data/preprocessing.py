@@ -1,5 +1,6 @@
 """A model's evaluation pre-processing, shared by training, evaluation and the server (one copy of each step)."""
-from typing import Any, Callable, Dict, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from timm.data import create_transform
@@ -10,7 +11,7 @@ __all__ = ["Normalize", "eval_transform"]
 TRANSFORM_KEYS = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
 
 
-def eval_transform(data_cfg: Dict[str, Any]) -> Callable:
+def eval_transform(data_cfg: dict[str, Any]) -> Callable:
     """timm's evaluation transform for a model's data config: PIL image -> normalised float CHW tensor."""
     return create_transform(**{k: v for k, v in data_cfg.items() if k in TRANSFORM_KEYS}, is_training=False)
 

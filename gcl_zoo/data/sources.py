@@ -6,7 +6,6 @@ import os
 import threading
 import zipfile
 from pathlib import Path
-from typing import List, Union
 
 import numpy as np
 import torch
@@ -38,7 +37,7 @@ def decode_rgb_tensor(data: bytes, name: str) -> torch.Tensor:
 class ImageSource:
     """Files under ``root`` (a directory or a ``.zip``), addressed by '/'-separated relative paths."""
 
-    def __init__(self, root: Union[str, Path]):
+    def __init__(self, root: str | Path):
         self.root = Path(root)
         if not self.root.exists():
             raise FileNotFoundError(f"data root {self.root} does not exist; pass the folder (or .zip) holding the images")
@@ -64,7 +63,7 @@ class ImageSource:
         self.__dict__.update(state)
         self._local = threading.local()
 
-    def names(self) -> List[str]:
+    def names(self) -> list[str]:
         """Every file's relative path, sorted."""
         if self._names is None:
             if self.is_zip:
@@ -97,5 +96,5 @@ class ImageSource:
         return f"{self.root}:{rel}" if self.is_zip else str(self.root / rel)
 
 
-def open_source(root: Union[str, Path, ImageSource]) -> ImageSource:
+def open_source(root: str | Path | ImageSource) -> ImageSource:
     return root if isinstance(root, ImageSource) else ImageSource(root)

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any
 
 import timm
 import torch
 import torch.nn as nn
+from huggingface_hub.constants import SAFETENSORS_SINGLE_FILE as WEIGHTS_NAME
 from timm.models import resolve_pretrained_cfg
 
-from huggingface_hub.constants import SAFETENSORS_SINGLE_FILE as WEIGHTS_NAME
 from .weights import hub_unreachable
 
 __all__ = ["create_backbone", "load_weights_file", "sha256_of"]
@@ -27,7 +27,7 @@ __all__ = ["create_backbone", "load_weights_file", "sha256_of"]
 SHOWN_KEYS = 5  # mismatched keys a refusal names (then how many more)
 
 
-def sha256_of(path: Union[str, Path]) -> str:
+def sha256_of(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -35,7 +35,7 @@ def sha256_of(path: Union[str, Path]) -> str:
     return digest.hexdigest()
 
 
-def load_weights_file(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
+def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
     """The state dict in ``path``: safetensors, or a ``.pth``/``.pt`` state dict or timm checkpoint (``state_dict``,
     ``model`` or ``state_dict_ema`` inside), read without unpickling code; a clear error for anything else."""
     path = Path(path)
@@ -53,19 +53,19 @@ def load_weights_file(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     return tensors
 
 
-def _without_classifier(state_dict: Dict[str, torch.Tensor], classifier: Any) -> Dict[str, torch.Tensor]:
+def _without_classifier(state_dict: dict[str, torch.Tensor], classifier: Any) -> dict[str, torch.Tensor]:
     """``state_dict`` less the classifier's weight and bias, which timm drops when the class count changes."""
     names = (classifier,) if isinstance(classifier, str) else tuple(classifier or ())
     dropped = {f"{name}.{part}" for name in names for part in ("weight", "bias")}
     return {k: v for k, v in state_dict.items() if k not in dropped}
 
 
-def _listed(keys: List[str]) -> str:
+def _listed(keys: list[str]) -> str:
     more = f" and {len(keys) - SHOWN_KEYS} more" if len(keys) > SHOWN_KEYS else ""
     return ", ".join(keys[:SHOWN_KEYS]) + more
 
 
-def _misfit(path: Path, name: str, state_dict: Dict[str, torch.Tensor], kwargs: Dict[str, Any],
+def _misfit(path: Path, name: str, state_dict: dict[str, torch.Tensor], kwargs: dict[str, Any],
             loader_message: str) -> ValueError:
     """The refusal of a file that does not fit backbone ``name``: its first missing, extra and reshaped keys."""
     own = timm.create_model(name, pretrained=False, num_classes=0, **kwargs).state_dict()
@@ -82,7 +82,7 @@ def _misfit(path: Path, name: str, state_dict: Dict[str, torch.Tensor], kwargs: 
                       "the file was saved from as the backbone (--model)")
 
 
-def _from_file(name: str, path: Path, kwargs: Dict[str, Any]) -> nn.Module:
+def _from_file(name: str, path: Path, kwargs: dict[str, Any]) -> nn.Module:
     cfg = resolve_pretrained_cfg(name)
     state_dict = _without_classifier(load_weights_file(path), cfg.classifier)
     try:
@@ -95,20 +95,20 @@ def _from_file(name: str, path: Path, kwargs: Dict[str, Any]) -> nn.Module:
     return model
 
 
-def _hub_origin(name: str) -> Dict[str, Any]:
+def _hub_origin(name: str) -> dict[str, Any]:
     """run.json's record of timm's pretrained weights for ``name``: its tag, Hub repo, and the cached file's hash."""
     from huggingface_hub import try_to_load_from_cache
 
     cfg = resolve_pretrained_cfg(name)
     tag = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
-    origin: Dict[str, Any] = {"source": "timm", "tag": tag, "hf_hub_id": cfg.hf_hub_id}
+    origin: dict[str, Any] = {"source": "timm", "tag": tag, "hf_hub_id": cfg.hf_hub_id}
     cached = try_to_load_from_cache(cfg.hf_hub_id, WEIGHTS_NAME) if cfg.hf_hub_id else None
     if isinstance(cached, str):
         origin.update(path=cached, sha256=sha256_of(cached))
     return origin
 
 
-def _from_hub(name: str, kwargs: Dict[str, Any]) -> nn.Module:
+def _from_hub(name: str, kwargs: dict[str, Any]) -> nn.Module:
     """timm's pretrained weights for ``name``, from the safetensors file only (never a pickle fallback), with the
     three ways on when they are neither cached nor downloadable."""
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -128,8 +128,8 @@ def _from_hub(name: str, kwargs: Dict[str, Any]) -> nn.Module:
             ]) from None
 
 
-def create_backbone(name: str, pretrained: bool = False, pretrained_path: Optional[Union[str, Path]] = None,
-                    **kwargs: Any) -> Tuple[nn.Module, Dict[str, Any]]:
+def create_backbone(name: str, pretrained: bool = False, pretrained_path: str | Path | None = None,
+                    **kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
     """timm model ``name`` without its classifier (``num_classes=0``), and where its weights came from.
 
     ``pretrained_path`` (a local weights file) wins over ``pretrained`` (timm's weights for the backbone's default

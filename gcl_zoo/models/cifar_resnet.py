@@ -3,7 +3,6 @@
 Three stages of basic blocks at 16/32/64 channels, strides 1/2/2, and option-A shortcuts (subsample and
 zero-pad channels, no parameters), as used by the long-tailed CIFAR literature (LDAM, GCL).
 """
-from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -47,7 +46,7 @@ class BasicBlock(nn.Module):
 class CifarResNet(nn.Module):
     """CIFAR ResNet with ``depth = 6n + 2`` layers; a timm-shaped model (features, head, classifier reset)."""
 
-    def __init__(self, depth: int = 32, num_classes: int = 10, in_chans: int = 3, widths: Tuple[int, ...] = (16, 32, 64),
+    def __init__(self, depth: int = 32, num_classes: int = 10, in_chans: int = 3, widths: tuple[int, ...] = (16, 32, 64),
                  global_pool: str = "avg", drop_rate: float = 0.0):
         super().__init__()
         if (depth - 2) % 6 != 0:
@@ -61,9 +60,9 @@ class CifarResNet(nn.Module):
         self.grad_checkpointing = False
         self.conv1 = nn.Conv2d(in_chans, widths[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
-        stages: List[nn.Module] = []
+        stages: list[nn.Module] = []
         in_chs = widths[0]
-        self.feature_info: List[Dict] = [dict(num_chs=widths[0], reduction=1, module="bn1")]
+        self.feature_info: list[dict] = [dict(num_chs=widths[0], reduction=1, module="bn1")]
         reduction = 1
         for i, (width, stride) in enumerate(zip(widths, (1, 2, 2))):
             layers = []
@@ -81,7 +80,7 @@ class CifarResNet(nn.Module):
                 nn.init.kaiming_normal_(module.weight)
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict:
+    def group_matcher(self, coarse: bool = False) -> dict:
         return dict(stem=r"^conv1|bn1", blocks=r"^layer(\d+)" if coarse else r"^layer(\d+)\.(\d+)")
 
     @torch.jit.ignore
@@ -92,19 +91,18 @@ class CifarResNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = global_pool
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
 
-    def stages(self) -> List[nn.Module]:
+    def stages(self) -> list[nn.Module]:
         return [self.layer1, self.layer2, self.layer3]
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
-                              intermediates_only: bool = False) -> Union[List[torch.Tensor],
-                                                                        Tuple[torch.Tensor, List[torch.Tensor]]]:
+                              intermediates_only: bool = False) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """Feature maps of the stem and of each stage (``feature_info`` order), as timm's models give them."""
         if output_fmt != "NCHW":
             raise ValueError("CIFAR ResNet gives NCHW feature maps only (output_fmt='NCHW')")
@@ -119,8 +117,8 @@ class CifarResNet(nn.Module):
                 intermediates.append(x)
         return intermediates if intermediates_only else (x, intermediates)
 
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> List[int]:
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
         """Drop the stages after the last requested feature map (and the classifier)."""
         take, max_index = feature_take_indices(len(self.feature_info), indices)
         for i in range(max(max_index, 1), 3):
@@ -150,7 +148,7 @@ def _create_cifar_resnet(variant: str, pretrained: bool = False, **kwargs) -> Ci
     return build_model_with_cfg(CifarResNet, variant, pretrained, **kwargs)
 
 
-def _cfg(**kwargs) -> Dict:
+def _cfg(**kwargs) -> dict:
     return {
         "num_classes": 10, **CIFAR_DATA_CFG, "pool_size": (8, 8), "first_conv": "conv1", "classifier": "fc",
         "license": "apache-2.0", "paper_ids": "arXiv:1512.03385", "paper_name": "Deep Residual Learning",

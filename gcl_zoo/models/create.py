@@ -1,7 +1,8 @@
 """``create_gcl_model``: the one-call way to put a GCL head on any timm backbone."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import timm
 
@@ -11,7 +12,7 @@ __all__ = ["create_gcl_model"]
 
 
 def create_gcl_model(backbone: str, num_classes: int, pretrained_backbone: bool = False,
-                     label_names: Optional[Sequence[str]] = None, pretrained_path: Optional[str] = None,
+                     label_names: Sequence[str] | None = None, pretrained_path: str | None = None,
                      **kwargs: Any) -> GCLModel:
     """Wrap the timm model ``backbone`` (built with ``num_classes=0``) with a cosine classifier.
 

@@ -1,6 +1,7 @@
 """A timm backbone plus a (cosine) classifier head: the model GCL trains, for any timm architecture."""
 import re
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -19,7 +20,7 @@ DATA_CFG_KEYS = ("input_size", "test_input_size", "min_input_size", "fixed_input
                  "crop_pct", "test_crop_pct", "crop_mode", "mean", "std", "first_conv", "pool_size")
 
 
-def backbone_data_fields(cfg: Mapping[str, Any]) -> Dict[str, Any]:
+def backbone_data_fields(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The preprocessing fields (and pooled feature-map size) of a backbone's ``pretrained_cfg``, as a GCL wrapper
     inherits them: module paths gain the wrapper's ``backbone.`` prefix. Read off a built backbone or off timm's
     registry (``timm.models.get_pretrained_cfg``), which give the same fields."""
@@ -36,8 +37,8 @@ def _prefixed_pattern(pattern: str, prefix: str) -> str:
     return "^" + re.escape(prefix) + "(?:" + body.replace("|^", "|") + ")"
 
 
-def _prefixed_matcher(matcher: Dict[str, Any], prefix: str) -> Dict[str, Any]:
-    out: Dict[str, Any] = {}
+def _prefixed_matcher(matcher: dict[str, Any], prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     for group, spec in matcher.items():
         if isinstance(spec, str):
             out[group] = _prefixed_pattern(spec, prefix)
@@ -70,8 +71,8 @@ class GCLModel(nn.Module):
     """
 
     def __init__(self, backbone: str = "resnet50", num_classes: int = 1000, pretrained_backbone: bool = False,
-                 head: str = "cosine", logit_scale: Optional[float] = None, in_chans: int = 3,
-                 backbone_args: Optional[Dict[str, Any]] = None, pretrained_path: Optional[str] = None,
+                 head: str = "cosine", logit_scale: float | None = None, in_chans: int = 3,
+                 backbone_args: dict[str, Any] | None = None, pretrained_path: str | None = None,
                  **kwargs: Any):
         super().__init__()
         args = dict(backbone_args or {}, **kwargs)
@@ -96,13 +97,13 @@ class GCLModel(nn.Module):
         self.register_buffer("implied_prior", uniform_prior(num_classes))
         self.register_buffer("train_class_counts", torch.zeros(max(num_classes, 0), dtype=torch.long))
         self.register_buffer("source_images", torch.tensor(0, dtype=torch.long))  # validation images behind it
-        self.pretrained_cfg: Dict[str, Any] = {}
+        self.pretrained_cfg: dict[str, Any] = {}
         self.describe(self.backbone_data_cfg())
 
     def _new_head(self, num_classes: int) -> nn.Module:
         return create_head(self.head_type, self.head_hidden_size, num_classes) if num_classes > 0 else nn.Identity()
 
-    def describe(self, data: Optional[Mapping[str, Any]] = None, label_names: Optional[Sequence[str]] = None) -> None:
+    def describe(self, data: Mapping[str, Any] | None = None, label_names: Sequence[str] | None = None) -> None:
         """The one place a GCL model's ``pretrained_cfg`` (and timm's alias ``default_cfg``) is written: ``data``'s
         preprocessing fields over it, its class count, and ``label_names`` when given (checked against it).
 
@@ -119,11 +120,11 @@ class GCLModel(nn.Module):
             cfg["label_names"] = checked_label_names(self.num_classes, label_names)
         self.pretrained_cfg = self.default_cfg = cfg
 
-    def backbone_data_cfg(self) -> Dict[str, Any]:
+    def backbone_data_cfg(self) -> dict[str, Any]:
         """The backbone's preprocessing fields (and pooled feature-map size), which a generic wrapper inherits."""
         return backbone_data_fields(getattr(self.backbone, "pretrained_cfg", None) or {})
 
-    def model_args(self) -> Dict[str, Any]:
+    def model_args(self) -> dict[str, Any]:
         """Arguments that rebuild this architecture (saved as ``model_args`` in ``config.json``)."""
         # the weights being saved already hold the backbone, so a reload must never fetch backbone weights again
         args = {"backbone": self.backbone_name, "head": self.head_type, "logit_scale": float(self.logit_scale),
@@ -133,12 +134,12 @@ class GCLModel(nn.Module):
         return args
 
     @torch.jit.ignore
-    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
         """The backbone's layer groups (for layer-wise lr decay); the head falls into the last group."""
         return _prefixed_matcher(self.backbone.group_matcher(coarse=coarse), "backbone.")
 
     @torch.jit.ignore
-    def no_weight_decay(self) -> Set[str]:
+    def no_weight_decay(self) -> set[str]:
         """The backbone's no-decay parameters. The GCL recipes decay every weight, as the authors did."""
         names = self.backbone.no_weight_decay() if hasattr(self.backbone, "no_weight_decay") else set()
         return {f"backbone.{name}" for name in names}
@@ -151,7 +152,7 @@ class GCLModel(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
         """A fresh head of the same kind for ``num_classes`` classes (0: none, pooled features out);
         ``global_pool`` is passed to the backbone (``''``: unpooled features)."""
         if global_pool is not None:
@@ -164,7 +165,7 @@ class GCLModel(nn.Module):
         self.source_images.zero_()
         self.train_class_counts = torch.zeros(num_classes, dtype=torch.long, device=self.logit_scale.device)
 
-    def _load_from_state_dict(self, state_dict: Dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         """Weights saved before the implied prior, class counts and per-class calibration were kept lack them: they
         load with a uniform prior, unknown (zero) counts, zero biases and unit class scales."""
         state_dict.setdefault(prefix + "logit_bias", torch.zeros(self.num_classes))
@@ -174,10 +175,9 @@ class GCLModel(nn.Module):
         state_dict.setdefault(prefix + "train_class_counts", torch.zeros(self.num_classes, dtype=torch.long))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def forward_intermediates(self, x: torch.Tensor, indices: Optional[Union[int, List[int]]] = None,
+    def forward_intermediates(self, x: torch.Tensor, indices: int | list[int] | None = None,
                               norm: bool = False, stop_early: bool = False, output_fmt: str = "NCHW",
-                              intermediates_only: bool = False) -> Union[List[torch.Tensor],
-                                                                        Tuple[torch.Tensor, List[torch.Tensor]]]:
+                              intermediates_only: bool = False) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
         """The backbone's intermediate feature maps (timm's ``forward_intermediates``)."""
         if not hasattr(self.backbone, "forward_intermediates"):
             raise NotImplementedError(
@@ -186,8 +186,8 @@ class GCLModel(nn.Module):
         return self.backbone.forward_intermediates(x, indices=indices, norm=norm, stop_early=stop_early,
                                                    output_fmt=output_fmt, intermediates_only=intermediates_only)
 
-    def prune_intermediate_layers(self, indices: Union[int, List[int]] = 1, prune_norm: bool = False,
-                                  prune_head: bool = True) -> List[int]:
+    def prune_intermediate_layers(self, indices: int | list[int] = 1, prune_norm: bool = False,
+                                  prune_head: bool = True) -> list[int]:
         """Drop the layers after the last requested feature map (and the head), as timm's feature wrappers ask."""
         taken = self.backbone.prune_intermediate_layers(indices, prune_norm=prune_norm, prune_head=prune_head)
         if prune_head:
@@ -242,7 +242,7 @@ def score_scale(model: nn.Module) -> float:
     return float(model.logit_scale) if isinstance(model, GCLModel) else 1.0
 
 
-def score_affine(model: nn.Module) -> Tuple[torch.Tensor, torch.Tensor]:
+def score_affine(model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """``(weight, bias)``, float32 CPU, such that ``raw * weight + bias`` turns ``raw_logits_module(model)``'s
     outputs into calibrated logits (what exported graphs and the server compute after the raw logits); one and zero
     for plain classifiers."""
@@ -258,7 +258,7 @@ def calibrated_logits(model: nn.Module, raw: torch.Tensor) -> torch.Tensor:
     return raw.detach().float().cpu() * weight + bias
 
 
-def checked_label_names(num_classes: int, names: Optional[Sequence[str]] = None) -> Tuple[str, ...]:
+def checked_label_names(num_classes: int, names: Sequence[str] | None = None) -> tuple[str, ...]:
     """One name per class: ``names`` (from a model's config, where they travel with it) checked against the class
     count, or ``LABEL_<i>`` (the Hugging Face convention) without them."""
     if names is None:

@@ -8,13 +8,13 @@ downloaded is ever unpickled.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any
 
 from huggingface_hub.constants import SAFETENSORS_SINGLE_FILE as WEIGHTS_NAME
 from timm.models import PretrainedCfg
-
 
 __all__ = ["WEIGHTS_DIR", "HUB_ORG_ENV", "WeightsNotCachedError", "embedded_weights", "hub_org",
            "with_hub_repos", "safe_hub_overlay", "hub_unreachable", "explain_offline", "explain_load_errors",
@@ -24,19 +24,19 @@ WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 HUB_ORG_ENV = "GCL_ZOO_HUB_ORG"
 
 
-def embedded_weights(name: str) -> Optional[str]:
+def embedded_weights(name: str) -> str | None:
     """Path of the weights shipped in the package for ``name`` ('arch.tag'), or None when none ship."""
     path = WEIGHTS_DIR / f"{name}.safetensors"
     return str(path) if path.is_file() else None
 
 
-def hub_org() -> Optional[str]:
+def hub_org() -> str | None:
     """The Hub user or organisation named by ``GCL_ZOO_HUB_ORG`` (None when unset)."""
     org = os.environ.get(HUB_ORG_ENV, "").strip().strip("/")
     return org or None
 
 
-def with_hub_repos(cfgs: Dict[str, Dict[str, Any]], skip: str) -> Dict[str, Dict[str, Any]]:
+def with_hub_repos(cfgs: dict[str, dict[str, Any]], skip: str) -> dict[str, dict[str, Any]]:
     """Point every zoo entry except ``skip`` at the Hub repo ``<org>/<name.tag>`` when ``GCL_ZOO_HUB_ORG`` is set.
 
     Read once, when ``gcl_zoo`` is imported: set the variable first. Then ``pretrained=True`` downloads the
@@ -53,7 +53,7 @@ def with_hub_repos(cfgs: Dict[str, Dict[str, Any]], skip: str) -> Dict[str, Dict
     return out
 
 
-def safe_hub_overlay(cfg: PretrainedCfg, overlay: Optional[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+def safe_hub_overlay(cfg: PretrainedCfg, overlay: dict[str, Any] | None) -> dict[str, Any] | None:
     """``overlay`` plus ``hf_hub_filename='model.safetensors'`` when the weights will come from the Hub.
 
     timm falls back to ``pytorch_model.bin`` (a pickle) when a repo has no safetensors file; pinning the file name
@@ -130,8 +130,12 @@ def _origin(name: str, cfg: PretrainedCfg) -> str:
 @contextmanager
 def explain_load_errors(name: str, cfg: PretrainedCfg) -> Iterator[None]:
     """Turn the loader's low-level errors into one message naming the file, the cause and the fix."""
-    from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
     from safetensors import SafetensorError
 
     try:
@@ -174,7 +178,7 @@ def explain_load_errors(name: str, cfg: PretrainedCfg) -> Iterator[None]:
         raise
 
 
-def training_command(variant: str, tag: Optional[str]) -> str:
+def training_command(variant: str, tag: str | None) -> str:
     """The ``gcl-zoo train`` command that reproduces a zoo entry, complete as printed (placeholders in capitals).
 
     Zoo names are ``gcl_<arch>_<dataset>`` and the trainer names its recipes after the data set, so the name gives
@@ -193,7 +197,7 @@ def training_command(variant: str, tag: Optional[str]) -> str:
             f"--test-list TEST_LIST.txt --out {out}")
 
 
-def no_weights_error(variant: str, tag: Optional[str]) -> RuntimeError:
+def no_weights_error(variant: str, tag: str | None) -> RuntimeError:
     """What ``pretrained=True`` says for an entry without published weights: how to train and load them."""
     command = training_command(variant, tag)
     out = command.rsplit(" --out ", 1)[1]

@@ -9,7 +9,7 @@ package (``gcl_zoo/weights/``, the CIFAR-10 ones with an int8 ONNX graph beside 
 """
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -47,7 +47,7 @@ def _create_gcl(variant: str, pretrained: bool = False, **kwargs: Any) -> GCLMod
     return model
 
 
-def drop_mismatched_head(state_dict: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+def drop_mismatched_head(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     """Leave out saved head tensors the model's head cannot take (another ``num_classes``, or none at all).
 
     timm drops only the classifier's ``weight``/``bias`` when the class count changes; the cosine head also has a
@@ -61,14 +61,14 @@ def drop_mismatched_head(state_dict: Dict[str, torch.Tensor], model: nn.Module) 
     return {k: v for k, v in state_dict.items() if k not in per_class or (k in own and own[k].shape == v.shape)}
 
 
-def _cfg(**kwargs: Any) -> Dict[str, Any]:
+def _cfg(**kwargs: Any) -> dict[str, Any]:
     return {
         "classifier": "head", "license": "apache-2.0", "paper_ids": PAPER_ID, "paper_name": PAPER_NAME,
         "origin_url": "https://github.com/Keke921/GCLLoss", **kwargs,
     }
 
 
-def _cifar_cfg(num_classes: int, tag: str, **kwargs: Any) -> Dict[str, Any]:
+def _cifar_cfg(num_classes: int, tag: str, **kwargs: Any) -> dict[str, Any]:
     base = "gcl_resnet32_cifar10_lt" if num_classes == 10 else "gcl_resnet32_cifar100_lt"
     return _cfg(
         num_classes=num_classes, **CIFAR_DATA_CFG, pool_size=(8, 8), first_conv="backbone.conv1",
@@ -76,7 +76,7 @@ def _cifar_cfg(num_classes: int, tag: str, **kwargs: Any) -> Dict[str, Any]:
         file=embedded_weights(f"{base}.{tag}"), **kwargs)
 
 
-def _imagenet_size_cfg(num_classes: int, **kwargs: Any) -> Dict[str, Any]:
+def _imagenet_size_cfg(num_classes: int, **kwargs: Any) -> dict[str, Any]:
     return _cfg(num_classes=num_classes, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
                 interpolation="bilinear", first_conv="backbone.conv1", **kwargs)
 
