@@ -23,6 +23,7 @@ import torch
 
 import gcl_zoo
 from gcl_zoo.hub import save_model_folder
+from gcl_zoo.models.gcl import calibrated_logits
 from gcl_zoo.onnx_export import STACK_TRACE_KEY, export_onnx
 from serve.decoding import ImagePayload, inspect_image
 from serve.pipeline import predict_batch
@@ -141,7 +142,7 @@ def test_openvino_default_precision_agrees_within_the_bf16_tolerance(tmp_path, t
     payloads = [ImagePayload(name, data) for name, data, _ in test_images]
     batch, _ = reference.pipeline.collate([reference.prepare(p, inspect_image(p, max_pixels=10_000))
                                            for p in payloads], torch.device("cpu"))
-    probs = (forward(batch) * reference.logit_scale).softmax(dim=1)
+    probs = calibrated_logits(trained, forward(batch)).softmax(dim=1)
     tolerance, agreement = (F32_PROB_TOL, 1.0) if forward.precision == "f32" else (BF16_PROB_TOL, BF16_TOP1_AGREEMENT)
     assert float((probs - torch_probs).abs().max()) <= tolerance
     assert float((probs.argmax(1) == torch_probs.argmax(1)).float().mean()) >= agreement

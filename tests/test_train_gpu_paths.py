@@ -47,10 +47,10 @@ def _stop_and_resume_under_ddp(rank: int, data_root: str, out: str) -> str:
     info = DistInfo(rank=rank, world=2)
     _trainer(data_root, Path(out) / "reference", info).run()
     stopped = _trainer(data_root, Path(out) / "stopped", info)
-    stopped.stop = StopSignal(info, torch.device("cpu"))
-    stopped.stop.received = True  # as a SIGTERM would: every rank agrees at the next agreement step
+    stop = StopSignal(info, torch.device("cpu"))
+    stop.received = True  # as a SIGTERM would: every rank agrees at the next agreement step
     try:
-        stopped.run()
+        stopped.run(stop=stop)
         return "the run was not stopped"
     except StopRequested:
         pass

@@ -68,6 +68,7 @@ def hub(tmp_path):
         yield server
 
 
+@pytest.mark.slow  # a minute: both stages, export, a server and a push, as a user runs them
 def test_the_walkthrough_runs_as_written(tmp_path, hub, cifar10_zip):
     work = tmp_path / "work"
     write_image_folder(work / "data", cifar10_zip, counts=(24, 10, 6), names=CLASSES)
