@@ -600,7 +600,7 @@ QUOTES: list[tuple[str, str, Callable[[], tuple[str, ...]]]] = [
     ("docs/zoo.md", "GCL gains {0} points of top-1 where the paper reports {1}, and its gain sits where the method aims "
                     "it: {2} points on the few-shot classes ({3} against {4}) and {5} on the medium ones, for {6} of "
                     "many-shot accuracy", _cifar100_against_baseline),
-    ("docs/serving.md", "two single-threaded streams of the traced ResNet-32 run about {0} faster than one stream",
+    ("docs/design.md", "two single-threaded streams of the traced ResNet-32 run about {0} faster than one stream",
      _two_streams),
     ("docs/serving.md", "On that machine it served {0} what TorchScript serves, at the cost of about {1} of top-1 "
                         "labels (near-ties; probabilities move by at most {2})", _bf16_gain),
