@@ -587,15 +587,15 @@ QUOTES: list[tuple[str, str, Callable[[], tuple[str, ...]]]] = [
     ("docs/zoo.md", "At ratio 50 the final epoch is {0} below the paper's best epoch", _cifar10_gap),
     ("docs/zoo.md", "short of the paper's best-epoch figures, by {0} (ratio 200), {1} (ratio 100) and {2} (ratio 50)",
      _cifar100_gaps),
-    ("docs/benchmarks.md", "the recipe itself, run {0} times with other random draws, spans {1}-{2} on validation; "
-                           "the other variants that keep the stage-1 head land at {3}-{4}, and a fresh head costs "
-                           "{5}-{6} points", _stage2_study),
-    ("docs/benchmarks.md", "the paper's multiplier gains {0} points of validation top-1 over the recipe with the "
-                           "same seed ({1} on\nthe few-shot classes), but two seeds of the recipe already differ by {2} "
-                           "on the same images, and the paired interval\nstill reaches below zero (McNemar p {3})",
+    ("docs/research.md", "the recipe itself, run {0} times with other random draws, spans {1}-{2} on validation; "
+                         "the other variants that keep the stage-1 head land at {3}-{4}, and a fresh head costs "
+                         "{5}-{6} points", _stage2_study),
+    ("docs/research.md", "the paper's multiplier gains {0} points of validation top-1 over the recipe with the "
+                         "same seed ({1} on\nthe few-shot classes), but two seeds of the recipe already differ by {2} "
+                         "on the same images, and the paired interval\nstill reaches below zero (McNemar p {3})",
      _stage1_noise_r100),
-    ("docs/benchmarks.md", "At ratio 200 it loses {0} points\nagainst the shipped checkpoint (McNemar p {1}), and summed "
-                           "over both ratios p is {2}", _stage1_noise_r200),
+    ("docs/research.md", "At ratio 200 it loses {0} points\nagainst the shipped checkpoint (McNemar p {1}), and summed "
+                         "over both ratios p is {2}", _stage1_noise_r200),
     ("docs/zoo.md", "Nor is it the seed: at ratio 100 three seeds give {0} ± {1}", _cifar100_seed_spread),
     ("docs/zoo.md", "GCL gains {0} points of top-1 where the paper reports {1}, and its gain sits where the method aims "
                     "it: {2} points on the few-shot classes ({3} against {4}) and {5} on the medium ones, for {6} of "
