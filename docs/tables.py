@@ -473,6 +473,13 @@ def _cifar10_gap() -> tuple[str, ...]:
     return (f"{_gap('gcl_resnet32_cifar10_lt.ir50'):.2f}",)
 
 
+def _training_hours() -> tuple[str, ...]:
+    """The shipped ratio-100 runs' wall time, beside the speed benchmark's extrapolation for the recipe alone."""
+    alone = load("train_speed_cpu_bf16.json")["estimated_full_recipe_seconds"]["fast"]
+    return (f(train_minutes("gcl_resnet32_cifar10_lt.ir100") / 60, 1), hours(alone),
+            f(train_minutes("gcl_resnet32_cifar100_lt.ir100") / 60, 1))
+
+
 def _cifar100_gaps() -> tuple[str, ...]:
     return tuple(f"{_gap(f'gcl_resnet32_cifar100_lt.ir{r}'):.2f}" for r in (200, 100, 50))
 
@@ -584,23 +591,26 @@ QUOTES: list[tuple[str, str, Callable[[], tuple[str, ...]]]] = [
     ("docs/zoo.md", "CIFAR-10-LT {0} (ratio 200) and {1} (ratio 50); CIFAR-100-LT {2} (ratio 200) and {3} (ratio 50)",
      _paper_baselines),
     ("docs/benchmarks.md", "a slow drift of about {0} MB a minute", _soak_drift),
+    ("docs/zoo.md", "the shipped ratio-100 run took {0} h while a second run shared the machine; alone, the "
+                    "training-speed benchmark extrapolates the recipe to {1}", _training_hours),
+    ("docs/zoo.md", "the shipped ratio-100 run took {2} h alone on the Xeon's two cores", _training_hours),
     ("docs/zoo.md", "At ratio 50 the final epoch is {0} below the paper's best epoch", _cifar10_gap),
     ("docs/zoo.md", "short of the paper's best-epoch figures, by {0} (ratio 200), {1} (ratio 100) and {2} (ratio 50)",
      _cifar100_gaps),
-    ("docs/benchmarks.md", "the recipe itself, run {0} times with other random draws, spans {1}-{2} on validation; "
-                           "the other variants that keep the stage-1 head land at {3}-{4}, and a fresh head costs "
-                           "{5}-{6} points", _stage2_study),
-    ("docs/benchmarks.md", "the paper's multiplier gains {0} points of validation top-1 over the recipe with the "
-                           "same seed ({1} on\nthe few-shot classes), but two seeds of the recipe already differ by {2} "
-                           "on the same images, and the paired interval\nstill reaches below zero (McNemar p {3})",
+    ("docs/research.md", "the recipe itself, run {0} times with other random draws, spans {1}-{2} on validation; "
+                         "the other variants that keep the stage-1 head land at {3}-{4}, and a fresh head costs "
+                         "{5}-{6} points", _stage2_study),
+    ("docs/research.md", "the paper's multiplier gains {0} points of validation top-1 over the recipe with the "
+                         "same seed ({1} on\nthe few-shot classes), but two seeds of the recipe already differ by {2} "
+                         "on the same images, and the paired interval\nstill reaches below zero (McNemar p {3})",
      _stage1_noise_r100),
-    ("docs/benchmarks.md", "At ratio 200 it loses {0} points\nagainst the shipped checkpoint (McNemar p {1}), and summed "
-                           "over both ratios p is {2}", _stage1_noise_r200),
+    ("docs/research.md", "At ratio 200 it loses {0} points\nagainst the shipped checkpoint (McNemar p {1}), and summed "
+                         "over both ratios p is {2}", _stage1_noise_r200),
     ("docs/zoo.md", "Nor is it the seed: at ratio 100 three seeds give {0} ± {1}", _cifar100_seed_spread),
     ("docs/zoo.md", "GCL gains {0} points of top-1 where the paper reports {1}, and its gain sits where the method aims "
                     "it: {2} points on the few-shot classes ({3} against {4}) and {5} on the medium ones, for {6} of "
                     "many-shot accuracy", _cifar100_against_baseline),
-    ("docs/serving.md", "two single-threaded streams of the traced ResNet-32 run about {0} faster than one stream",
+    ("docs/design.md", "two single-threaded streams of the traced ResNet-32 run about {0} faster than one stream",
      _two_streams),
     ("docs/serving.md", "On that machine it served {0} what TorchScript serves, at the cost of about {1} of top-1 "
                         "labels (near-ties; probabilities move by at most {2})", _bf16_gain),

@@ -142,6 +142,11 @@ def _rows(inputs: CardInputs) -> list[list[str]]:
     return rows
 
 
+def _significant(value: float | None, digits: int = 4) -> str | None:
+    """A trained parameter as a reader wants it (26.76, not 26.764291763305664)."""
+    return None if value is None else f"{value:.{digits}g}"
+
+
 def _recipe_yaml(recipe: dict[str, Any] | None) -> str:
     """The recipe as YAML, in its own key order (the same settings as the shipped ``train_hparams.yaml``)."""
     import yaml
@@ -162,7 +167,7 @@ def render_card(inputs: CardInputs, template_path: Path | None = None) -> str:
     card = ModelCard.from_template(
         card_data(inputs), template_path=str(template_path or TEMPLATE_PATH),
         name=inputs.name, architecture=config.get("architecture"), backbone=model_args.get("backbone"),
-        head=model_args.get("head", "cosine"), logit_scale=model_args.get("logit_scale"),
+        head=model_args.get("head", "cosine"), logit_scale=_significant(model_args.get("logit_scale")),
         num_classes=config.get("num_classes"), num_params=f"{inputs.num_params / 1e6:.2f}M",
         has_labels=bool(config.get("label_names")), dataset_name=data["name"],
         input_size=pretrained_cfg.get("input_size"), mean=pretrained_cfg.get("mean"), std=pretrained_cfg.get("std"),

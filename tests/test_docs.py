@@ -6,6 +6,7 @@ figures in running text are listed in its ``QUOTES`` with the phrase they must a
 import copy
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+CODE_WIDTH = 100  # columns a code block shows without scrolling on a 1280-px page
+FENCE = re.compile(r"^\s*(```|~~~)")
 
 
 def _tables():
@@ -73,3 +76,27 @@ def test_a_changed_record_fails_the_check(tables, monkeypatch):
     assert any(p.startswith("docs/zoo.md: table 'zoo'") for p in problems)
     assert any(p.startswith("docs/zoo.md: table 'calibration'") for p in problems)
     assert any("docs/training.md: no longer says" in p and "buys nothing" in p for p in problems)
+
+
+def _code_lines(text: str) -> list[tuple[int, str]]:
+    """The lines inside fenced code blocks, with their line numbers."""
+    inside, lines = False, []
+    for number, line in enumerate(text.splitlines(), 1):
+        if FENCE.match(line):
+            inside = not inside
+        elif inside:
+            lines.append((number, line))
+    return lines
+
+
+def test_code_blocks_fit_the_page(tables):
+    """No line of a fenced code block is wider than the page shows: long commands wrap with \\, comments sit above."""
+    wide = [f"{path.relative_to(ROOT)}:{number}: {len(line)} columns"
+            for path in tables.doc_files() for number, line in _code_lines(path.read_text())
+            if len(line) > CODE_WIDTH]
+    assert wide == []
+
+
+def test_the_width_check_sees_code_blocks_only():
+    text = "x" * 150 + "\n```bash\nshort\n" + "y" * 101 + "\n```\n" + "z" * 150
+    assert _code_lines(text) == [(3, "short"), (4, "y" * 101)]

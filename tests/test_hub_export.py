@@ -1,5 +1,6 @@
 """Export a training run to a Hub-ready folder, load it back with ``local-dir:``, and reject bad folders clearly."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -78,6 +79,11 @@ def test_model_card_metadata_and_content(exported):
     assert 'timm.create_model("hf-hub:org/gcl_resnet32_cifar10_lt.ir100", pretrained=True)' in text
     assert RUN_INFO["command"] in text
     assert "| paper (best epoch, as published) | 82.68 |" in text and "| 81.25 | 91.00 | 79.50 | 70.75 |" in text
+    # a shortfall is stated as one, never as a reproduction
+    assert "reaches 81.25% top-1, 1.43 points below the paper's 82.68%" in " ".join(text.split())
+    assert "reproduces" not in text
+    scale = re.search(r"cosine classifier, logit scale ([0-9.]+)\)", text)[1]
+    assert len(scale.replace(".", "").lstrip("0")) <= 4  # 4 significant digits, not a float's 16
     assert "openaccess.thecvf.com/content/CVPR2022" in text and "Missing information" not in text
 
 
@@ -137,7 +143,7 @@ def test_shipped_checkpoint_export_and_card(exported, tmp_path):
     card = ModelCard.load(written[0])
     assert card.data.model_name == zoo and card.data.eval_results[0].metric_value == 81.25
     assert f'timm.create_model("{zoo}", pretrained=True)' in card.text and RUN_INFO["command"] in card.text
-    assert "reaches top-1 81.25 / 82.0 / 80.5: mean 81.25 +- 0.75" in " ".join(card.text.split())
+    assert "reaches top-1 81.25 / 82.0 / 80.5: mean 81.25 ± 0.75" in " ".join(card.text.split())
     out = hub.export_embedded(zoo, tmp_path / "out", weights_dir=weights_dir, onnx=False)
     with torch.no_grad():
         assert torch.equal(timm.create_model(f"local-dir:{out}", pretrained=True).eval()(X),
