@@ -117,10 +117,9 @@ def predict_tensors(runner: ModelRunner, items: Sequence[torch.Tensor]) -> list[
         return list(predict(runner, torch.stack(list(items)).to(runner.device)))
 
 
-async def _rows(state: PipelineHost, job: InferenceJob) -> list[torch.Tensor]:
-    """Steps 2-5: scaled logits, one row per image of ``job``."""
+async def _rows(state: PipelineHost, served: ServedModel, job: InferenceJob) -> list[torch.Tensor]:
+    """Steps 2-5: scaled logits, one row per image of ``job``, from ``served``'s engines."""
     settings = state.settings
-    served = state.models.served[job.runner.model_id]
     if job.images is not None:
         items = await asyncio.get_running_loop().run_in_executor(state.decode_pool, prepare, job.runner, job.images,
                                                                  settings.max_pixels)
@@ -133,8 +132,9 @@ async def answer(spec: ProtocolSpec, request: Request, state: PipelineHost) -> R
     the protocol's answer."""
     state.check_ready()
     job = await spec.decode_request(request, state.models)
-    rows = torch.stack(list(await _rows(state, job)))
-    prior = await target_prior(state.models.served[job.runner.model_id], job.options, rows)
+    served = state.models.served[job.runner.model_id]
+    rows = torch.stack(list(await _rows(state, served, job)))
+    prior = await target_prior(served, job.options, rows)
     scores = output_scores(rows, job.runner, prior, job.options.function_to_apply)
     return spec.encode_response(job, scores)
 

@@ -1,9 +1,9 @@
 """Model runners: load a zoo model, make it fast for its device, warm it up, and turn batches into scaled logits.
 
 Every runtime computes the model's raw logits (``gcl_zoo.models.gcl.raw_logits_module``: cosines in [-1, 1] for
-a GCL head, the same graph an exported ``model.onnx`` holds); the runner multiplies them by the calibrated
-``logit_scale`` saved with the weights, so ``softmax`` of its rows is the model's calibrated probabilities, the
-same numbers as ``model(x).softmax(-1)`` in timm.
+a GCL head, the same graph an exported ``model.onnx`` holds); the runner applies the calibration saved with the
+weights (``score_affine``: scale, class scales and biases) after any runtime and precision, so ``softmax`` of its
+rows is the model's calibrated (balanced) probabilities, the same numbers as ``model(x).softmax(-1)`` in timm.
 
 Speed per device (``optimize="auto"``):
 

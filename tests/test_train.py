@@ -162,3 +162,15 @@ def test_nan_loss_stops_with_the_step(tmp_path, cifar10_zip, capsys):
                      "--epochs", "1", "--lr", "1e30", "--loss", "ce", "--head", "linear", "--s", "1", "--stage", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "NaN/inf at stage 1, epoch 1, step" in err
+
+
+def test_the_data_config_comes_from_timms_registry_and_an_unknown_backbone_is_named():
+    """A folder's or list's preprocessing is the backbone's, read without building a model; a typo says so."""
+    from timm.data import resolve_model_data_config
+
+    from train.parts import backbone_data_config, build_model
+
+    recipe = load_recipe("imagefolder", {"model": "resnet10t", "pretrained_backbone": False})
+    assert backbone_data_config(recipe) == resolve_model_data_config(build_model(recipe, 3))
+    with pytest.raises(ValueError, match="unknown timm backbone 'resnet9000'"):
+        backbone_data_config({**recipe, "model": "resnet9000"})
